@@ -1,0 +1,30 @@
+# hybrid-vpn: the two commands of the README, and a few helpers.
+#   make lab      bring up the local rehearsal (real strongSwan + kernel data plane, cloud APIs emulated)
+#   make test     run every test (unit, root/netns, real consumers, and the lab end-to-end tests)
+PY := .venv/bin/python
+LAB_VERBS := up down status exec break heal
+
+.PHONY: setup test test-fast lab lint bench $(LAB_VERBS)
+
+setup:
+	@scripts/setup-machine
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything but the lab VM (quick feedback while developing).
+test-fast: setup
+	$(PY) -m pytest -m "not vm" $(PYTEST_ARGS)
+
+lint: setup
+	.venv/bin/ruff check .
+
+# `make lab` = `make lab up`; `make lab down`, `make lab status`, `make lab break tunnel1`, ...
+lab: setup
+	$(PY) -m lab $(or $(filter-out lab,$(MAKECMDGOALS)),up)
+
+# Sub-commands of `make lab` are arguments, not targets of their own.
+ifneq ($(filter lab,$(MAKECMDGOALS)),)
+$(filter-out lab,$(MAKECMDGOALS)):
+	@:
+endif
