@@ -1,0 +1,98 @@
+"""hybrid-vpn: a site-to-site IPsec VPN between an AWS VPC and an Akamai (Linode) private network.
+
+Only loads the config, wires the components in the order the dependency cycle needs, and exports:
+  1. the Linode gateway (its public IP feeds the customer gateway),
+  2. the AWS side (its tunnel outside IPs feed the firewall and the host config),
+  3. the gateway's Cloud Firewall,
+  4. (delivery of the rendered host config goes after the firewall).
+"""
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_tls as tls
+
+from hostconfig.cloudinit import render_user_data
+from infra.aws import AwsVpnSide, AwsVpnSideArgs
+from infra.config import load_stack_config
+from infra.linode import (
+    PUBLIC_INTERFACE,
+    VLAN_INTERFACE,
+    GatewayFirewall,
+    GatewayFirewallArgs,
+    LinodeGatewaySide,
+    LinodeGatewaySideArgs,
+)
+from infra.outputs import GatewayFacts, TunnelFacts, build_host_config, ssh_host_public_key_line
+from infra.psk import tunnel_psks
+
+config = load_stack_config()  # raises with every problem listed, before any resource exists
+stack = pulumi.get_stack()
+label = f"hybrid-vpn-{stack}-gw"
+
+# The gateway's SSH host key is made here so delivery can pin it (no trust on first use).
+host_key = tls.PrivateKey("gateway-ssh-host-key", algorithm="ED25519")
+user_data = pulumi.Output.all(host_key.private_key_openssh, host_key.public_key_openssh).apply(
+    lambda keys: render_user_data(hostname=label, ssh_host_ed25519_private=keys[0], ssh_host_ed25519_public=keys[1])
+)
+
+gateway = LinodeGatewaySide("gateway", LinodeGatewaySideArgs(
+    label=label,
+    region=config.linode.region,
+    instance_type=config.linode.type,
+    image=config.linode.image,
+    authorized_keys=config.linode.authorized_keys,
+    subnet_cidr=config.linode.subnet_cidr,
+    vlan_label=config.linode.vlan_label,
+    gateway_vlan_address=config.linode.gateway_vlan_address,
+    user_data=user_data,
+    tags=config.tags,
+))
+
+aws_provider = aws.Provider("aws", region=config.aws.region)
+psks = tunnel_psks("vpn", config.tunnels)
+vpn = AwsVpnSide("vpn", AwsVpnSideArgs(
+    customer_gateway_ip=gateway.public_ip,
+    linode_cidrs=config.linode.vlan_cidrs,
+    crypto=config.crypto,
+    psks=psks,
+    amazon_side_asn=config.aws.amazon_side_asn,
+    vpc_id=config.aws.vpc_id,
+    vpc_cidr=config.aws.vpc_cidr,
+    route_table_ids=config.aws.route_table_ids,
+    inside_cidrs=config.tunnels.inside_cidrs,
+    allow_linode_in_security_group_id=config.aws.allow_linode_in_security_group_id,
+    tags={"Project": "hybrid-vpn", "Stack": stack, **config.tags},
+), opts=pulumi.ResourceOptions(providers={"aws": aws_provider}))
+connection = vpn.vpn_connection
+
+firewall = GatewayFirewall("gateway", GatewayFirewallArgs(
+    label=f"{label}-fw",
+    public_interface_id=gateway.public_interface_id,
+    tunnel_outside_ips=[connection.tunnel1_address, connection.tunnel2_address],
+    admin_cidrs=config.admin_cidrs,
+    tags=config.tags,
+))
+
+# -- outputs ------------------------------------------------------------------------------------------------------
+tunnel_facts = [
+    pulumi.Output.all(connection.tunnel1_address, connection.tunnel1_inside_cidr, connection.tunnel1_vgw_inside_address,
+                      connection.tunnel1_cgw_inside_address, connection.tunnel1_preshared_key)
+    .apply(lambda t: TunnelFacts(*t)),
+    pulumi.Output.all(connection.tunnel2_address, connection.tunnel2_inside_cidr, connection.tunnel2_vgw_inside_address,
+                      connection.tunnel2_cgw_inside_address, connection.tunnel2_preshared_key)
+    .apply(lambda t: TunnelFacts(*t)),
+]
+gateway_facts = pulumi.Output.all(gateway.public_ip, gateway.private_ip, host_key.public_key_openssh).apply(
+    lambda g: GatewayFacts(label=label, public_ip=g[0], private_ip=g[1], public_interface=PUBLIC_INTERFACE,
+                           vlan_interface=VLAN_INTERFACE, ssh_host_public_key=ssh_host_public_key_line(g[2], label))
+)
+host_config = pulumi.Output.secret(pulumi.Output.all(gateway_facts, connection.id, vpn.vgw_id, *tunnel_facts).apply(
+    lambda v: build_host_config(stack=stack, config=config, gateway=v[0], vpn_connection_id=v[1], vgw_id=v[2],
+                                tunnels=(v[3], v[4]))
+))
+pulumi.export("gateway_public_ip", gateway.public_ip)
+pulumi.export("gateway_vlan_address", config.linode.gateway_vlan_address)
+pulumi.export("vpn_connection_id", connection.id)
+pulumi.export("vgw_id", vpn.vgw_id)
+pulumi.export("tunnels", vpn.tunnel_outputs(config.tunnels))  # plain, except each psk (a nested secret)
+pulumi.export("host_config", host_config)  # docs/contracts.md §1; secret as a whole

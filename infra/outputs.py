@@ -1,0 +1,136 @@
+"""Stack outputs built from plain values: the ``tunnels`` list and ``host_config`` (docs/contracts.md §1).
+
+Pure functions (no Pulumi types) so the schema is unit-tested without the runtime; ``__main__.py`` calls them inside
+one ``Output.all(...).apply(...)`` and exports the result as a secret.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from infra.config import TUNNEL_NAMES, StackConfig
+
+HOST_CONFIG_KIND = "hybrid-vpn/host-config"
+HOST_CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TunnelFacts:
+    """What AWS reports for one tunnel of the VPN connection (plain values)."""
+
+    outside_ip: str
+    inside_cidr: str
+    aws_inside_ip: str
+    gateway_inside_ip: str
+    psk: str
+
+
+@dataclass(frozen=True)
+class GatewayFacts:
+    label: str
+    public_ip: str
+    private_ip: str
+    public_interface: str
+    vlan_interface: str
+    ssh_host_public_key: str
+
+
+def tunnel_entries(config: StackConfig, tunnels: tuple[TunnelFacts, TunnelFacts]) -> list[dict[str, Any]]:
+    """Per tunnel: name, interface, outside IP, inside CIDR, both inside addresses, PSK, mark (AWS's order)."""
+    entries = []
+    for name, interface, mark, facts in zip(TUNNEL_NAMES, config.tunnels.interfaces, config.tunnels.marks, tunnels,
+                                            strict=True):
+        _check_inside(name, facts)
+        entries.append({
+            "name": name,
+            "interface": interface,
+            "outside_ip": facts.outside_ip,
+            "inside_cidr": facts.inside_cidr,
+            "aws_inside_ip": facts.aws_inside_ip,
+            "gateway_inside_ip": facts.gateway_inside_ip,
+            "psk": facts.psk,
+            "mark": mark,
+        })
+    return entries
+
+
+def _check_inside(name: str, facts: TunnelFacts) -> None:
+    """AWS takes the first usable address of the /30, the customer gateway the second: refuse anything else."""
+    net = ipaddress.IPv4Network(facts.inside_cidr)
+    hosts = list(net.hosts())
+    if [facts.aws_inside_ip, facts.gateway_inside_ip] != [str(hosts[0]), str(hosts[1])]:
+        raise ValueError(f"{name}: inside addresses {facts.aws_inside_ip}/{facts.gateway_inside_ip} do not match "
+                         f"{facts.inside_cidr} (expected {hosts[0]} for AWS, {hosts[1]} for the gateway)")
+
+
+def crypto_dict(config: StackConfig) -> dict[str, Any]:
+    c = config.crypto
+
+    def phase(p) -> dict[str, Any]:
+        return {"encryption": list(p.encryption), "integrity": list(p.integrity), "dh_groups": list(p.dh_groups),
+                "lifetime_seconds": p.lifetime_seconds}
+
+    return {
+        "ike_version": c.ike_version,
+        "phase1": phase(c.phase1),
+        "phase2": phase(c.phase2),
+        "rekey_margin_seconds": c.rekey_margin_seconds,
+        "rekey_fuzz_percent": c.rekey_fuzz_percent,
+        "replay_window": c.replay_window,
+        "dpd_timeout_seconds": c.dpd_timeout_seconds,
+        "dpd_timeout_action": c.dpd_timeout_action,
+        "startup_action": c.startup_action,
+    }
+
+
+def build_host_config(*, stack: str, config: StackConfig, gateway: GatewayFacts, vpn_connection_id: str,
+                      vgw_id: str, tunnels: tuple[TunnelFacts, TunnelFacts]) -> dict[str, Any]:
+    """The ``host_config`` object of docs/contracts.md §1 (schema hybrid-vpn/host-config, version 1)."""
+    f = config.failover
+    return {
+        "kind": HOST_CONFIG_KIND,
+        "version": HOST_CONFIG_VERSION,
+        "stack": stack,
+        "gateway": {
+            "label": gateway.label,
+            "public_ip": gateway.public_ip,
+            "private_ip": gateway.private_ip,
+            "public_interface": gateway.public_interface,
+            "vlan_interface": gateway.vlan_interface,
+            "vlan_address": config.linode.gateway_vlan_address,
+            "ssh_host_public_key": gateway.ssh_host_public_key,
+        },
+        "aws": {
+            "region": config.aws.region,
+            "vpn_connection_id": vpn_connection_id,
+            "vgw_id": vgw_id,
+            "cidrs": list(config.aws.cidrs),
+        },
+        "linode": {
+            "region": config.linode.region,
+            "vlan_label": config.linode.vlan_label,
+            "vlan_cidrs": list(config.linode.vlan_cidrs),
+            "subnet_cidr": config.linode.subnet_cidr,
+        },
+        "crypto": crypto_dict(config),
+        "tunnels": tunnel_entries(config, tunnels),
+        "tunnel_mtu": config.tunnels.mtu,
+        "tcp_mss": config.tunnels.tcp_mss,
+        "failover": {
+            "primary": f.primary,
+            "probe_interval_ms": f.probe_interval_ms,
+            "probe_timeout_ms": f.probe_timeout_ms,
+            "down_after": f.down_after,
+            "up_after": f.up_after,
+            "failback_hold_seconds": f.failback_hold_seconds,
+            "extra_probe_targets": list(f.extra_probe_targets),
+        },
+    }
+
+
+def ssh_host_public_key_line(public_key_openssh: str, label: str) -> str:
+    """``ssh-ed25519 AAAA...`` from pulumi_tls (trailing newline, no comment) with the gateway label as comment."""
+    parts = public_key_openssh.strip().split()
+    return f"{parts[0]} {parts[1]} {label}"
