@@ -91,6 +91,7 @@ AWS_RESERVED_INSIDE = tuple(
               "169.254.5.0/30", "169.254.169.252/30")
 )
 LINK_LOCAL = ipaddress.ip_network("169.254.0.0/16")
+RFC1918 = tuple(ipaddress.ip_network(c) for c in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 PHASE1_LIFETIME = (900, 28800)
 PHASE2_LIFETIME = (900, 3600)
 REKEY_MARGIN_MIN = 60
@@ -272,7 +273,9 @@ class _Section:
                 )
 
     def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if name else self.path
+        if not name:
+            return self.path
+        return f"{self.path}:{name}" if self.path == NAMESPACE else f"{self.path}.{name}"
 
     def fail(self, name: str, rule: str, example: str) -> None:
         self.problems.append(f"{self.key(name)}: {rule}; example: {example}")
@@ -382,13 +385,17 @@ def _parse_network(section: _Section, key: str, text: Any, example: str, *, priv
     if not isinstance(text, str):
         section.fail(key, f"must be an IPv4 network in CIDR form, got {text!r}", example)
         return None
+    if "/" not in text:
+        section.fail(key, f"{text!r} is not an IPv4 network in CIDR form: it needs a prefix length", example)
+        return None
     try:
         net = ipaddress.IPv4Network(text, strict=True)
     except ValueError as exc:
         section.fail(key, f"{text!r} is not an IPv4 network in CIDR form with no host bits set ({exc})", example)
         return None
-    if private and not net.is_private:
-        section.fail(key, f"{text} is not a private (RFC 1918) range", example)
+    if private and not any(net.subnet_of(block) for block in RFC1918):
+        section.fail(key, f"{text} is not inside a private (RFC 1918) range: 10.0.0.0/8, 172.16.0.0/12, "
+                     "192.168.0.0/16", example)
         return None
     return str(net)
 
@@ -404,7 +411,7 @@ def _parse_aws(problems: list[str], raw: Any) -> dict[str, Any]:
     vpc_cidr = s.get("vpc_cidr")
     out["vpc_cidr"] = None
     if vpc_cidr is not None and vpc_cidr is not _MISSING:
-        out["vpc_cidr"] = _parse_network(s, "vpc_cidr", vpc_cidr, "10.0.0.0/16", private=True)
+        out["vpc_cidr"] = _parse_network(s, "vpc_cidr", vpc_cidr, "10.0.0.0/16")
         if out["vpc_cidr"] and not 16 <= ipaddress.ip_network(out["vpc_cidr"]).prefixlen <= 28:
             s.fail("vpc_cidr", f"{vpc_cidr}: a VPC CIDR block must be between /16 and /28", "10.0.0.0/16")
             out["vpc_cidr"] = None
