@@ -1,0 +1,189 @@
+"""`vpnctl`: reconcile, updown (the strongSwan hook), daemon (failover), status, metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+UPDOWN_LOCK_TIMEOUT = 10.0
+RECONCILE_LOCK_TIMEOUT = 30.0
+
+
+def setup_logging(verbose: bool) -> None:
+    # Plain lines on stderr: journald adds the timestamp and the unit name.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+def one_shot_view(config: AgentConfig, kernel: Any, event: tuple[str, bool] | None, ask_vici: bool) -> Any:
+    """Health view for reconcile/updown: a running daemon's, else charon's, else the kernel's current routes."""
+    from .desired import ACTIVE_METRIC, TunnelView
+    from .health import view_for_one_shot
+    from .state import DAEMON_STATE, daemon_state_is_fresh, read_json
+    from .vici_client import ViciUnavailable, installed_tunnels, list_sas
+
+    names = config.tunnel_names
+    daemon = read_json(config.paths.state_dir / DAEMON_STATE)
+    daemon_view = None
+    if daemon_state_is_fresh(daemon):
+        up = frozenset(n for n in daemon.get("up", []) if n in names)
+        active = daemon.get("active") if daemon.get("active") in up else None
+        daemon_view = TunnelView(up, active)
+    vici_up = None
+    if ask_vici and daemon_view is None:
+        try:
+            vici_up = installed_tunnels(config, list_sas(config.paths.vici_socket))
+        except ViciUnavailable as exc:
+            log.info("charon not reachable (%s): keeping the tunnels the kernel routes through", exc)
+    own = config.ownership
+    routed = {r.ifname: r.metric for r in kernel.read_routes(own.route_table)
+              if r.protocol == own.route_protocol and r.type == "unicast"}
+    kernel_up = frozenset(t.name for t in config.tunnels if t.interface in routed)
+    kernel_active = next((t.name for t in config.tunnels if routed.get(t.interface) == ACTIVE_METRIC), None)
+    return view_for_one_shot(names, config.primary_tunnel, daemon_view=daemon_view, vici_up=vici_up,
+                             kernel_up=kernel_up, kernel_active=kernel_active, event=event)
+
+
+def cmd_reconcile(config: AgentConfig, args: argparse.Namespace) -> int:
+    from .kernel import Kernel
+    from .reconcile import Reconciler
+    from .state import reconcile_lock
+
+    with reconcile_lock(config.paths.state_dir, RECONCILE_LOCK_TIMEOUT), Kernel() as kernel:
+        view = one_shot_view(config, kernel, None, ask_vici=True)
+        result = Reconciler(config, kernel, args.tunnel_links).run(view)
+    if args.json:
+        print(json.dumps({"up": sorted(view.up), "active": view.active, "changes": [str(c) for c in result.changes],
+                          "problems": result.problems, "seconds": round(result.seconds, 4)}, indent=2))
+    else:
+        print(f"active {view.active or 'none'}, up {sorted(view.up)}: {len(result.changes)} change(s)")
+        for change in result.changes:
+            print(f"  {change}")
+        for problem in result.problems:
+            print(f"  problem: {problem}")
+    return 0 if result.ok else 1
+
+
+def cmd_updown(config: AgentConfig, args: argparse.Namespace) -> int:
+    from .kernel import Kernel
+    from .reconcile import Reconciler
+    from .state import LockTimeout, reconcile_lock
+    from .updown import UpdownInputError, parse_environment, record_event, tunnel_for_event
+
+    try:
+        event = parse_environment(os.environ)
+    except UpdownInputError as exc:
+        log.error("updown: %s", exc)
+        return 2
+    tunnel = tunnel_for_event(config, event)
+    record_event(config, event, tunnel)
+    log.info("updown: %s %s (tunnel %s)", event.verb, event.connection, tunnel or "unknown")
+    if tunnel is None or not (event.is_up or event.is_down):
+        return 0
+    try:
+        with reconcile_lock(config.paths.state_dir, UPDOWN_LOCK_TIMEOUT), Kernel() as kernel:
+            view = one_shot_view(config, kernel, (tunnel, event.is_up), ask_vici=False)
+            result = Reconciler(config, kernel, args.tunnel_links).run(view)
+    except LockTimeout as exc:
+        # Never fail charon's hook because someone else reconciles: the event is recorded, the daemon's periodic
+        # reconcile (or the lock holder) converges.
+        log.warning("updown: reconcile skipped, %s", exc)
+        return 0
+    return 0 if result.ok else 1
+
+
+def cmd_daemon(config: AgentConfig, args: argparse.Namespace) -> int:
+    from .daemon import FailoverDaemon
+
+    FailoverDaemon(config, args.tunnel_links).run(duration=args.duration)
+    return 0
+
+
+def cmd_status(config: AgentConfig, args: argparse.Namespace) -> int:
+    from .status import gather_status, render_status
+
+    status = gather_status(config)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True, default=str))
+    else:
+        sys.stdout.write(render_status(status))
+    return 0
+
+
+def cmd_metrics(config: AgentConfig, args: argparse.Namespace) -> int:
+    from .metrics import render_metrics, write_metrics
+    from .state import DAEMON_STATE, daemon_state_is_fresh, read_json
+
+    snapshot = read_json(config.paths.state_dir / DAEMON_STATE)
+    if not daemon_state_is_fresh(snapshot):
+        # Stale numbers would look healthy: publish only what we know (nothing is up, no active tunnel).
+        snapshot = {"tunnels": {t.name: {"up": False} for t in config.tunnels}, "active": None,
+                    "switches_total": (snapshot or {}).get("switches_total", 0)}
+    if args.write:
+        write_metrics(config.paths.metrics_file, snapshot)
+    else:
+        sys.stdout.write(render_metrics(snapshot))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                        help=f"agent configuration (default {DEFAULT_CONFIG_PATH})")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    links = argparse.ArgumentParser(add_help=False)
+    links.add_argument("--tunnel-links", choices=("vti", "given"), default="vti",
+                       help="vti (default): create the VTIs; given: use existing links of those names "
+                            "(tests on kernels without ip_vti)")
+    parser = argparse.ArgumentParser(prog="vpnctl",
+                                     description="hybrid-vpn gateway agent (every sub-command takes --config)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("reconcile", parents=[common, links], help="converge links, routes, rule, sysctls, nftables")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reconcile)
+    p = sub.add_parser("updown", parents=[common, links], help="strongSwan updown hook (PLUTO_* in the environment)")
+    p.set_defaults(func=cmd_updown)
+    p = sub.add_parser("daemon", parents=[common, links], help="failover daemon (probes, VICI events)")
+    p.add_argument("--duration", type=float, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_daemon)
+    p = sub.add_parser("status", parents=[common], help="tunnels, SAs, probes, active path, last switch")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("metrics", parents=[common], help="Prometheus textfile metrics (stdout, or --write)")
+    p.add_argument("--write", action="store_true", help="write paths.metrics_file atomically instead")
+    p.set_defaults(func=cmd_metrics)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"vpnctl: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from .kernel import KernelError
+    from .nft import NftError
+    from .state import LockTimeout
+
+    try:
+        return args.func(config, args)
+    except (NftError, KernelError, LockTimeout) as exc:
+        print(f"vpnctl {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""The failover daemon: one select() loop over the probe sockets and the VICI event connection.
+
+Per tick it sends one probe per tunnel (and extra target), expires unanswered ones, feeds the hysteresis, and when the
+decision changes it reconciles the routes (a switch is one route replace). VICI child/ike down events take a tunnel
+out at once. A full reconcile runs periodically as a backstop. State is rebuilt at start from the kernel and VICI; the
+state file it writes is for `vpnctl status` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import select
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .config import AgentConfig
+from .desired import LinkMode, TunnelView
+from .health import Decision, TunnelHealth, choose_active
+from .kernel import Kernel
+from .metrics import write_metrics
+from .probe import IcmpProber, ProbeResult
+from .reconcile import Reconciler
+from .state import DAEMON_STATE, LockTimeout, reconcile_lock, write_json
+from .vici_client import UpdownEvent, ViciEventStream, ViciUnavailable, installed_tunnels, list_sas, tunnel_for_ike
+
+log = logging.getLogger(__name__)
+
+FULL_RECONCILE_SECONDS = 30.0
+STATE_WRITE_SECONDS = 1.0
+VICI_BACKOFF_MIN = 0.5
+VICI_BACKOFF_MAX = 30.0
+LOCK_TIMEOUT = 2.0
+
+
+class FailoverDaemon:
+    def __init__(self, config: AgentConfig, link_mode: LinkMode = "vti", clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time, full_reconcile_seconds: float = FULL_RECONCILE_SECONDS):
+        self.config = config
+        self.link_mode = link_mode
+        self.clock = clock
+        self.wall = wall
+        self.full_reconcile_seconds = full_reconcile_seconds
+        probe = config.probe
+        self.interval = probe.interval_ms / 1000.0
+        timeout = probe.timeout_ms / 1000.0
+        base = random.randrange(0x10000)
+        self.health = {t.name: TunnelHealth(t.name, probe.down_after, probe.up_after) for t in config.tunnels}
+        self.probers = {t.name: IcmpProber(t.name, t.gateway_inside_ip, t.aws_inside_ip, base + i, timeout)
+                        for i, t in enumerate(config.tunnels)}
+        # Extra targets are probed through the path real traffic takes (source = the VLAN address, the routing table
+        # picks the tunnel). They are reported, not used to judge a tunnel: an application host being down must not
+        # look like both tunnels down (the guide's single-host probe flaw).
+        self.targets = {str(ip): TunnelHealth(str(ip), probe.down_after, probe.up_after) for ip in probe.extra_targets}
+        self.target_probers = {str(ip): IcmpProber(str(ip), config.gateway_vlan_address.ip, ip, base + 16 + i, timeout)
+                               for i, ip in enumerate(probe.extra_targets)}
+        self.active: str | None = None
+        self.view: TunnelView | None = None
+        self.reason = "starting"
+        self.switches_total = 0
+        self.last_switch: dict[str, Any] | None = None
+        self.last_reconcile: dict[str, Any] | None = None
+        self.pending_routes = False
+        self.vici: ViciEventStream | None = None
+        self.vici_status = "not connected yet"
+        self.vici_retry_at = 0.0
+        self.vici_backoff = VICI_BACKOFF_MIN
+        self.stopping = False
+        self.kernel = Kernel()
+        self.reconciler = Reconciler(config, self.kernel, link_mode)
+
+    # ---- start-up --------------------------------------------------------------------------------------------------
+
+    def rebuild(self) -> None:
+        """Trust the kernel and charon, not our old state file: which tunnel the routes use and which SAs exist."""
+        now = self.clock()
+        own = self.config.ownership
+        routed: dict[str, int] = {}
+        for route in self.kernel.read_routes(own.route_table):
+            if route.protocol == own.route_protocol and route.type == "unicast" and route.ifname:
+                routed[route.ifname] = min(route.metric, routed.get(route.ifname, route.metric))
+        try:
+            installed: frozenset[str] | None = installed_tunnels(self.config, list_sas(self.config.paths.vici_socket))
+        except ViciUnavailable as exc:
+            log.info("start: charon not reachable (%s); judging tunnels by probes only", exc)
+            installed = None
+        for tunnel in self.config.tunnels:
+            if tunnel.interface in routed and (installed is None or tunnel.name in installed):
+                self.health[tunnel.name].presume_up(now, f"routed through {tunnel.interface} at daemon start")
+        best = sorted((metric, ifname) for ifname, metric in routed.items())
+        for _metric, ifname in best:
+            tunnel = self.config.tunnel_by_interface(ifname)
+            if tunnel is not None and self.health[tunnel.name].up:
+                self.active = tunnel.name
+                break
+        up = sorted(n for n, h in self.health.items() if h.up)
+        log.info("start: active %s, presumed up %s (from the kernel routes%s)", self.active, up or "none",
+                 " and VICI" if installed is not None else "")
+
+    # ---- decisions -------------------------------------------------------------------------------------------------
+
+    def on_probe_results(self, results: list[ProbeResult], now: float) -> None:
+        for result in results:
+            health = self.health.get(result.key)
+            if health is not None:
+                if health.record(result.ok, now, result.rtt):
+                    log.info("%s %s: %s", health.name, "up" if health.up else "down", health.reason)
+                continue
+            target = self.targets.get(result.key)
+            if target is not None and target.record(result.ok, now, result.rtt):
+                log.info("extra target %s %s: %s", target.name, "up" if target.up else "down", target.reason)
+
+    def decide(self, now: float) -> Decision:
+        return choose_active(self.config.tunnel_names, self.config.primary_tunnel, self.health, self.active, now,
+                             self.config.probe.failback_hold_seconds)
+
+    def evaluate(self, now: float) -> None:
+        decision = self.decide(now)
+        up = frozenset(n for n, h in self.health.items() if h.up)
+        view = TunnelView(up, decision.active)
+        if view == self.view and not self.pending_routes:
+            return
+        if decision.active != self.active:
+            log.info("switch %s -> %s: %s", self.active or "none", decision.active or "none (unreachable only)",
+                     decision.reason)
+            self.last_switch = {"at": self.wall(), "from": self.active, "to": decision.active,
+                                "reason": decision.reason}
+            if self.view is not None:
+                self.switches_total += 1
+        self.active = decision.active
+        self.reason = decision.reason
+        self.view = view
+        self.apply(routes_only=True)
+
+    def apply(self, routes_only: bool) -> None:
+        assert self.view is not None
+        try:
+            with reconcile_lock(self.config.paths.state_dir, LOCK_TIMEOUT):
+                result = self.reconciler.run(self.view, routes_only=routes_only)
+        except LockTimeout as exc:
+            log.warning("reconcile postponed: %s", exc)
+            self.pending_routes = True
+            return
+        except Exception as exc:  # noqa: BLE001 - the loop must survive anything one reconcile throws
+            log.error("reconcile failed: %s", exc)
+            self.pending_routes = True
+            return
+        self.pending_routes = not result.ok and routes_only
+        self.last_reconcile = {"at": self.wall(), "routes_only": routes_only, "seconds": round(result.seconds, 4),
+                               "changes": [str(c) for c in result.changes], "problems": result.problems}
+
+    def on_vici_event(self, event: UpdownEvent, now: float) -> None:
+        for ike in event.sas:
+            name = tunnel_for_ike(self.config, ike)
+            if name is None:
+                continue
+            mark = self.config.tunnel(name).mark
+            if event.kind == "child-updown" and not any(c.mark_in in (None, mark) for c in ike.children):
+                continue
+            if event.up:
+                log.debug("%s: %s up for %s; probing now", event.kind, ike.name, name)
+                self.probe_now(name, now)
+            elif not self._still_installed(name):
+                if self.health[name].force_down(now, f"{event.kind}: {ike.name} went down (VICI)"):
+                    log.info("%s down: %s", name, self.health[name].reason)
+
+    def _still_installed(self, name: str) -> bool:
+        # A down event for an old SA while a replacement is installed (reauth, duplicate) must not fail over.
+        try:
+            return name in installed_tunnels(self.config, list_sas(self.config.paths.vici_socket))
+        except ViciUnavailable:
+            return False
+
+    def probe_now(self, name: str, now: float) -> None:
+        self.on_probe_results(self.probers[name].send(now), now)
+
+    # ---- VICI connection -------------------------------------------------------------------------------------------
+
+    def ensure_vici(self, now: float) -> None:
+        if self.vici is not None or now < self.vici_retry_at:
+            return
+        try:
+            self.vici = ViciEventStream(self.config.paths.vici_socket)
+        except ViciUnavailable as exc:
+            if self.vici_status != f"unreachable: {exc}":
+                log.info("VICI: %s; retrying with backoff", exc)
+            self.vici_status = f"unreachable: {exc}"
+            self.vici_retry_at = now + self.vici_backoff
+            self.vici_backoff = min(self.vici_backoff * 2, VICI_BACKOFF_MAX)
+            return
+        log.info("VICI: listening for ike-updown and child-updown on %s", self.config.paths.vici_socket)
+        self.vici_status = "connected"
+        self.vici_backoff = VICI_BACKOFF_MIN
+        # charon may have restarted: what it knows now counts, probe everything at once.
+        for name in self.probers:
+            self.probe_now(name, now)
+
+    def drop_vici(self, why: str) -> None:
+        if self.vici is not None:
+            self.vici.close()
+            self.vici = None
+        log.info("VICI: %s; reconnecting", why)
+        self.vici_status = f"lost: {why}"
+        self.vici_retry_at = self.clock() + self.vici_backoff
+
+    # ---- outputs ---------------------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        now, wall = self.clock(), self.wall()
+
+        def entry(h: TunnelHealth) -> dict[str, Any]:
+            return {"up": h.up, "reason": h.reason, "rtt_seconds": h.last_rtt,
+                    "since": None if h.changed_at is None else wall - (now - h.changed_at),
+                    "consecutive_ok": h.consecutive_ok, "consecutive_miss": h.consecutive_miss}
+
+        tunnels = {}
+        for t in self.config.tunnels:
+            tunnels[t.name] = {**entry(self.health[t.name]), "interface": t.interface,
+                               "probe_error": self.probers[t.name].last_error}
+        return {
+            "pid": os.getpid(), "updated_at": wall, "active": self.active, "reason": self.reason,
+            "up": sorted(n for n, h in self.health.items() if h.up), "switches_total": self.switches_total,
+            "last_switch": self.last_switch, "tunnels": tunnels,
+            "extra_targets": {n: entry(h) for n, h in self.targets.items()}, "vici": self.vici_status,
+            "last_reconcile": self.last_reconcile, "link_mode": self.link_mode,
+        }
+
+    def write_outputs(self) -> None:
+        snap = self.snapshot()
+        try:
+            write_json(self.config.paths.state_dir / DAEMON_STATE, snap)
+            write_metrics(self.config.paths.metrics_file, snap)
+        except OSError as exc:
+            log.warning("cannot write state/metrics: %s", exc)
+
+    # ---- the loop --------------------------------------------------------------------------------------------------
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def run(self, duration: float | None = None) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        started = self.clock()
+        self.rebuild()
+        self.view = TunnelView(frozenset(n for n, h in self.health.items() if h.up), None)
+        decision = self.decide(started)
+        self.active, self.reason = decision.active, decision.reason
+        self.view = TunnelView(self.view.up, decision.active)
+        self.apply(routes_only=False)
+        log.info("running: active %s (%s); probing every %.0f ms", self.active or "none", self.reason,
+                 self.interval * 1000)
+        next_probe = started
+        next_full = started + self.full_reconcile_seconds
+        next_write = started
+        try:
+            while not self.stopping and (duration is None or self.clock() - started < duration):
+                now = self.clock()
+                self.ensure_vici(now)
+                if now >= next_probe:
+                    for prober in [*self.probers.values(), *self.target_probers.values()]:
+                        self.on_probe_results(prober.expire(now) + prober.send(now), now)
+                    next_probe += self.interval
+                    if next_probe < now:  # we fell behind (suspend, loaded machine): do not burst
+                        next_probe = now + self.interval
+                self.evaluate(now)
+                if now >= next_full:
+                    self.apply(routes_only=False)
+                    next_full = now + self.full_reconcile_seconds
+                if now >= next_write:
+                    self.write_outputs()
+                    next_write = now + STATE_WRITE_SECONDS
+                watch = [p for p in [*self.probers.values(), *self.target_probers.values()] if p.sock is not None]
+                if self.vici is not None:
+                    watch.append(self.vici)
+                wait = max(0.0, min(next_probe, next_write) - self.clock())
+                readable, _, _ = select.select(watch, [], [], wait)
+                now = self.clock()
+                changed_before = self.view
+                for item in readable:
+                    if item is self.vici:
+                        try:
+                            event = self.vici.read_event()
+                        except ViciUnavailable as exc:
+                            self.drop_vici(str(exc))
+                            continue
+                        if event is not None:
+                            self.on_vici_event(event, now)
+                    else:
+                        self.on_probe_results(item.receive(now), now)
+                self.evaluate(now)
+                if self.view != changed_before:
+                    self.write_outputs()
+        finally:
+            self.write_outputs()
+            for prober in [*self.probers.values(), *self.target_probers.values()]:
+                prober.close()
+            if self.vici is not None:
+                self.vici.close()
+            self.kernel.close()
+            log.info("stopped (routes left in place: traffic keeps flowing without the daemon)")

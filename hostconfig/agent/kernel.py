@@ -1,0 +1,287 @@
+"""Reading and writing the kernel state the agent owns, through netlink (pyroute2) and /proc/sys.
+
+Readers return normalised values (``ipaddress`` objects, table ids, interface names instead of indexes) so the pure
+diff in ``desired.py`` compares like with like. They are reusable by other commands (``vpnctl doctor``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
+
+from .desired import ActualLink, ActualRoute, ActualRule, LinkSpec, RouteSpec
+
+log = logging.getLogger(__name__)
+
+AF_INET = 2
+RTN_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast", 6: "blackhole",
+             7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat"}
+FR_ACTIONS = {1: "to_tbl", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+# Rule attributes that select traffic: a rule carrying any of them is not our plain "lookup <table>" rule.
+RULE_SELECTORS = ("FRA_DST", "FRA_SRC", "FRA_IIFNAME", "FRA_OIFNAME", "FRA_FWMARK", "FRA_FWMASK", "FRA_FLOW",
+                  "FRA_UID_RANGE", "FRA_IP_PROTO", "FRA_SPORT_RANGE", "FRA_DPORT_RANGE", "FRA_L3MDEV", "FRA_GOTO")
+SYSCTL_ROOT = Path("/proc/sys")
+DUMP_RETRIES = 5
+
+T = TypeVar("T")
+
+
+class KernelError(RuntimeError):
+    """A netlink or /proc/sys operation failed for a reason that is not 'already done'."""
+
+
+class InterfaceMissing(KernelError):
+    """ENODEV: the interface an operation names does not exist."""
+
+
+def netlink_call(op: str, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> bool:
+    """Run one netlink request; return True if it changed something, False if it was already so.
+
+    EEXIST on add and ENOENT/ESRCH/EADDRNOTAVAIL on delete mean the kernel already has the state we want.
+    ENODEV becomes InterfaceMissing; anything else is a KernelError naming what we tried.
+    """
+    try:
+        fn(*args, **kwargs)
+        return True
+    except NetlinkError as exc:
+        if op == "add" and exc.code == errno.EEXIST:
+            return False
+        if op == "del" and exc.code in (errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL):
+            return False
+        if exc.code == errno.ENODEV:
+            raise InterfaceMissing(f"{what}: no such interface") from None
+        if exc.code == errno.EOPNOTSUPP and "vti" in what:
+            raise KernelError(f"{what}: this kernel cannot create VTI links (ip_vti module missing?)") from None
+        raise KernelError(f"{what}: {os.strerror(exc.code) if exc.code else exc}") from None
+
+
+def _dump(fn: Callable[[], Any]) -> list[Any]:
+    """A netlink dump, retried a bounded number of times when the kernel reports it was interrupted."""
+    for attempt in range(DUMP_RETRIES):
+        try:
+            return list(fn())
+        except NetlinkDumpInterrupted:
+            log.debug("netlink dump interrupted, retry %s", attempt + 1)
+    raise KernelError(f"netlink dump interrupted {DUMP_RETRIES} times in a row")
+
+
+class Kernel:
+    """One netlink handle plus the readers and writers the reconciler and the status commands need."""
+
+    def __init__(self, ipr: IPRoute | None = None):
+        self.ipr = ipr or IPRoute()
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- readers -------------------------------------------------------------------------------------------------
+
+    def link_names(self) -> dict[int, str]:
+        return {msg["index"]: msg.get("ifname") for msg in _dump(self.ipr.get_links)}
+
+    def read_links(self, names: set[str] | tuple[str, ...]) -> dict[str, ActualLink]:
+        result = {}
+        for msg in _dump(self.ipr.get_links):
+            name = msg.get("ifname")
+            if name not in names:
+                continue
+            kind, local, remote, ikey, okey = None, None, None, None, None
+            linkinfo = msg.get_attr("IFLA_LINKINFO")
+            if linkinfo is not None:
+                kind = linkinfo.get_attr("IFLA_INFO_KIND")
+                data = linkinfo.get_attr("IFLA_INFO_DATA")
+                if kind == "vti" and data is not None:
+                    local = _ip_or_none(data.get_attr("IFLA_VTI_LOCAL"))
+                    remote = _ip_or_none(data.get_attr("IFLA_VTI_REMOTE"))
+                    ikey = data.get_attr("IFLA_VTI_IKEY")
+                    okey = data.get_attr("IFLA_VTI_OKEY")
+            result[name] = ActualLink(name=name, index=msg["index"], kind=kind, mtu=msg.get("mtu"),
+                                      up=bool(msg["flags"] & 1), local=local, remote=remote, ikey=ikey, okey=okey)
+        return result
+
+    def read_link_counters(self, names: tuple[str, ...]) -> dict[str, dict[str, int]]:
+        result = {}
+        for msg in _dump(self.ipr.get_links):
+            name = msg.get("ifname")
+            if name in names:
+                stats = msg.get("stats64") or msg.get("stats") or {}
+                result[name] = {k: int(stats.get(k, 0)) for k in ("rx_bytes", "tx_bytes", "rx_packets",
+                                                                   "tx_packets", "rx_dropped", "tx_dropped")}
+        return result
+
+    def read_addresses(self, links: dict[str, ActualLink]) -> dict[str, tuple[IPv4Interface, ...]]:
+        by_index = {link.index: name for name, link in links.items()}
+        result: dict[str, list[IPv4Interface]] = {name: [] for name in links}
+        for msg in _dump(lambda: self.ipr.get_addr(family=AF_INET)):
+            name = by_index.get(msg["index"])
+            if name is not None:
+                result[name].append(IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}"))
+        return {name: tuple(sorted(addrs)) for name, addrs in result.items()}
+
+    def read_routes(self, table: int) -> list[ActualRoute]:
+        names = self.link_names()
+        routes = []
+        for msg in _dump(lambda: self.ipr.route("dump", family=AF_INET, table=table)):
+            if msg.get("table") != table:
+                continue
+            dst = msg.get("dst") or "0.0.0.0"
+            oif = msg.get("oif")
+            src = msg.get("prefsrc")
+            routes.append(ActualRoute(
+                dst=IPv4Network(f"{dst}/{msg['dst_len']}"), metric=msg.get("priority") or 0, protocol=msg["proto"],
+                type=RTN_TYPES.get(msg["type"], str(msg["type"])), ifname=names.get(oif) if oif else None,
+                src=IPv4Address(src) if src else None,
+            ))
+        return routes
+
+    def read_rules(self, priority: int) -> list[ActualRule]:
+        rules = []
+        for msg in _dump(lambda: self.ipr.get_rules(family=AF_INET)):
+            if (msg.get("priority") or 0) != priority:
+                continue
+            selectors = [(name, msg.get_attr(name)) for name in RULE_SELECTORS if msg.get_attr(name) is not None]
+            if msg["src_len"]:
+                selectors.append(("src_len", msg["src_len"]))
+            if msg["dst_len"]:
+                selectors.append(("dst_len", msg["dst_len"]))
+            if msg["tos"]:
+                selectors.append(("tos", msg["tos"]))
+            if msg["flags"]:
+                selectors.append(("flags", msg["flags"]))
+            table = msg.get_attr("FRA_TABLE") or msg["table"]
+            rules.append(ActualRule(priority=priority, table=table, action=FR_ACTIONS.get(msg["action"], "other"),
+                                    selectors=tuple(selectors)))
+        return rules
+
+    def active_interface(self, table: int, protocol: int, metric: int) -> str | None:
+        """The link our best route uses (the same for every AWS CIDR when the agent converged)."""
+        for route in self.read_routes(table):
+            if route.protocol == protocol and route.metric == metric and route.type == "unicast":
+                return route.ifname
+        return None
+
+    # ---- writers -------------------------------------------------------------------------------------------------
+
+    def create_vti(self, spec: LinkSpec) -> None:
+        netlink_call("add", f"create vti {spec.name}", self.ipr.link, "add", ifname=spec.name, kind="vti",
+                     vti_local=str(spec.local), vti_remote=str(spec.remote), vti_ikey=spec.key, vti_okey=spec.key)
+        self.set_link(spec)
+
+    def delete_link(self, name: str) -> None:
+        index = self._index(name)
+        if index is not None:
+            netlink_call("del", f"delete link {name}", self.ipr.link, "del", index=index)
+
+    def set_link(self, spec: LinkSpec) -> None:
+        index = self._index(spec.name)
+        if index is None:
+            raise InterfaceMissing(f"set link {spec.name}: no such interface")
+        netlink_call("set", f"set link {spec.name} mtu {spec.mtu} up", self.ipr.link, "set", index=index,
+                     mtu=spec.mtu, state="up")
+
+    def add_address(self, ifname: str, addr: IPv4Interface) -> None:
+        index = self._require_index(ifname)
+        netlink_call("add", f"add address {addr} dev {ifname}", self.ipr.addr, "add", index=index,
+                     address=str(addr.ip), prefixlen=addr.network.prefixlen)
+
+    def delete_address(self, ifname: str, addr: IPv4Interface) -> None:
+        index = self._require_index(ifname)
+        netlink_call("del", f"delete address {addr} dev {ifname}", self.ipr.addr, "del", index=index,
+                     address=str(addr.ip), prefixlen=addr.network.prefixlen)
+
+    def replace_route(self, spec: RouteSpec, table: int, protocol: int) -> None:
+        kwargs: dict[str, Any] = dict(dst=str(spec.dst), table=table, proto=protocol, priority=spec.metric,
+                                      family=AF_INET)
+        if spec.type == "unreachable":
+            kwargs["type"] = "unreachable"
+        else:
+            kwargs["oif"] = self._require_index(spec.ifname or "")
+            if spec.src is not None:
+                kwargs["prefsrc"] = str(spec.src)
+        # replace = one atomic netlink call (NLM_F_CREATE|NLM_F_REPLACE): make-before-break by construction.
+        netlink_call("replace", f"replace route {spec} table {table}", self.ipr.route, "replace", **kwargs)
+
+    def delete_route(self, route: ActualRoute, table: int) -> None:
+        kwargs: dict[str, Any] = dict(dst=str(route.dst), table=table, proto=route.protocol, priority=route.metric,
+                                      family=AF_INET)
+        if route.type != "unicast":
+            kwargs["type"] = route.type
+        netlink_call("del", f"delete route {route.dst} metric {route.metric} table {table}", self.ipr.route, "del",
+                     **kwargs)
+
+    def add_rule(self, priority: int, table: int, protocol: int) -> None:
+        netlink_call("add", f"add rule pref {priority} lookup {table}", self.ipr.rule, "add", family=AF_INET,
+                     priority=priority, table=table, FRA_PROTOCOL=protocol)
+
+    def delete_rule(self, rule: ActualRule) -> None:
+        # The kernel deletes the first rule matching every attribute we pass: pass them all so that only this one
+        # goes (never the good rule at the same priority).
+        attrs = [("FRA_PRIORITY", rule.priority), ("FRA_TABLE", rule.table)]
+        header: dict[str, Any] = {"family": AF_INET, "table": rule.table if rule.table < 256 else 252,
+                                  "action": {v: k for k, v in FR_ACTIONS.items()}.get(rule.action, 1)}
+        for name, value in rule.selectors:
+            if name in ("src_len", "dst_len", "tos", "flags"):
+                header[name] = value
+            else:
+                attrs.append((name, value))
+        netlink_call("del", f"delete rule pref {rule.priority} lookup {rule.table}", self._delete_rule_msg,
+                     header, attrs)
+
+    def _delete_rule_msg(self, header: dict[str, Any], attrs: list[tuple[str, Any]]) -> None:
+        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+        from pyroute2.netlink.rtnl import RTM_DELRULE
+        from pyroute2.netlink.rtnl.fibmsg import fibmsg
+
+        msg = fibmsg()
+        for key, value in header.items():
+            msg[key] = value
+        msg["attrs"] = attrs
+        self.ipr.nlm_request(msg, msg_type=RTM_DELRULE, msg_flags=NLM_F_REQUEST | NLM_F_ACK)
+
+    def _index(self, name: str) -> int | None:
+        found = self.ipr.link_lookup(ifname=name)
+        return found[0] if found else None
+
+    def _require_index(self, name: str) -> int:
+        index = self._index(name)
+        if index is None:
+            raise InterfaceMissing(f"{name}: no such interface")
+        return index
+
+
+def _ip_or_none(value: str | None) -> IPv4Address | None:
+    return IPv4Address(value) if value else None
+
+
+def read_sysctls(keys: list[str], root: Path = SYSCTL_ROOT) -> dict[str, str | None]:
+    """Current values; None when the key does not exist (for example the interface is missing)."""
+    result: dict[str, str | None] = {}
+    for key in keys:
+        try:
+            result[key] = (root / key).read_text().strip()
+        except FileNotFoundError:
+            result[key] = None
+    return result
+
+
+def write_sysctl(key: str, value: str, root: Path = SYSCTL_ROOT) -> None:
+    path = root / key
+    try:
+        with open(path, "w") as handle:
+            handle.write(value)
+    except OSError as exc:
+        raise KernelError(f"set sysctl {key}={value}: {exc.strerror}") from None

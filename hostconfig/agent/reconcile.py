@@ -1,0 +1,157 @@
+"""The reconciler: desired state (pure) vs actual kernel state (read), apply only the difference.
+
+Stages run in dependency order and re-read what an earlier stage may have changed (recreating a VTI flushes its
+addresses and routes). A failing stage is reported and the later stages still run, so the leak-protection routes and
+the rule are in place even when, for example, a VTI cannot be created. The list of applied changes is returned: a
+second run over a converged system returns an empty list.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import nft
+from .config import AgentConfig
+from .desired import (
+    Change,
+    DesiredState,
+    LinkMode,
+    TunnelView,
+    desired_state,
+    diff_addresses,
+    diff_links,
+    diff_routes,
+    diff_rule,
+    diff_sysctls,
+)
+from .kernel import SYSCTL_ROOT, Kernel, KernelError, read_sysctls, write_sysctl
+from .state import NFT_RECORD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcileResult:
+    changes: list[Change] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Reconciler:
+    def __init__(self, config: AgentConfig, kernel: Kernel, link_mode: LinkMode = "vti",
+                 sysctl_root: Path = SYSCTL_ROOT):
+        self.config = config
+        self.kernel = kernel
+        self.link_mode = link_mode
+        self.sysctl_root = sysctl_root
+
+    def run(self, view: TunnelView, routes_only: bool = False) -> ReconcileResult:
+        """Converge the kernel to the desired state for ``view``; ``routes_only`` is the failover fast path."""
+        started = time.perf_counter()
+        desired = desired_state(self.config, view)
+        result = ReconcileResult()
+        ruleset = None
+        if not routes_only:
+            # Read and check the ruleset before changing anything: a bad file applies nothing at all.
+            ruleset = nft.read_ruleset(self.config.paths.nft_ruleset, self.config.ownership.nft_table)
+            self._stage(result, "links", self._links, desired)
+            self._stage(result, "addresses", self._addresses, desired)
+            self._stage(result, "sysctls", self._sysctls, desired)
+        self._stage(result, "routes", self._routes, desired)
+        if not routes_only:
+            self._stage(result, "rule", self._rule, desired)
+            self._stage(result, "nftables", self._nft, ruleset)
+        result.seconds = time.perf_counter() - started
+        if result.changes:
+            log.info("reconcile applied %s change(s) in %.1f ms: %s", len(result.changes), result.seconds * 1000,
+                     "; ".join(str(c) for c in result.changes))
+        for problem in result.problems:
+            log.error("reconcile: %s", problem)
+        return result
+
+    def _stage(self, result: ReconcileResult, name: str, fn, arg) -> None:  # noqa: ANN001 - internal dispatcher
+        try:
+            fn(arg, result)
+        except (KernelError, nft.NftError, OSError) as exc:
+            result.problems.append(f"{name}: {exc}")
+
+    def _apply(self, result: ReconcileResult, change: Change, action) -> None:  # noqa: ANN001
+        log.debug("apply %s", change)
+        try:
+            action()
+        except KernelError as exc:
+            result.problems.append(str(exc))
+            return
+        result.changes.append(change)
+
+    def _links(self, desired: DesiredState, result: ReconcileResult) -> None:
+        names = tuple(spec.name for spec in desired.links)
+        for change in diff_links(desired.links, self.kernel.read_links(names), self.link_mode):
+            spec = change.spec
+            if change.action == "missing_link":
+                result.problems.append(f"link {spec.name} is missing (link mode 'given': created by someone else)")
+            elif change.action == "create_link":
+                self._apply(result, change, lambda s=spec: self.kernel.create_vti(s))
+            elif change.action == "recreate_link":
+                def recreate(s=spec) -> None:
+                    self.kernel.delete_link(s.name)
+                    self.kernel.create_vti(s)
+                self._apply(result, change, recreate)
+            elif change.action == "set_link":
+                self._apply(result, change, lambda s=spec: self.kernel.set_link(s))
+
+    def _addresses(self, desired: DesiredState, result: ReconcileResult) -> None:
+        links = self.kernel.read_links(tuple(desired.addresses))
+        for change in diff_addresses(desired.addresses, self.kernel.read_addresses(links)):
+            ifname, addr = change.spec
+            if change.action == "add_address":
+                self._apply(result, change, lambda i=ifname, a=addr: self.kernel.add_address(i, a))
+            else:
+                self._apply(result, change, lambda i=ifname, a=addr: self.kernel.delete_address(i, a))
+
+    def _sysctls(self, desired: DesiredState, result: ReconcileResult) -> None:
+        actual = read_sysctls(list(desired.sysctls), self.sysctl_root)
+        for key, value in actual.items():
+            if value is None and "/conf/all/" not in key and key.count("/") > 2:
+                result.problems.append(f"sysctl {key}: missing (interface absent)")
+        for change in diff_sysctls(desired.sysctls, actual):
+            key, value = change.spec
+            self._apply(result, change, lambda k=key, v=value: write_sysctl(k, v, self.sysctl_root))
+
+    def _routes(self, desired: DesiredState, result: ReconcileResult) -> None:
+        names = tuple(spec.name for spec in desired.links)
+        usable = {name for name, link in self.kernel.read_links(names).items() if link.up}
+        changes, problems = diff_routes(desired.routes, self.kernel.read_routes(desired.table), desired.protocol,
+                                        usable)
+        result.problems.extend(problems)
+        for change in changes:
+            if change.action == "replace_route":
+                self._apply(result, change,
+                            lambda s=change.spec: self.kernel.replace_route(s, desired.table, desired.protocol))
+            else:
+                self._apply(result, change, lambda r=change.spec: self.kernel.delete_route(r, desired.table))
+
+    def _rule(self, desired: DesiredState, result: ReconcileResult) -> None:
+        for change in diff_rule(desired.rule, self.kernel.read_rules(desired.rule.priority)):
+            if change.action == "add_rule":
+                self._apply(result, change, lambda: self.kernel.add_rule(desired.rule.priority, desired.rule.table,
+                                                                         desired.protocol))
+            else:
+                self._apply(result, change, lambda r=change.spec: self.kernel.delete_rule(r))
+
+    def _nft(self, ruleset: str, result: ReconcileResult) -> None:
+        table = self.config.ownership.nft_table
+        record = self.config.paths.state_dir / NFT_RECORD
+        needed, why = nft.needs_apply(ruleset, table, record)
+        if needed:
+            change = Change("apply_nft", f"table inet {table} ({why})")
+            log.debug("apply %s", change)
+            nft.apply_ruleset(ruleset, table, record)
+            result.changes.append(change)

@@ -1,0 +1,107 @@
+"""Files in the state dir: atomic writes, the daemon's state file, updown events, and the reconcile lock."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DAEMON_STATE = "daemon-state.json"
+NFT_RECORD = "nft-applied.json"
+LOCK_FILE = "reconcile.lock"
+EVENT_PREFIX = "updown-"
+# The daemon rewrites its state at least this often; older than FRESH_SECONDS means "no daemon running".
+FRESH_SECONDS = 10.0
+
+
+def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write via a temp file in the same directory + rename: readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The decoded file, or None when it is missing or unreadable (a state file is a hint, never trusted blindly)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def daemon_state_is_fresh(data: dict[str, Any] | None, now: float | None = None) -> bool:
+    """True when a daemon wrote this recently and its process still exists."""
+    if not data:
+        return False
+    now = time.time() if now is None else now
+    try:
+        updated = float(data["updated_at"])
+        pid = int(data["pid"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    if now - updated > FRESH_SECONDS:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+class LockTimeout(TimeoutError):
+    pass
+
+
+@contextlib.contextmanager
+def reconcile_lock(state_dir: Path, timeout: float) -> Iterator[None]:
+    """Blocking flock with a deadline: the daemon, updown hooks and manual runs reconcile one at a time.
+
+    Polls with short sleeps rather than a signal-based timeout, so it is safe in any thread and never leaves an
+    alarm behind. Raises LockTimeout when the deadline passes.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"{state_dir / LOCK_FILE}: still held after {timeout:.1f}s") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -1,0 +1,200 @@
+"""Talking to charon over VICI (strongSwan's `vici` package): SA listing and a select()-friendly event stream.
+
+Values arrive as bytes and are decoded here, at the boundary. Charon being down or restarting is normal: callers get
+ViciUnavailable and decide (status shows "charon not reachable", the daemon reconnects with backoff).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import vici
+from vici.exception import SessionException
+from vici.protocol import Message, Packet, Transport
+
+from .config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+EVENTS = ("ike-updown", "child-updown")
+CONNECT_TIMEOUT = 2.0
+
+
+class ViciUnavailable(ConnectionError):
+    """charon's VICI socket is missing, refused the connection, or closed it."""
+
+
+@dataclass(frozen=True)
+class ChildSa:
+    name: str
+    state: str
+    mark_in: int | None
+    bytes_in: int
+    bytes_out: int
+
+
+@dataclass(frozen=True)
+class IkeSa:
+    name: str
+    state: str
+    remote_host: str | None
+    children: tuple[ChildSa, ...]
+
+
+@dataclass(frozen=True)
+class TunnelSaState:
+    ike_state: str
+    child_state: str
+    child_bytes_in: int = 0
+    child_bytes_out: int = 0
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _int(value: Any, base: int = 10) -> int | None:
+    try:
+        return int(_text(value), base)
+    except ValueError:
+        return None
+
+
+def parse_ike_sas(message: dict[str, Any]) -> list[IkeSa]:
+    """Normalise one list-sa event or an updown event payload ({ike name: {...}}) into IkeSa records."""
+    result = []
+    for name, ike in message.items():
+        if not isinstance(ike, dict):
+            continue  # e.g. the "up" flag of updown events
+        children = []
+        for child in (ike.get("child-sas") or {}).values():
+            children.append(ChildSa(
+                name=_text(child.get("name")), state=_text(child.get("state")),
+                mark_in=_int(child.get("mark-in"), 16) if child.get("mark-in") else None,
+                bytes_in=_int(child.get("bytes-in")) or 0, bytes_out=_int(child.get("bytes-out")) or 0,
+            ))
+        result.append(IkeSa(name=_text(name), state=_text(ike.get("state")),
+                            remote_host=_text(ike.get("remote-host")) or None, children=tuple(children)))
+    return result
+
+
+def tunnel_for_ike(config: AgentConfig, ike: IkeSa) -> str | None:
+    """Map an IKE SA to a tunnel: by connection name, else by the remote outside address."""
+    for tunnel in config.tunnels:
+        if ike.name == tunnel.name:
+            return tunnel.name
+    for tunnel in config.tunnels:
+        if ike.remote_host and ike.remote_host == str(tunnel.remote_outside_ip):
+            return tunnel.name
+    return None
+
+
+def tunnel_sa_states(config: AgentConfig, sas: list[IkeSa]) -> dict[str, TunnelSaState]:
+    """Per tunnel the best IKE and CHILD SA state (INSTALLED wins over a rekeying duplicate)."""
+    rank = {"INSTALLED": 3, "REKEYING": 2, "REKEYED": 1}
+    result: dict[str, TunnelSaState] = {}
+    for ike in sas:
+        name = tunnel_for_ike(config, ike)
+        if name is None:
+            continue
+        mark = config.tunnel(name).mark
+        children = [c for c in ike.children if c.mark_in in (None, mark)]
+        best = max(children, key=lambda c: rank.get(c.state, 0), default=None)
+        state = TunnelSaState(ike.state, best.state if best else "NONE", best.bytes_in if best else 0,
+                              best.bytes_out if best else 0)
+        old = result.get(name)
+        if old is None or (rank.get(state.child_state, 0), state.ike_state == "ESTABLISHED") > (
+                rank.get(old.child_state, 0), old.ike_state == "ESTABLISHED"):
+            result[name] = state
+    return result
+
+
+def installed_tunnels(config: AgentConfig, sas: list[IkeSa]) -> frozenset[str]:
+    return frozenset(name for name, st in tunnel_sa_states(config, sas).items() if st.child_state == "INSTALLED")
+
+
+def _connect(path: Path, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ViciUnavailable(f"VICI socket {path}: {exc.strerror or exc}") from None
+    return sock
+
+
+def list_sas(path: Path, timeout: float = CONNECT_TIMEOUT) -> list[IkeSa]:
+    """All IKE SAs charon knows; ViciUnavailable when charon is not reachable."""
+    sock = _connect(path, timeout)
+    try:
+        session = vici.Session(sock)
+        sas: list[IkeSa] = []
+        for message in session.list_sas():
+            sas.extend(parse_ike_sas(message))
+        return sas
+    except (OSError, SessionException) as exc:
+        raise ViciUnavailable(f"VICI list-sas on {path}: {exc}") from None
+    finally:
+        sock.close()
+
+
+@dataclass(frozen=True)
+class UpdownEvent:
+    kind: str  # "ike-updown" | "child-updown"
+    up: bool
+    sas: tuple[IkeSa, ...]
+
+
+class ViciEventStream:
+    """A registered VICI event connection whose socket the daemon's select() loop watches.
+
+    Built on the vici package's protocol classes (Transport, Packet, Message) rather than Session.listen(), whose
+    blocking generator cannot share one loop with the probe sockets.
+    """
+
+    def __init__(self, path: Path, timeout: float = CONNECT_TIMEOUT):
+        self.sock = _connect(path, timeout)
+        self.transport = Transport(self.sock)
+        try:
+            for event in EVENTS:
+                self.transport.send(Packet.register_event(event))
+                while True:
+                    reply = Packet.parse(self.transport.receive())
+                    if reply.response_type == Packet.EVENT:
+                        continue  # an event raced the confirmation: it is before our registration, drop it
+                    if reply.response_type != Packet.EVENT_CONFIRM:
+                        raise ViciUnavailable(f"VICI refused to register event {event}")
+                    break
+        except OSError as exc:
+            self.close()
+            raise ViciUnavailable(f"VICI event registration on {path}: {exc}") from None
+        self.sock.settimeout(None)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read_event(self) -> UpdownEvent | None:
+        """Read one message (the socket is readable); ViciUnavailable when charon closed the connection."""
+        try:
+            packet = Packet.parse(self.transport.receive())
+        except (OSError, ValueError) as exc:
+            raise ViciUnavailable(f"VICI event connection lost: {exc}") from None
+        if packet.response_type != Packet.EVENT:
+            return None
+        kind = _text(packet.event_type)
+        message = Message.deserialize(packet.payload)
+        return UpdownEvent(kind=kind, up=_text(message.get("up")) == "yes", sas=tuple(parse_ike_sas(message)))
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
