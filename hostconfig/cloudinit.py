@@ -1,0 +1,88 @@
+"""cloud-init user data for the gateway's first boot.
+
+Rendered before the AWS side exists (the customer gateway needs the gateway's public IP first), so it depends on no
+tunnel value: packages, the pinned SSH host key, sysctls, directories and the failover unit. No tunnel secrets: user
+data is readable by anyone who can read the Linode through the API. The PSKs, the agent (vpnctl) and its configuration
+arrive by the SSH push (hostconfig.deliver), which then starts the unit.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from hostconfig import plan as planmod
+from hostconfig import render as rendermod
+
+log = logging.getLogger(__name__)
+
+# strongSwan with swanctl/VICI; charon-systemd provides strongswan.service on Debian 12 (strongswan-charon alone
+# ships the daemon but no unit that starts it). The agent is a zipapp run by python3 (pyroute2 and vici bundled).
+PACKAGES = (
+    "strongswan-charon",
+    "strongswan-swanctl",
+    "charon-systemd",
+    "libcharon-extra-plugins",
+    "libstrongswan-standard-plugins",
+    "nftables",
+    "python3",
+)
+DIRECTORIES = ("/etc/hybrid-vpn", "/etc/swanctl/conf.d", "/var/lib/prometheus/node-exporter")
+
+_HOSTNAME = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
+_ED25519_PUBLIC = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]+=*( [^\n]*)?$")
+_PRIVATE_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
+_PRIVATE_END = "-----END OPENSSH PRIVATE KEY-----"
+
+
+class UserDataError(ValueError):
+    """An argument of render_user_data is unusable; the message names it (never shows a key)."""
+
+
+def _check(hostname: str, private: str, public: str) -> None:
+    if not isinstance(hostname, str) or not _HOSTNAME.match(hostname):
+        raise UserDataError(
+            f"hostname: got {hostname!r}; expected a host name label (letters, digits, '-', at most "
+            "63 characters) like 'hybrid-vpn-dev-gw'"
+        )
+    lines = private.strip().splitlines() if isinstance(private, str) else []
+    if len(lines) < 3 or lines[0] != _PRIVATE_BEGIN or lines[-1] != _PRIVATE_END:
+        raise UserDataError(
+            "ssh_host_ed25519_private: not an OpenSSH private key (value not shown); expected the "
+            f"text from '{_PRIVATE_BEGIN}' to '{_PRIVATE_END}' as ssh-keygen -t ed25519 writes it"
+        )
+    if not isinstance(public, str) or not _ED25519_PUBLIC.match(public.strip()):
+        raise UserDataError(f"ssh_host_ed25519_public: got {public!r:.40}; expected 'ssh-ed25519 AAAA... comment'")
+
+
+def _block(text: str) -> str:
+    """Content for a YAML literal block: the block adds back exactly one final newline."""
+    return text.rstrip("\n")
+
+
+def render_user_data(*, hostname: str, ssh_host_ed25519_private: str, ssh_host_ed25519_public: str) -> str:
+    """The gateway's `#cloud-config` user data (called by the Pulumi program)."""
+    _check(hostname, ssh_host_ed25519_private, ssh_host_ed25519_public)
+    unit = planmod.unit_view()
+    view = {
+        "hostname": hostname,
+        "packages": list(PACKAGES),
+        "ssh_host_ed25519_private": _block(ssh_host_ed25519_private.strip()),
+        "ssh_host_ed25519_public": ssh_host_ed25519_public.strip(),
+        "files": [
+            {"path": rendermod.SYSCTL_PATH, "mode": "0644", "content": _block(rendermod.render_sysctl())},
+            {"path": rendermod.FAILOVER_UNIT_PATH, "mode": "0644", "content": _block(rendermod.render_failover_unit())},
+        ],
+        "commands": [
+            ["sysctl", "-p", rendermod.SYSCTL_PATH],
+            ["install", "-d", "-m", "0755", *DIRECTORIES],
+            ["install", "-d", "-m", "0755", unit["state_dir"]],
+            ["systemctl", "daemon-reload"],
+            # Enabled now, started by the delivery push once vpnctl and agent.json exist (ConditionPathExists).
+            ["systemctl", "enable", "hybrid-vpn-failover.service"],
+            ["systemctl", "enable", "--now", "strongswan.service"],
+        ],
+    }
+    text = rendermod.render("user-data.yaml.j2", view)
+    log.info("rendered cloud-init user data for %s (%d bytes)", hostname, len(text))
+    return text

@@ -1,0 +1,190 @@
+"""GatewayPlan -> the files on the gateway: one Jinja2 environment, templates that only format view models.
+
+Autoescaping is off on purpose: these are configuration files (strongSwan, nftables, systemd, YAML, JSON), not HTML,
+and HTML escaping would corrupt them. Values that need quoting go through explicit filters below, which refuse what
+they cannot quote safely instead of guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from hostconfig import plan as planmod
+from hostconfig.plan import GatewayPlan
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+# Production paths and modes on the gateway (docs/contracts.md §4).
+SWANCTL_PATH = "/etc/swanctl/conf.d/hybrid-vpn.conf"
+CHARON_SNIPPET_PATH = "/etc/strongswan.d/charon-hybrid-vpn.conf"
+AGENT_CONFIG_PATH = planmod.AGENT_CONFIG_PATH
+NFT_RULESET_PATH = planmod.NFT_RULESET_PATH
+FAILOVER_UNIT_PATH = "/etc/systemd/system/hybrid-vpn-failover.service"
+SYSCTL_PATH = "/etc/sysctl.d/60-hybrid-vpn.conf"
+LEGACY_IPSEC_CONF_PATH = "/etc/ipsec.conf"
+LEGACY_IPSEC_SECRETS_PATH = "/etc/ipsec.secrets"
+
+
+class RenderError(RuntimeError):
+    """A template could not be rendered; the message names the template, the line and the variable or value."""
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    path: str  # absolute on the gateway
+    content: bytes = field(repr=False)
+    mode: int
+    secret: bool
+
+    def __repr__(self) -> str:
+        return (
+            f"RenderedFile(path={self.path!r}, mode=0o{self.mode:o}, secret={self.secret}, {len(self.content)} bytes)"
+        )
+
+
+class UnsafeValue(ValueError):
+    """A quoting filter met a value it cannot represent safely. The message never contains the value."""
+
+
+# ------------------------------------------------------------------------------------------------- quoting filters
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NFT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def swan_quote(value: Any) -> str:
+    """A double-quoted strongSwan settings string (swanctl.conf, strongswan.conf): backslash and quote escaped."""
+    text = str(value)
+    if _CONTROL.search(text):
+        raise UnsafeValue("swan_quote: value contains a control character (newline, NUL, ...), which cannot be quoted")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def ipsec_quote(value: Any) -> str:
+    """A double-quoted ipsec.conf / ipsec.secrets value. Those parsers know no escapes: refuse what would break."""
+    text = str(value)
+    if _CONTROL.search(text) or '"' in text or "\\" in text:
+        raise UnsafeValue(
+            "ipsec_quote: value contains a quote, backslash or control character, which ipsec.conf "
+            "and ipsec.secrets cannot quote"
+        )
+    return f'"{text}"'
+
+
+def nft_quote(value: Any) -> str:
+    """An interface name as an nftables string."""
+    text = str(value)
+    if not _NFT_NAME.match(text):
+        raise UnsafeValue("nft_quote: not an interface name (1-15 letters, digits, '_', '.', '-')")
+    return f'"{text}"'
+
+
+def yaml_str(value: Any) -> str:
+    """A YAML scalar as a JSON string (valid YAML double-quoted flow scalar), whatever the characters."""
+    return json.dumps(str(value))
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, indent=2) if isinstance(value, dict) else json.dumps(value)
+
+
+def _make_environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # config files, not HTML (see the module docstring); quoting is explicit
+    )
+    env.filters.update(
+        swan_quote=swan_quote, ipsec_quote=ipsec_quote, nft_quote=nft_quote, yaml_str=yaml_str, to_json=to_json
+    )
+    return env
+
+
+ENVIRONMENT = _make_environment()
+
+
+def _template_line(exc: BaseException, template_name: str) -> int | None:
+    """The template line where rendering failed (Jinja2 rewrites tracebacks to point into the template)."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(template_name):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def render(template_name: str, view: dict) -> str:
+    """Render one template with its view model; any failure is a RenderError naming template, line and cause."""
+    try:
+        template = ENVIRONMENT.get_template(template_name)
+    except jinja2.TemplateNotFound:
+        raise RenderError(f"{template_name}: no such template in {TEMPLATES_DIR}") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise RenderError(f"{template_name} line {exc.lineno}: template syntax error: {exc.message}") from None
+    try:
+        text = template.render(view)
+    except jinja2.UndefinedError as exc:
+        where = _template_line(exc, template_name)
+        at = f" line {where}" if where else ""
+        raise RenderError(
+            f"{template_name}{at}: undefined variable: {exc.message} (view keys: {', '.join(sorted(view))})"
+        ) from None
+    except UnsafeValue as exc:
+        where = _template_line(exc, template_name)
+        at = f" line {where}" if where else ""
+        raise RenderError(f"{template_name}{at}: {exc}") from None
+    except Exception as exc:
+        # The message of an unexpected error may quote a value (a PSK?): name only its type; the cause stays chained.
+        where = _template_line(exc, template_name)
+        at = f" line {where}" if where else ""
+        raise RenderError(f"{template_name}{at}: {type(exc).__name__} while rendering") from exc
+    log.debug("rendered %s (%d bytes)", template_name, len(text))
+    return text
+
+
+# ----------------------------------------------------------------------------------------------- the file sets
+
+
+def render_gateway_files(plan: GatewayPlan) -> list[RenderedFile]:
+    """The files the delivery pushes to the gateway (docs/contracts.md §4), vpnctl itself excepted."""
+    files = [
+        RenderedFile(SWANCTL_PATH, render("swanctl.conf.j2", planmod.swanctl_view(plan)).encode(), 0o600, True),
+        RenderedFile(
+            CHARON_SNIPPET_PATH, render("charon-hybrid-vpn.conf.j2", planmod.charon_view(plan)).encode(), 0o644, False
+        ),
+        RenderedFile(AGENT_CONFIG_PATH, render("agent.json.j2", planmod.agent_view(plan)).encode(), 0o644, False),
+        RenderedFile(NFT_RULESET_PATH, render("nftables.nft.j2", planmod.nftables_view(plan)).encode(), 0o644, False),
+        RenderedFile(FAILOVER_UNIT_PATH, render_failover_unit().encode(), 0o644, False),
+    ]
+    log.info("rendered %d gateway files for stack %s", len(files), plan.stack)
+    return files
+
+
+def render_legacy_files(plan: GatewayPlan) -> list[RenderedFile]:
+    """ipsec.conf + ipsec.secrets for users of the legacy `ipsec` starter (not pushed by default)."""
+    view = planmod.legacy_view(plan)
+    return [
+        RenderedFile(LEGACY_IPSEC_CONF_PATH, render("ipsec.conf.j2", view).encode(), 0o644, False),
+        RenderedFile(LEGACY_IPSEC_SECRETS_PATH, render("ipsec.secrets.j2", view).encode(), 0o600, True),
+    ]
+
+
+def render_failover_unit() -> str:
+    return render("hybrid-vpn-failover.service.j2", planmod.unit_view())
+
+
+def render_sysctl() -> str:
+    return render("sysctl.conf.j2", planmod.sysctl_view())
