@@ -246,7 +246,8 @@ def diff_rule(desired: RuleSpec, actual: list[ActualRule]) -> list[Change]:
     good = [r for r in actual if r.table == desired.table and r.action == "to_tbl" and not r.selectors]
     if not good:
         changes.append(Change("add_rule", f"pref {desired.priority} lookup {desired.table}", desired))
-    for extra in [r for r in actual if r not in good[:1]]:
+    keep = actual.index(good[0]) if good else -1
+    for extra in [r for i, r in enumerate(actual) if i != keep]:
         changes.append(Change("delete_rule", f"pref {extra.priority} lookup {extra.table} {dict(extra.selectors)}",
                               extra))
     return changes
