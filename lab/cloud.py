@@ -336,8 +336,9 @@ class RegisteredResource:
 class SecretMarkingMonitor(pulumi_mocks.MockMonitor):
     """A MockMonitor that behaves like the engine for secrets, and records what the program registered."""
 
-    def __init__(self, mocks: CloudMocks):
+    def __init__(self, mocks: CloudMocks, mark_engine_secrets: bool = True):
         super().__init__(mocks)
+        self.mark_engine_secrets = mark_engine_secrets
         self.registrations: list[RegisteredResource] = []
         self.stack_outputs: Any = None
 
@@ -357,7 +358,7 @@ class SecretMarkingMonitor(pulumi_mocks.MockMonitor):
             secret_inputs=secret_inputs, dependencies=dependencies, id=response.id or None, state=state_plain))
         # What the engine does: additionalSecretOutputs, plus every output whose input was secret.
         to_mark = set(request.additionalSecretOutputs) | {p.split(".")[0].split("[")[0] for p in secret_inputs}
-        if not to_mark or not request.custom:
+        if not to_mark or not request.custom or not self.mark_engine_secrets:
             return response
         state = rpc.deserialize_properties(response.object)
         for key in to_mark:
@@ -438,17 +439,23 @@ def _config_map(stack_config: Mapping[str, Any], project: str) -> dict[str, str]
 
 def run_program(stack_config: Mapping[str, Any], project: str = "hybrid-vpn", stack: str = "lab",
                 address_plan: Any = DEFAULT_PLAN, *, secret_keys: tuple[str, ...] = (),
-                program: Path = PROGRAM) -> ProgramRun:
+                program: Path = PROGRAM, mark_engine_secrets: bool = True,
+                record: list[RegisteredResource] | None = None) -> ProgramRun:
     """Evaluate ``__main__.py`` against the emulated cloud (preview=False) and return what it produced.
 
     ``stack_config``: the ``config:`` mapping of a stack file (``hybrid-vpn:aws: {...}``), or the same with bare
-    keys. ``address_plan``: a ``CloudAddressPlan`` or lab/addresses.py's ``LabAddressPlan``.
+    keys. ``address_plan``: a ``CloudAddressPlan`` or lab/addresses.py's ``LabAddressPlan``. ``secret_keys``: config
+    keys to mark secret, as ``pulumi config set --secret`` does. ``mark_engine_secrets=False`` behaves like the SDK's
+    plain mock monitor (for tests that show the difference). ``record``: receives the registrations even when the
+    program fails.
     """
     plan = address_plan if isinstance(address_plan, CloudAddressPlan) else CloudAddressPlan.from_lab_plan(address_plan)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     mocks = CloudMocks(plan)
-    monitor = SecretMarkingMonitor(mocks)
+    monitor = SecretMarkingMonitor(mocks, mark_engine_secrets=mark_engine_secrets)
+    if record is not None:
+        monitor.registrations = record
     pulumi_settings.set_root_resource(None)
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
     # set_mocks registers a root stack of its own; the program gets a fresh one, as under `pulumi up`.
