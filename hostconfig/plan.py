@@ -229,7 +229,6 @@ class GatewayPlan:
                 return tunnel
         raise KeyError(name)
 
-    @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value in the plan (for tests and log scrubbing)."""
         return tuple(t.psk.reveal() for t in self.tunnels)
