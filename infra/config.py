@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,8 @@ class StackConfig:
     crypto: CryptoProfile
     failover: FailoverConfig
     admin_cidrs: tuple[str, ...]
-    tags: Mapping[str, str] = field(default_factory=dict)
-    delivery: DeliveryConfig = field(default_factory=lambda: DeliveryConfig(True, "root", None, 300))
+    tags: Mapping[str, str]
+    delivery: DeliveryConfig
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -458,3 +458,14 @@ def test_automation_api_preview_of_a_live_stack():
 
     result = auto.select_stack(stack_name=live, work_dir=str(REPO)).preview()
     assert result.change_summary
+
+
+def test_the_renderer_accepts_the_programs_host_config(dev_run, lab_run):
+    """The consumer of contracts.md §1 (hostconfig.plan) validates what the program exports."""
+    try:
+        from hostconfig.plan import GatewayPlan
+    except ImportError as exc:  # pragma: no cover - only while the renderer is not in the tree
+        pytest.skip(f"hostconfig.plan not importable: {exc}")
+    for run in (dev_run, lab_run):
+        plan = GatewayPlan.from_host_config(copy.deepcopy(run.outputs["host_config"]))
+        assert str(plan.gateway.public_ip) == run.outputs["gateway_public_ip"]
