@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import posixpath
 import re
 from collections.abc import Iterable, Sequence
@@ -170,22 +171,21 @@ def check_unique_paths(files: Sequence[DesiredFile]) -> None:
 class Scrubber:
     """Removes secret material from text (command stderr) before it reaches an error message or a log.
 
-    Secrets are the explicit values given plus every token of a secret file that does not also occur in a
-    non-secret file (a PSK line in swanctl.conf yields its value; shared words like 'connections' stay readable
-    only when a non-secret file has them too, so redaction errs on the side of hiding).
+    Secrets are the explicit values given plus every value token of a secret file: keys (a word followed by `=` or
+    `{`), IP addresses, short tokens and tokens that also occur in a non-secret file stay readable; everything else
+    (the PSK after `secret =`, any encoded form of it) is redacted. Redaction errs on the side of hiding.
     """
 
     def __init__(self, files: Sequence[DesiredFile], secret_values: Iterable[str] = ()):
         public_text = b"\n".join(f.content for f in files if not f.secret).decode("utf-8", "replace")
-        tokens: set[str] = {v for v in secret_values if v}
+        explicit = {v for v in secret_values if v}
+        derived: set[str] = set()
         for f in files:
-            if not f.secret:
-                continue
-            for token in re.split(r"[\s\"'=,;{}]+", f.content.decode("utf-8", "replace")):
-                if len(token) >= MIN_SECRET_TOKEN and token not in public_text:
-                    tokens.add(token)
+            if f.secret:
+                derived |= _value_tokens(f.content.decode("utf-8", "replace"))
+        derived = {t for t in derived if t not in public_text}
         # Longest first, so a secret containing another secret is removed whole.
-        self._tokens = sorted(tokens, key=len, reverse=True)
+        self._tokens = sorted(explicit | derived, key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
         for token in self._tokens:
@@ -194,3 +194,24 @@ class Scrubber:
 
     def contains_secret(self, text: str) -> bool:
         return any(token in text for token in self._tokens)
+
+
+_KEY = re.compile(r"([A-Za-z][A-Za-z0-9_.-]*)\s*(?:=|\{)")
+
+
+def _value_tokens(text: str) -> set[str]:
+    keys = set(_KEY.findall(text))
+    found = set()
+    for token in re.split(r"[\s\"'=,;{}]+", text):
+        if len(token) < MIN_SECRET_TOKEN or token in keys or _is_address(token):
+            continue
+        found.add(token)
+    return found
+
+
+def _is_address(token: str) -> bool:
+    try:
+        ipaddress.ip_network(token, strict=False)
+    except ValueError:
+        return False
+    return True

@@ -53,8 +53,10 @@ _MAX_BACKOFF_SECONDS = 8.0
 _MAX_ATTEMPT_SECONDS = 15.0
 
 # Reads each path's mode, owner and sha256 in one round trip. Paths arrive as positional arguments ($@).
+# It also creates missing parent directories: harmless when nothing changes, and saves a round trip otherwise.
 _STATE_SCRIPT = r"""
 for p in "$@"; do
+  d=${p%/*}; [ -z "$d" ] || [ -d "$d" ] || mkdir -p -- "$d" || echo "cannot create $d" >&2
   if [ -f "$p" ] && [ ! -L "$p" ]; then
     s=$(stat -c '%a %u %g' -- "$p") && h=$(sha256sum < "$p") && printf 'ok %s %s\n' "$s" "${h%% *}" || echo error
   elif [ -e "$p" ] || [ -L "$p" ]; then echo notfile
@@ -67,14 +69,18 @@ done
 _INSTALL_SCRIPT = r"""
 set -e
 i=0
-while [ "$#" -ge 3 ]; do
+set -- "$@" --
+while [ "$1" != -- ]; do
   if [ "$3" = 1 ]; then ln -f -- "$2" "$2@PREV@"; fi
   mv -f -- "$1" "$2"
   echo "done $i"
   i=$((i+1))
+  set -- "$@" "$2" "${2%/*}/"
   shift 3
 done
-sync
+shift
+# Flush the new files and their directory entries (only those, not every filesystem).
+sync -- "$@"
 """.replace("@PREV@", PREVIOUS_SUFFIX)
 # Puts back what _INSTALL_SCRIPT replaced. Pairs: final path, 1 to restore the previous version / 0 to remove.
 _RESTORE_SCRIPT = r"""
@@ -83,9 +89,9 @@ while [ "$#" -ge 2 ]; do
   if [ "$2" = 1 ]; then mv -f -- "$1@PREV@" "$1" || rc=1
   else rm -f -- "$1" || rc=1
   fi
+  sync -- "${1%/*}/" || true
   shift 2
 done
-sync
 exit $rc
 """.replace("@PREV@", PREVIOUS_SUFFIX)
 
@@ -447,10 +453,6 @@ def _install(client: paramiko.SSHClient, target: SshTarget, changes: Sequence[Pl
     token = _random.token_hex(6)
     placed = [(c, remote_path(remote_root, c.file.path)) for c in changes]
     temps = [temp_path(path, token) for _, path in placed]
-    directories = sorted({path.rsplit("/", 1)[0] or "/" for _, path in placed})
-    mkdir = _exec(client, ["mkdir", "-p", "--", *directories], timeout)
-    if mkdir.status != 0:
-        raise DeliveryError(f"{target.address}: creating directories failed: {mkdir.stderr.strip()[:500]}")
     sftp = client.open_sftp()
     try:
         try:
