@@ -29,6 +29,7 @@ FR_ACTIONS = {1: "to_tbl", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable"
 RULE_SELECTORS = ("FRA_DST", "FRA_SRC", "FRA_IIFNAME", "FRA_OIFNAME", "FRA_FWMARK", "FRA_FWMASK", "FRA_FLOW",
                   "FRA_UID_RANGE", "FRA_IP_PROTO", "FRA_SPORT_RANGE", "FRA_DPORT_RANGE", "FRA_L3MDEV", "FRA_GOTO")
 SYSCTL_ROOT = Path("/proc/sys")
+RT_SCOPE_NOWHERE = 255
 DUMP_RETRIES = 5
 
 T = TypeVar("T")
@@ -193,15 +194,15 @@ class Kernel:
         netlink_call("set", f"set link {spec.name} mtu {spec.mtu} up", self.ipr.link, "set", index=index,
                      mtu=spec.mtu, state="up")
 
-    def add_address(self, ifname: str, addr: IPv4Interface) -> None:
+    def add_address(self, ifname: str, addr: IPv4Interface) -> bool:
         index = self._require_index(ifname)
-        netlink_call("add", f"add address {addr} dev {ifname}", self.ipr.addr, "add", index=index,
-                     address=str(addr.ip), prefixlen=addr.network.prefixlen)
+        return netlink_call("add", f"add address {addr} dev {ifname}", self.ipr.addr, "add", index=index,
+                            address=str(addr.ip), prefixlen=addr.network.prefixlen)
 
-    def delete_address(self, ifname: str, addr: IPv4Interface) -> None:
+    def delete_address(self, ifname: str, addr: IPv4Interface) -> bool:
         index = self._require_index(ifname)
-        netlink_call("del", f"delete address {addr} dev {ifname}", self.ipr.addr, "del", index=index,
-                     address=str(addr.ip), prefixlen=addr.network.prefixlen)
+        return netlink_call("del", f"delete address {addr} dev {ifname}", self.ipr.addr, "del", index=index,
+                            address=str(addr.ip), prefixlen=addr.network.prefixlen)
 
     def replace_route(self, spec: RouteSpec, table: int, protocol: int) -> None:
         kwargs: dict[str, Any] = dict(dst=str(spec.dst), table=table, proto=protocol, priority=spec.metric,
@@ -215,42 +216,28 @@ class Kernel:
         # replace = one atomic netlink call (NLM_F_CREATE|NLM_F_REPLACE): make-before-break by construction.
         netlink_call("replace", f"replace route {spec} table {table}", self.ipr.route, "replace", **kwargs)
 
-    def delete_route(self, route: ActualRoute, table: int) -> None:
+    def delete_route(self, route: ActualRoute, table: int) -> bool:
+        # scope RT_SCOPE_NOWHERE matches any scope, as `ip route del` does (a stray may be scope link).
         kwargs: dict[str, Any] = dict(dst=str(route.dst), table=table, proto=route.protocol, priority=route.metric,
-                                      family=AF_INET)
+                                      family=AF_INET, scope=RT_SCOPE_NOWHERE)
         if route.type != "unicast":
             kwargs["type"] = route.type
-        netlink_call("del", f"delete route {route.dst} metric {route.metric} table {table}", self.ipr.route, "del",
-                     **kwargs)
+        return netlink_call("del", f"delete route {route.dst} metric {route.metric} table {table}", self.ipr.route,
+                            "del", **kwargs)
 
-    def add_rule(self, priority: int, table: int, protocol: int) -> None:
-        netlink_call("add", f"add rule pref {priority} lookup {table}", self.ipr.rule, "add", family=AF_INET,
-                     priority=priority, table=table, FRA_PROTOCOL=protocol)
+    def add_rule(self, priority: int, table: int, protocol: int) -> bool:
+        return netlink_call("add", f"add rule pref {priority} lookup {table}", self.ipr.rule, "add", family=AF_INET,
+                            priority=priority, table=table, FRA_PROTOCOL=protocol)
 
-    def delete_rule(self, rule: ActualRule) -> None:
+    def delete_rule(self, rule: ActualRule) -> bool:
         # The kernel deletes the first rule matching every attribute we pass: pass them all so that only this one
         # goes (never the good rule at the same priority).
-        attrs = [("FRA_PRIORITY", rule.priority), ("FRA_TABLE", rule.table)]
-        header: dict[str, Any] = {"family": AF_INET, "table": rule.table if rule.table < 256 else 252,
+        kwargs: dict[str, Any] = {"family": AF_INET, "priority": rule.priority, "table": rule.table,
                                   "action": {v: k for k, v in FR_ACTIONS.items()}.get(rule.action, 1)}
         for name, value in rule.selectors:
-            if name in ("src_len", "dst_len", "tos", "flags"):
-                header[name] = value
-            else:
-                attrs.append((name, value))
-        netlink_call("del", f"delete rule pref {rule.priority} lookup {rule.table}", self._delete_rule_msg,
-                     header, attrs)
-
-    def _delete_rule_msg(self, header: dict[str, Any], attrs: list[tuple[str, Any]]) -> None:
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-        from pyroute2.netlink.rtnl import RTM_DELRULE
-        from pyroute2.netlink.rtnl.fibmsg import fibmsg
-
-        msg = fibmsg()
-        for key, value in header.items():
-            msg[key] = value
-        msg["attrs"] = attrs
-        self.ipr.nlm_request(msg, msg_type=RTM_DELRULE, msg_flags=NLM_F_REQUEST | NLM_F_ACK)
+            kwargs[name[len("FRA_"):].lower() if name.startswith("FRA_") else name] = value
+        return netlink_call("del", f"delete rule pref {rule.priority} lookup {rule.table}", self.ipr.rule, "del",
+                            **kwargs)
 
     def _index(self, name: str) -> int | None:
         found = self.ipr.link_lookup(ifname=name)

@@ -85,11 +85,12 @@ class Reconciler:
     def _apply(self, result: ReconcileResult, change: Change, action) -> None:  # noqa: ANN001
         log.debug("apply %s", change)
         try:
-            action()
+            changed = action()
         except KernelError as exc:
             result.problems.append(str(exc))
             return
-        result.changes.append(change)
+        if changed is not False:  # False: the kernel already had it (EEXIST on add, ENOENT/ESRCH on delete)
+            result.changes.append(change)
 
     def _links(self, desired: DesiredState, result: ReconcileResult) -> None:
         names = tuple(spec.name for spec in desired.links)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -18,7 +19,7 @@ def test_contract_example_parses_into_typed_values():
     assert cfg.aws_cidrs == (IPv4Network("10.0.0.0/16"),)
     assert cfg.tunnels[1].gateway_inside_ip == IPv4Address("169.254.11.2")
     assert cfg.ownership.route_table == 1519 and cfg.probe.failback_hold_seconds == 20.0
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.mtu = 1  # type: ignore[misc]
 
 
