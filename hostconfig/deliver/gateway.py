@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from hostconfig.deliver.changes import Command
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+
+from hostconfig.deliver.changes import Command, DesiredFile
 
 SWANCTL_CONF = "/etc/swanctl/conf.d/hybrid-vpn.conf"
 CHARON_CONF = "/etc/strongswan.d/charon-hybrid-vpn.conf"
@@ -31,3 +36,34 @@ def activation_commands(strongswan_unit: str = "strongswan", agent_unit: str = "
         Command(("systemctl", "restart", agent_unit),
                 when_changed=(AGENT_CONFIG, NFT_RULESET, VPNCTL, FAILOVER_UNIT, SWANCTL_CONF)),
     ]
+
+
+# Zip entries carry a modification time; build_zipapp writes some files fresh on every build, which would make every
+# `pulumi up` see a "new" vpnctl. Entries are rewritten with this fixed time so equal sources give equal bytes.
+_FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def reproducible_zipapp(data: bytes) -> bytes:
+    """The same zipapp (shebang line + zip) with sorted entries, fixed timestamps and fixed permissions."""
+    shebang, _, _ = data.partition(b"\n")
+    if not shebang.startswith(b"#!"):
+        raise ValueError("vpnctl zipapp: expected a '#!' interpreter line before the zip archive")
+    out = io.BytesIO()
+    out.write(shebang + b"\n")
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w") as target:
+        for info in sorted(source.infolist(), key=lambda i: i.filename):
+            fixed = zipfile.ZipInfo(info.filename, date_time=_FIXED_ZIP_TIME)
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = (0o755 if info.is_dir() else 0o644) << 16
+            target.writestr(fixed, source.read(info.filename))
+    return out.getvalue()
+
+
+def vpnctl_file() -> DesiredFile:
+    """The agent zipapp (hostconfig.agent.bundle) as the file delivered to /usr/local/sbin/vpnctl, mode 0755."""
+    from hostconfig.agent.bundle import build_zipapp
+
+    with tempfile.TemporaryDirectory(prefix="hybrid-vpn-vpnctl-") as tmp:
+        built = build_zipapp(Path(tmp) / "vpnctl.pyz")
+        data = reproducible_zipapp(built.read_bytes())
+    return DesiredFile(VPNCTL, data, 0o755, secret=False)

@@ -179,6 +179,8 @@ class PushReport:
             "unchanged": list(self.unchanged),
             "validated": list(self.validated),
             "activated": list(self.activated),
+            "connect_seconds": round(self.connect_seconds, 3),
+            "total_seconds": round(self.total_seconds, 3),
         }
 
 
