@@ -407,3 +407,18 @@ def test_the_agent_parses_the_rendered_agent_json(scenario):
     assert [t.interface for t in parsed.tunnels] == [t.interface for t in plan.tunnels]
     assert [str(n) for n in parsed.aws_cidrs] == [str(n) for n in plan.aws_cidrs]
     assert parsed.primary_tunnel == plan.failover.primary
+
+
+@root
+def test_the_agent_accepts_and_applies_the_rendered_ruleset(netns, tmp_path):
+    """The agent's own reader (it refuses files touching other tables) and its transaction wrapper, in a netns."""
+    agent_nft = pytest.importorskip("hostconfig.agent.nft", reason="the gateway agent (hostconfig.agent) is absent")
+    need("nft")
+    ns = netns("hvn")
+    ruleset = tmp_path / "nftables.nft"
+    ruleset.write_bytes(gateway_file(load_plan("multi-cidr"), "/etc/hybrid-vpn/nftables.nft"))
+    text = agent_nft.read_ruleset(ruleset, planmod.OWNERSHIP["nft_table"])
+    for _ in range(2):
+        applied = nft(ns, "-f", "-", stdin=agent_nft.transaction(planmod.OWNERSHIP["nft_table"], text))
+        assert applied.returncode == 0, applied.stderr
+    assert nft(ns, "list", "tables").stdout.split() == ["table", "inet", "hybrid_vpn"]
