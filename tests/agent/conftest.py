@@ -38,6 +38,10 @@ class Gateway:
         return subprocess.run(["ip", "netns", "exec", self.ns, *args], capture_output=True, text=True, check=check,
                               **kw)
 
+    def aws_exec(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", self.aws, *args], capture_output=True, text=True, check=True,
+                              input=input)
+
     def vpnctl(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
                ) -> subprocess.CompletedProcess[str]:
         full_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": str(REPO),
