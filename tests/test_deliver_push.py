@@ -355,3 +355,28 @@ def test_secrets_never_in_process_arguments_or_logs(lab: SshdLab, root: Path, ps
     assert "scanner" in lab.log() or "session" in lab.log()  # the log did record the sessions
     assert psk not in caplog.text and key_body[:40] not in caplog.text
     assert "hybrid-vpn.conf" in caplog.text  # the logs did talk about the secret file, just not its content
+
+
+def test_real_gateway_files_pass_the_real_validation(lab: SshdLab, root: Path):
+    """The renderer's files plus the vpnctl zipapp, validated by nft -c, json.tool and vpnctl --help on the host."""
+    import json
+
+    from hostconfig.deliver.gateway import validation_commands, vpnctl_file
+
+    plan_mod = pytest.importorskip("hostconfig.plan")
+    render_mod = pytest.importorskip("hostconfig.render")
+    fixture = Path(__file__).resolve().parent / "fixtures" / "host_config.default.json"
+    if not fixture.exists():
+        pytest.skip("tests/fixtures/host_config.default.json not in the tree")
+    plan = plan_mod.GatewayPlan.from_host_config(json.loads(fixture.read_text()))
+    files = [*render_mod.render_gateway_files(plan), vpnctl_file()]
+
+    report = push_files(lab.target(), files, validate=validation_commands(), remote_root=str(root),
+                        secret_values=plan.secrets())
+
+    assert sorted(report.changed_paths) == sorted(f.path for f in files)
+    assert len(report.validated) == 3  # nft -c, json.tool, vpnctl --help
+    assert on_gateway(root, "/etc/swanctl/conf.d/hybrid-vpn.conf").stat().st_mode & 0o777 == 0o600
+    assert on_gateway(root, "/usr/local/sbin/vpnctl").stat().st_mode & 0o777 == 0o755
+    again = push_files(lab.target(), files, validate=validation_commands(), remote_root=str(root))
+    assert again.changed == [] and again.validated == []
