@@ -22,6 +22,7 @@ from .desired import LinkMode, TunnelView
 from .health import Decision, TunnelHealth, choose_active
 from .kernel import Kernel
 from .metrics import write_metrics
+from .nft import NftError
 from .probe import IcmpProber, ProbeResult
 from .reconcile import Reconciler
 from .state import DAEMON_STATE, LockTimeout, reconcile_lock, write_json
@@ -34,6 +35,7 @@ STATE_WRITE_SECONDS = 1.0
 VICI_BACKOFF_MIN = 0.5
 VICI_BACKOFF_MAX = 30.0
 LOCK_TIMEOUT = 2.0
+RETRY_SECONDS = 1.0
 
 
 class FailoverDaemon:
@@ -64,6 +66,7 @@ class FailoverDaemon:
         self.last_switch: dict[str, Any] | None = None
         self.last_reconcile: dict[str, Any] | None = None
         self.pending_routes = False
+        self.retry_at = 0.0
         self.vici: ViciEventStream | None = None
         self.vici_status = "not connected yet"
         self.vici_retry_at = 0.0
@@ -121,7 +124,7 @@ class FailoverDaemon:
         decision = self.decide(now)
         up = frozenset(n for n, h in self.health.items() if h.up)
         view = TunnelView(up, decision.active)
-        if view == self.view and not self.pending_routes:
+        if view == self.view and not (self.pending_routes and now >= self.retry_at):
             return
         if decision.active != self.active:
             log.info("switch %s -> %s: %s", self.active or "none", decision.active or "none (unreachable only)",
@@ -139,18 +142,30 @@ class FailoverDaemon:
         assert self.view is not None
         try:
             with reconcile_lock(self.config.paths.state_dir, LOCK_TIMEOUT):
-                result = self.reconciler.run(self.view, routes_only=routes_only)
+                try:
+                    result = self.reconciler.run(self.view, routes_only=routes_only)
+                except NftError as exc:
+                    # A bad ruleset file blocks the full reconcile; routes (leak protection, failover) still matter.
+                    log.error("full reconcile refused (%s); applying routes only", exc)
+                    result = self.reconciler.run(self.view, routes_only=True)
         except LockTimeout as exc:
             log.warning("reconcile postponed: %s", exc)
-            self.pending_routes = True
+            self._retry_later()
             return
         except Exception as exc:  # noqa: BLE001 - the loop must survive anything one reconcile throws
             log.error("reconcile failed: %s", exc)
-            self.pending_routes = True
+            self._retry_later()
             return
-        self.pending_routes = not result.ok and routes_only
+        self.pending_routes = False
+        if not result.ok:
+            self._retry_later()
         self.last_reconcile = {"at": self.wall(), "routes_only": routes_only, "seconds": round(result.seconds, 4),
                                "changes": [str(c) for c in result.changes], "problems": result.problems}
+
+    def _retry_later(self) -> None:
+        # Retried from evaluate() at most once per second: a persistent problem must not become a busy loop.
+        self.pending_routes = True
+        self.retry_at = self.clock() + RETRY_SECONDS
 
     def on_vici_event(self, event: UpdownEvent, now: float) -> None:
         for ike in event.sas:
