@@ -1,4 +1,4 @@
-"""`vpnctl`: reconcile, updown (the strongSwan hook), daemon (failover), status, metrics."""
+"""`vpnctl`: reconcile, updown (the strongSwan hook), daemon (failover), status, metrics, doctor."""
 
 from __future__ import annotations
 
@@ -137,6 +137,12 @@ def cmd_metrics(config: AgentConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(config: AgentConfig, args: argparse.Namespace) -> int:
+    from .doctor import run
+
+    return run(config, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
@@ -163,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metrics", parents=[common], help="Prometheus textfile metrics (stdout, or --write)")
     p.add_argument("--write", action="store_true", help="write paths.metrics_file atomically instead")
     p.set_defaults(func=cmd_metrics)
+    from .doctor import add_arguments as add_doctor_arguments
+
+    p = sub.add_parser("doctor", parents=[common, links], help="read-only checks of everything the design needs "
+                       "(--tunnel-links given: the links are not VTIs, their kind/ends/key are not checked)")
+    add_doctor_arguments(p)
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 
