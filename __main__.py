@@ -4,7 +4,7 @@ Only loads the config, wires the components in the order the dependency cycle ne
   1. the Linode gateway (its public IP feeds the customer gateway),
   2. the AWS side (its tunnel outside IPs feed the firewall and the host config),
   3. the gateway's Cloud Firewall,
-  4. (delivery of the rendered host config goes after the firewall).
+  4. delivery of the rendered host config over SSH, once the VPN connection and the firewall exist.
 """
 
 import pulumi
@@ -96,3 +96,8 @@ pulumi.export("vpn_connection_id", connection.id)
 pulumi.export("vgw_id", vpn.vgw_id)
 pulumi.export("tunnels", vpn.tunnel_outputs(config.tunnels))  # plain, except each psk (a nested secret)
 pulumi.export("host_config", host_config)  # docs/contracts.md §1; secret as a whole
+
+if config.delivery.enabled:
+    from hostconfig.deliver.program import gateway_config
+
+    gateway_config("gateway-config", host_config, config.delivery, depends_on=[connection, firewall])

@@ -44,6 +44,8 @@ PROGRAM = REPO / "__main__.py"
 SECRET_SIG = rpc._special_sig_key  # "4dabf18193072939515e22adb298388d"
 SECRET_VALUE = rpc._special_secret_sig
 UNKNOWN = rpc.UNKNOWN
+# hostconfig.deliver.provider.GatewayConfig: a dynamic resource, emulated here like a cloud resource.
+GATEWAY_CONFIG_TYPE = "pulumi-python:dynamic/hybrid-vpn:GatewayConfig"
 
 # What the engine marks secret although the program did not (the providers' additionalSecretOutputs).
 ENGINE_SECRET_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -200,9 +202,18 @@ class CloudMocks(pulumi.runtime.Mocks):
             return f"{name}-provider-id", inputs
         if not args.custom:  # a component: no cloud object behind it
             return "", {}
+        if typ == GATEWAY_CONFIG_TYPE:
+            return self._gateway_config(name, inputs)
         if handler is None:
             raise NotImplementedError(f"lab.cloud: no emulation for resource type {typ} ({name})")
         return handler(name, inputs)
+
+    def _gateway_config(self, name: str, inputs: dict) -> tuple[str, dict]:
+        # The delivery resource is a dynamic provider: emulate its recorded state, not an SSH push (the lab pushes
+        # for real through hostconfig.deliver.push, the function this provider's create/update call).
+        state = {k: v for k, v in inputs.items() if k not in ("__provider", "files", "private_key", "scrub")}
+        state["changed_paths"] = sorted({**inputs.get("hashes", {}), **inputs.get("secret_hashes", {})})
+        return f"{inputs['host']}:{int(inputs.get('port', 22))}", state
 
     def _vpc_aws(self, name: str, inputs: dict) -> tuple[str, dict]:
         vpc_id = _hex_id("vpc", name)

@@ -19,28 +19,6 @@ T_GATEWAY_CONFIG = "pulumi-python:dynamic/hybrid-vpn:GatewayConfig"
 T_VPN = "aws:ec2/vpnConnection:VpnConnection"
 T_FIREWALL = "linode:index/firewall:Firewall"
 FAKE_PSKS = ["FAKE_psk_tunnel1_deliver_test", "FAKE_psk_tunnel2_deliver_test"]
-# The lines __main__.py gets (used on a copy of the program while they are not merged yet).
-WIRING = '''
-# -- delivery: the rendered files pushed over SSH once the VPN connection and the firewall exist ---------------------
-if config.delivery.enabled:
-    from hostconfig.deliver.program import gateway_config
-
-    gateway_config("gateway-config", host_config, config.delivery, depends_on=[connection, firewall])
-'''
-
-
-class MocksWithGatewayConfig(cloud.CloudMocks):
-    """The emulated cloud plus GatewayConfig: the push itself is tested against a real sshd elsewhere."""
-
-    def new_resource(self, args):
-        if args.typ == T_GATEWAY_CONFIG:
-            inputs, _ = cloud.unwrap_secrets(dict(args.inputs))
-            state = {k: v for k, v in inputs.items() if k not in ("__provider", "files", "private_key", "scrub")}
-            state["changed_paths"] = sorted({**inputs.get("hashes", {}), **inputs.get("secret_hashes", {})})
-            return f"{inputs['host']}:22", state
-        return super().new_resource(args)
-
-
 def _private_key(tmp_path: Path) -> str:
     path = tmp_path / "operator_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, capture_output=True)
@@ -54,24 +32,16 @@ def _dev_config(tmp_path: Path, **delivery: Any) -> dict[str, Any]:
     return config
 
 
-@pytest.fixture
-def program(tmp_path) -> Path:
-    main = (REPO / "__main__.py").read_text()
-    if "gateway_config(" in main:
-        return REPO / "__main__.py"
-    wired = tmp_path / "__main__.py"
-    wired.write_text(main + WIRING)
-    return wired
+PROGRAM = REPO / "__main__.py"
 
 
-def _run(monkeypatch, program: Path, config: dict[str, Any]) -> Any:
-    monkeypatch.setattr(cloud, "CloudMocks", MocksWithGatewayConfig)
-    return cloud.run_program(config, stack="dev", program=program,
+def _run(config: dict[str, Any]) -> Any:
+    return cloud.run_program(config, stack="dev", program=PROGRAM,
                              secret_keys=("hybrid-vpn:tunnels", "hybrid-vpn:delivery"))
 
 
-def test_gateway_config_depends_on_vpn_connection_and_firewall(monkeypatch, program, tmp_path):
-    run = _run(monkeypatch, program, _dev_config(tmp_path, ssh_private_key=_private_key(tmp_path)))
+def test_gateway_config_depends_on_vpn_connection_and_firewall(tmp_path):
+    run = _run(_dev_config(tmp_path, ssh_private_key=_private_key(tmp_path)))
 
     resource = run.one(T_GATEWAY_CONFIG)
     vpn = run.one(T_VPN)
@@ -83,9 +53,9 @@ def test_gateway_config_depends_on_vpn_connection_and_firewall(monkeypatch, prog
     assert order.index(resource.urn) > order.index(vpn.urn) and order.index(resource.urn) > order.index(firewall.urn)
 
 
-def test_gateway_config_inputs_keep_contents_and_keys_secret(monkeypatch, program, tmp_path):
+def test_gateway_config_inputs_keep_contents_and_keys_secret(tmp_path):
     key = _private_key(tmp_path)
-    run = _run(monkeypatch, program, _dev_config(tmp_path, ssh_private_key=key))
+    run = _run(_dev_config(tmp_path, ssh_private_key=key))
 
     resource = run.one(T_GATEWAY_CONFIG)
     inputs = resource.inputs
@@ -103,7 +73,7 @@ def test_gateway_config_inputs_keep_contents_and_keys_secret(monkeypatch, progra
     assert not any(psk in plain for psk in FAKE_PSKS) and "PRIVATE KEY" not in plain
 
 
-def test_delivery_disabled_creates_no_gateway_config(monkeypatch, program, tmp_path):
-    run = _run(monkeypatch, program, _dev_config(tmp_path, enabled=False))
+def test_delivery_disabled_creates_no_gateway_config(tmp_path):
+    run = _run(_dev_config(tmp_path, enabled=False))
     assert run.of_type(T_GATEWAY_CONFIG) == []
     assert run.of_type(T_VPN)  # the rest of the program is unaffected

@@ -185,6 +185,7 @@ def test_every_resource_of_the_lab_stack(lab_run):
         T_HOSTKEY: 1, T_PASSWORD: 2,
         T_LVPC: 1, T_SUBNET: 1, T_INSTANCE: 1, T_FIREWALL: 1,
         T_VPC: 1, T_VGW: 1, T_ATTACH: 1, T_CGW: 1, T_VPN: 1, T_ROUTE: 1, T_PROP: 1,
+        "pulumi-python:dynamic/hybrid-vpn:GatewayConfig": 1,
     }
     # Children are parented to their component (names derive from it).
     vpn_component = next(r for r in lab_run.resources if r.type == "hybrid-vpn:aws:AwsVpnSide")
