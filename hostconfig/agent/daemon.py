@@ -145,9 +145,10 @@ class FailoverDaemon:
                 try:
                     result = self.reconciler.run(self.view, routes_only=routes_only)
                 except NftError as exc:
-                    # A bad ruleset file blocks the full reconcile; routes (leak protection, failover) still matter.
-                    log.error("full reconcile refused (%s); applying routes only", exc)
-                    result = self.reconciler.run(self.view, routes_only=True)
+                    # A bad ruleset file must not stop links, routes and leak protection.
+                    log.error("nftables ruleset refused (%s); reconciling everything else", exc)
+                    result = self.reconciler.run(self.view, routes_only=routes_only, with_nft=False)
+                    result.problems.append(str(exc))
         except LockTimeout as exc:
             log.warning("reconcile postponed: %s", exc)
             self._retry_later()

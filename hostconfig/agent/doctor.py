@@ -662,6 +662,10 @@ def check_probes(config: AgentConfig, facts: DoctorFacts) -> list[CheckResult]:
         elif p.answered:
             rtt = f"{p.rtt_seconds * 1000:.1f} ms" if p.rtt_seconds is not None else "?"
             results.append(CheckResult(name, OK, expected, f"reply in {rtt} via {p.route_dev or t.interface}"))
+        elif p.error and p.error.startswith("bind"):
+            results.append(CheckResult(name, FAIL, expected, f"not sent ({p.error})",
+                                       f"the inside address {t.gateway_inside_ip} is not on the gateway (see the "
+                                       "address line): `vpnctl reconcile`"))
         else:
             why = f" ({p.error})" if p.error else ""
             results.append(CheckResult(name, FAIL, expected, f"no reply{why}",

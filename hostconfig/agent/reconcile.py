@@ -52,21 +52,27 @@ class Reconciler:
         self.link_mode = link_mode
         self.sysctl_root = sysctl_root
 
-    def run(self, view: TunnelView, routes_only: bool = False) -> ReconcileResult:
-        """Converge the kernel to the desired state for ``view``; ``routes_only`` is the failover fast path."""
+    def run(self, view: TunnelView, routes_only: bool = False, with_nft: bool = True) -> ReconcileResult:
+        """Converge the kernel to the desired state for ``view``.
+
+        ``routes_only`` is the failover fast path. ``with_nft=False`` skips the ruleset (the daemon's fallback when
+        the file is refused: links, routes and leak protection must still be kept).
+        """
         started = time.perf_counter()
         desired = desired_state(self.config, view)
         result = ReconcileResult()
         ruleset = None
-        if not routes_only:
+        if not routes_only and with_nft:
             # Read and check the ruleset before changing anything: a bad file applies nothing at all.
             ruleset = nft.read_ruleset(self.config.paths.nft_ruleset, self.config.ownership.nft_table)
+        if not routes_only:
             self._stage(result, "links", self._links, desired)
             self._stage(result, "addresses", self._addresses, desired)
             self._stage(result, "sysctls", self._sysctls, desired)
         self._stage(result, "routes", self._routes, desired)
         if not routes_only:
             self._stage(result, "rule", self._rule, desired)
+        if ruleset is not None:
             self._stage(result, "nftables", self._nft, ruleset)
         result.seconds = time.perf_counter() - started
         if result.changes:

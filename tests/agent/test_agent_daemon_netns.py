@@ -132,3 +132,17 @@ def test_both_tunnels_down_leaves_only_the_unreachable_route(fast_gateway):
     finally:
         rc = stop(proc)
     assert rc == 0
+
+
+def test_refused_ruleset_still_gets_routes_and_leak_protection(fast_gateway):
+    gw = fast_gateway
+    (gw.tmp / "nftables.nft").write_text("flush ruleset\n")
+    proc = start_daemon(gw)
+    try:
+        wait_for(lambda: active_dev(gw) == "vti-aws1", what="tunnel1 active despite the refused ruleset")
+        assert "unreachable 10.0.0.0/16 proto 157 metric 4294967295" in gw.ip("route", "show", "table", "1519").stdout
+        assert gw.run("nft", "list", "tables").stdout.strip() == ""
+    finally:
+        rc = stop(proc)
+    assert rc == 0
+    assert "nftables ruleset refused" in (gw.tmp / "daemon-0.log").read_text()
