@@ -9,12 +9,14 @@ import json
 import os
 import pickle
 import subprocess
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 CLONE_NEWNET = 0x40000000
+REPO = Path(__file__).resolve().parents[2]
 
 BASE_CONFIG: dict[str, Any] = {
     "version": 1,
@@ -129,3 +131,15 @@ def run_in_netns(ns: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> 
     if status != "ok":
         raise AssertionError(f"in netns {ns}:\n{value}")
     return value
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; generous deadline for a loaded CI machine."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")

@@ -8,15 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_testlib import config_dict, run_in_netns, wire_gateway, write_config
+from agent_testlib import REPO, config_dict, run_in_netns, wait_for, wire_gateway, write_config
 
-REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
 
@@ -72,18 +70,6 @@ def gateway(netns, tmp_path):
     config = write_config(tmp_path, data)
     wire_gateway(gw, aws, data)
     return Gateway(gw, aws, tmp_path, data, config)
-
-
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value; generous deadline for a loaded CI machine."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 CHARON = Path("/usr/lib/ipsec/charon")

@@ -10,8 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from agent_testlib import write_config
-from conftest import REPO, wait_for
+from agent_testlib import REPO, wait_for, write_config
 
 pytestmark = pytest.mark.root
 

@@ -10,7 +10,7 @@ import sys
 import threading
 
 import pytest
-from conftest import REPO, wait_for
+from agent_testlib import REPO, wait_for
 
 pytestmark = pytest.mark.root
 
