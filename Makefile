@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 LAB_VERBS := up down status exec break heal
 
-.PHONY: setup test test-fast lab lint golden $(LAB_VERBS)
+.PHONY: setup test test-fast lab lint golden bench $(LAB_VERBS)
 
 setup:
 	@scripts/setup-machine
@@ -22,6 +22,11 @@ lint: setup
 # Regenerate the golden files of the templates; review them as a diff.
 golden: setup
 	UPDATE_GOLDEN=1 $(PY) -m pytest tests/test_render.py -q && git diff --stat tests/golden
+
+# Benchmarks print numbers (root: they build network namespaces).
+bench: setup
+	$(PY) bench/agent_bench.py
+	$(PY) bench/delivery_bench.py
 
 # `make lab` = `make lab up`; `make lab down`, `make lab status`, `make lab break tunnel1`, ...
 lab: setup

@@ -1028,8 +1028,8 @@ def sysctl_view() -> dict:
     return {
         "settings": [
             ("net.ipv4.ip_forward", 1, "the gateway routes between the VLAN, the tunnels and the internet"),
-            ("net.ipv4.conf.all.rp_filter", 2,
-             "loose: AWS may answer on the other tunnel (the kernel uses max(all, interface))"),
+            # rp_filter stays strict on the public NIC; the agent loosens each VTI (AWS may answer on the other
+            # tunnel), which is enough because the kernel uses max(all, interface).
             ("net.ipv4.conf.default.rp_filter", 2, "loose on interfaces created later (the VTIs)"),
             ("net.ipv4.conf.all.send_redirects", 0, "a VPN gateway must not redirect VLAN hosts around itself"),
             ("net.ipv4.conf.default.send_redirects", 0, "same for interfaces created later"),

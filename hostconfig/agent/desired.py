@@ -140,7 +140,9 @@ def desired_state(config: AgentConfig, view: TunnelView) -> DesiredState:
         for t in config.tunnels
     )
     addresses = {t.interface: (t.gateway_inside_cidr,) for t in config.tunnels}
-    sysctls = {sysctl_key("net", "ipv4", "ip_forward"): "1", sysctl_key("net", "ipv4", "conf", "all", "rp_filter"): "2"}
+    # rp_filter is loosened on the VTIs only: the kernel applies max(conf/all, conf/<iface>), so "2" on a VTI is
+    # loose whatever `all` says, and the public NIC keeps the operator's (strict) setting.
+    sysctls = {sysctl_key("net", "ipv4", "ip_forward"): "1"}
     for t in config.tunnels:
         sysctls[sysctl_key("net", "ipv4", "conf", t.interface, "disable_policy")] = "1"
         sysctls[sysctl_key("net", "ipv4", "conf", t.interface, "rp_filter")] = "2"
