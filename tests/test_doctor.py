@@ -268,6 +268,9 @@ BROKEN = [
      FAIL, "ESP does not pass", {"route 10.0.0.0/16 standby", "route 10.1.0.0/16 standby"}),
     ("probe leaves by the wrong link", _probe("tunnel1", route_dev="eth0"), "probe tunnel1", FAIL,
      "would not go through vti-aws1", set()),
+    ("probe source address missing", _probe("tunnel1", answered=False, error="bind 169.254.10.2: Cannot assign "
+                                                                            "requested address"),
+     "probe tunnel1", FAIL, "is not on the gateway", {"route 10.0.0.0/16 active", "route 10.1.0.0/16 active"}),
     ("probing off", _set("probes", None), "probe tunnel1", SKIP, "--no-probe", {"probe tunnel2"}),
     ("daemon not running", _set("daemon", DaemonFacts(False)), "daemon", FAIL, "hybrid-vpn-failover", set()),
     ("not root", _set("routes", Unavailable("PermissionError: [Errno 1] Operation not permitted")),
