@@ -2,6 +2,7 @@
 
     pulumi stack output --json --show-secrets > outputs.json
     python -m hostconfig render --outputs outputs.json --out DIR [--legacy]
+    python -m hostconfig status -s dev     (or --outputs outputs.json): both ends' view of the tunnels
     pulumi stack output --json --show-secrets | python -m hostconfig render --outputs - --out DIR
 
 Files land under DIR mirroring their paths on the gateway (DIR/etc/swanctl/conf.d/hybrid-vpn.conf, ...), with their
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also render ipsec.conf and ipsec.secrets for the legacy starter into DIR/legacy/",
     )
     render.set_defaults(func=cmd_render)
+    from hostconfig.opsview import add_parser as add_status_parser
+
+    add_status_parser(sub)  # `status`: AWS's and the gateway's view of the tunnels (hostconfig/opsview.py)
     return parser
 
 
