@@ -20,6 +20,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,13 +316,14 @@ def ssh_target(plan: GatewayPlan, args: argparse.Namespace) -> Any:
                      connect_deadline_seconds=args.ssh_deadline, command_timeout_seconds=COMMAND_TIMEOUT_SECONDS)
 
 
-def gather(plan: GatewayPlan, ec2: Any, target: Any, vpnctl: str) -> OpsReport:
+def gather(plan: GatewayPlan, ec2: Any, target: Any, vpnctl: str,
+           gateway_reader: Callable[[Any, str], dict[str, Any]] = read_gateway_view) -> OpsReport:
     try:
         aws: AwsView | Unreachable = read_aws_view(plan, ec2)
     except Exception as exc:  # noqa: BLE001 - credentials, throttling, not found: shown as a flag, not a crash
         aws = Unreachable(f"{type(exc).__name__}: {exc}")
     try:
-        gateway: dict[str, Any] | Unreachable = read_gateway_view(target, vpnctl)
+        gateway: dict[str, Any] | Unreachable = gateway_reader(target, vpnctl)
     except Exception as exc:  # noqa: BLE001 - unreachable, host key mismatch, vpnctl missing: shown as a flag
         gateway = Unreachable(f"{type(exc).__name__}: {exc}")
     return compare(plan, aws, gateway)
@@ -343,7 +345,8 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_status)
 
 
-def cmd_status(args: argparse.Namespace, ec2: Any = None) -> int:
+def cmd_status(args: argparse.Namespace, ec2: Any = None,
+               gateway_reader: Callable[[Any, str], dict[str, Any]] = read_gateway_view) -> int:
     """Exit 0 when both sides agree, 1 on any disagreement or unreachable side, 2 on bad input."""
     try:
         plan = load_plan(args.outputs, args.stack, args.cwd)
@@ -351,6 +354,7 @@ def cmd_status(args: argparse.Namespace, ec2: Any = None) -> int:
     except OpsInputError as exc:
         print(f"hostconfig status: {exc}", file=sys.stderr)
         return 2
-    report = gather(plan, ec2 if ec2 is not None else ec2_client(plan.aws_region), target, args.vpnctl)
+    report = gather(plan, ec2 if ec2 is not None else ec2_client(plan.aws_region), target, args.vpnctl,
+                    gateway_reader)
     sys.stdout.write(render_json(report) if args.json else render_text(report))
     return 1 if report.all_flags else 0
