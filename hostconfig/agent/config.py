@@ -23,6 +23,10 @@ _NFT_TABLE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _RESERVED_TABLES = {0, 253, 254, 255}
 
 
+# The start of a right file, for error messages about a file that is not a JSON object at all.
+_EXAMPLE = '{"version": 1, "public_interface": "eth0", ...} (docs/contracts.md section 2)'
+
+
 class ConfigError(ValueError):
     """The agent configuration is unusable; the message names the key and shows a right value."""
 
@@ -105,7 +109,8 @@ class _Reader:
 
     def __init__(self, data: Any, where: str):
         if not isinstance(data, dict):
-            raise ConfigError(f"{where or 'agent.json'}: must be a JSON object, e.g. {{...}} (got {_show(data)})")
+            example = _EXAMPLE if not where else "{...}"
+            raise ConfigError(f"{where or 'agent.json'}: must be a JSON object, e.g. {example} (got {_show(data)})")
         self.data = data
         self.where = where
         self.used: set[str] = set()
@@ -134,7 +139,8 @@ class _Reader:
 
     def string(self, name: str, pattern: re.Pattern[str], rule: str, example: str) -> str:
         value = self.raw(name, example)
-        if not isinstance(value, str) or not pattern.match(value):
+        # fullmatch, not match: "$" also matches before a trailing newline ("vti-aws1\n" is no interface name).
+        if not isinstance(value, str) or not pattern.fullmatch(value):
             raise ConfigError(f"{self.key(name)}: must be {rule}, e.g. {example} (got {_show(value)})")
         return value
 
@@ -236,10 +242,13 @@ def parse_config(data: Any) -> AgentConfig:
     if not isinstance(raw_tunnels, list) or not 1 <= len(raw_tunnels) <= 2:
         raise ConfigError("tunnels: must be a list of 1 or 2 tunnels (one AWS VPN connection), e.g. [{...}, {...}]")
     tunnels = tuple(_tunnel(item, i) for i, item in enumerate(raw_tunnels))
-    for attr in ("name", "interface", "mark", "remote_outside_ip"):
+    distinct_examples = {"name": '"tunnel1" and "tunnel2"', "interface": '"vti-aws1" and "vti-aws2"',
+                         "mark": "100 and 200", "remote_outside_ip": '"198.51.100.1" and "198.51.100.2"'}
+    for attr, example in distinct_examples.items():
         values = [getattr(t, attr) for t in tunnels]
         if len(set(values)) != len(values):
-            raise ConfigError(f"tunnels[1].{attr}: must differ between tunnels (both are {values[0]})")
+            raise ConfigError(f"tunnels[1].{attr}: must differ between tunnels (both are {values[0]}),"
+                              f" e.g. {example}")
     nets = [t.gateway_inside_cidr.network for t in tunnels]
     if len(nets) == 2 and nets[0].overlaps(nets[1]):
         raise ConfigError(f"tunnels[1].gateway_inside_cidr: overlaps tunnels[0] ({nets[0]}), e.g. \"169.254.11.2/30\"")
@@ -314,11 +323,13 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
         raise ConfigError(f"{path}: no such file (the agent configuration, written by delivery)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: the file is empty; expected the agent configuration object, e.g. {_EXAMPLE}")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON (truncated or corrupt?) at line {exc.lineno} column {exc.colno}:"
-                          f" {exc.msg}") from None
+                          f" {exc.msg}; expected one JSON object, e.g. {_EXAMPLE}") from None
     try:
         return parse_config(data)
     except ConfigError as exc:

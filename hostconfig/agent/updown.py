@@ -65,7 +65,9 @@ def parse_environment(env: Mapping[str, str]) -> UpdownEvent:
     if verb not in UP_VERBS | DOWN_VERBS | OTHER_VERBS:
         raise UpdownInputError(f"PLUTO_VERB: not an updown verb (got {_show(verb)}), e.g. up-client or down-client")
     connection = env.get("PLUTO_CONNECTION")
-    if connection is None or not _NAME.match(connection):
+    # fullmatch throughout: "$" also matches before a trailing newline, which would let "tunnel1\n" through (and
+    # into the log as a forged line break).
+    if connection is None or not _NAME.fullmatch(connection):
         raise UpdownInputError(f"PLUTO_CONNECTION: must be 1-64 of A-Z a-z 0-9 _ . : - (got "
                                f"{_show(connection) if connection is not None else 'nothing'}), e.g. tunnel1")
     peer = env.get("PLUTO_PEER")
@@ -78,7 +80,7 @@ def parse_environment(env: Mapping[str, str]) -> UpdownEvent:
     mark_in = None
     raw_mark = env.get("PLUTO_MARK_IN")
     if raw_mark:
-        match = _MARK.match(raw_mark)
+        match = _MARK.fullmatch(raw_mark)
         if not match:
             raise UpdownInputError(f"PLUTO_MARK_IN: must be value[/mask] in decimal or 0x hex (got {_show(raw_mark)}),"
                                    " e.g. 100/0xffffffff")
@@ -86,7 +88,7 @@ def parse_environment(env: Mapping[str, str]) -> UpdownEvent:
         if mark_in > 0xFFFFFFFF:
             raise UpdownInputError(f"PLUTO_MARK_IN: {mark_in} exceeds 32 bits, e.g. 100/0xffffffff")
     unique_id = env.get("PLUTO_UNIQUEID")
-    if unique_id is not None and not _UNIQUEID.match(unique_id):
+    if unique_id is not None and not _UNIQUEID.fullmatch(unique_id):
         raise UpdownInputError(f"PLUTO_UNIQUEID: must be a decimal number (got {_show(unique_id)}), e.g. 7")
     return UpdownEvent(verb=verb, connection=connection, peer=peer, mark_in=mark_in, unique_id=unique_id)
 

@@ -1,0 +1,87 @@
+"""Helpers shared by the hardening tests: a kernel-state snapshot read through `ip -j` / `nft -j` (never through the
+code under test), a directory fingerprint, and running `vpnctl` in a namespace with an arbitrary environment."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def kernel_snapshot(ns: str) -> dict[str, str]:
+    """Everything the agent could touch, as the kernel reports it: routes of every table, rules, links, addresses,
+    the nftables ruleset and the sysctls the agent writes. Compared byte for byte."""
+
+    def run(*argv: str) -> str:
+        proc = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, check=True)
+        return proc.stdout
+
+    snap = {
+        "routes": run("ip", "-j", "route", "show", "table", "all"),
+        "rules": run("ip", "-j", "rule", "show"),
+        "links": run("ip", "-j", "link", "show"),
+        "addresses": run("ip", "-j", "addr", "show"),
+        "nft": run("nft", "-j", "list", "ruleset"),
+    }
+    sysctls = []
+    for dev in ("all", "vti-aws1", "vti-aws2"):
+        for key in ("rp_filter", "disable_policy"):
+            sysctls.append(run("sh", "-c", f"cat /proc/sys/net/ipv4/conf/{dev}/{key} 2>/dev/null || true").strip())
+    sysctls.append(run("cat", "/proc/sys/net/ipv4/ip_forward").strip())
+    snap["sysctls"] = " ".join(sysctls)
+    return snap
+
+
+def tree_fingerprint(root: Path) -> dict[str, str]:
+    """Relative path -> mode and sha256 of every file and directory under ``root`` (empty when it does not exist)."""
+    out: dict[str, str] = {}
+    if not root.exists():
+        return out
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        rel = str(path.relative_to(root))
+        if path.is_file():
+            out[rel] = f"{st.st_mode:o} {hashlib.sha256(path.read_bytes()).hexdigest()}"
+        else:
+            out[rel] = f"{st.st_mode:o}"
+    return out
+
+
+def vpnctl(ns: str, config: Path, *args: str, env: dict | None = None,
+           timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    """`python -m hostconfig.agent.cli ARGS --config CONFIG` in namespace ``ns``; ``env`` may hold bytes (non-UTF8)."""
+    base: dict = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONPATH": str(REPO)}
+    if env and any(isinstance(k, bytes) or isinstance(v, bytes) for k, v in env.items()):
+        full: dict = {k.encode(): v.encode() for k, v in base.items()}
+        full.update({(k if isinstance(k, bytes) else k.encode()): (v if isinstance(v, bytes) else v.encode())
+                     for k, v in env.items()})
+    else:
+        full = {**base, **(env or {})}
+    return subprocess.run(["ip", "netns", "exec", ns, PYTHON, "-m", "hostconfig.agent.cli", *args,
+                           "--config", str(config)], capture_output=True, env=full, timeout=timeout)
+
+
+def without_ipv6(ns: str) -> None:
+    """The agent is IPv4 only; IPv6 duplicate address detection would change addresses and local routes while a
+    test compares snapshots, so the gateway namespace runs without IPv6 (set before any link is made)."""
+    for key in ("all", "default"):
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"net.ipv6.conf.{key}.disable_ipv6=1"],
+                       check=True)
+
+
+def route_get(ns: str, dst: str) -> tuple[int, str]:
+    """(exit code, output) of `ip route get DST` in the namespace: what a packet to DST would take right now."""
+    proc = subprocess.run(["ip", "-n", ns, "-j", "route", "get", dst], capture_output=True, text=True)
+    return proc.returncode, (proc.stdout if proc.returncode == 0 else proc.stderr).strip()
+
+
+def table_routes(ns: str, table: int = 1519) -> list[dict]:
+    out = subprocess.run(["ip", "-n", ns, "-j", "route", "show", "table", str(table)], capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out or "[]")
