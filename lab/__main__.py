@@ -1,0 +1,141 @@
+"""`make lab` / `python -m lab up|down|status|exec <host> <cmd...>|break <tunnel>|heal <tunnel>|prefer <tunnel>|
+restart charon|agent`.
+
+The lab runs directly on the host when its kernel can do VTI + ESP, else inside a small VM (lab/vm.py); the commands
+and their output are the same either way. HYBRID_VPN_LAB_BACKEND=vm|host forces one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from lab import paths
+
+USAGE = """usage: lab up | down | status | exec <host> <command...> | break <tunnel> | heal <tunnel>
+           | prefer <tunnel> | restart charon|agent
+hosts: vlan gw nat inet aws vpc ops"""
+UP_TIMEOUT_SECONDS = float(os.environ.get("HYBRID_VPN_LAB_UP_TIMEOUT", "1800"))
+CALL_TIMEOUT_SECONDS = 600.0
+
+
+def say(msg: str) -> None:
+    print(f"lab: {msg}", flush=True)
+
+
+def current_backend() -> str | None:
+    try:
+        return paths.VM_MODE_FILE.read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def choose_backend() -> str:
+    forced = os.environ.get("HYBRID_VPN_LAB_BACKEND")
+    if forced in ("vm", "host"):
+        say(f"backend forced by HYBRID_VPN_LAB_BACKEND={forced}")
+        return forced
+    from lab.capability import host_kernel_can_do_vti_esp
+
+    ok, why = host_kernel_can_do_vti_esp()
+    say(f"host kernel {os.uname().release}: {why}" + ("" if ok else " -> running the lab in a VM"))
+    return "host" if ok else "vm"
+
+
+def local(verb: str, args: list[str]) -> int:
+    from lab import engine
+
+    return engine.dispatch(verb, args, sys.stdout.buffer, sys.stderr.buffer)
+
+
+def up() -> int:
+    if os.geteuid() != 0:
+        say("needs root (network namespaces, VTIs, mounts)")
+        return 1
+    backend = current_backend()
+    if backend == "vm":
+        from lab import vm
+
+        if vm.is_running():
+            return vm.client().call("up", [], timeout=UP_TIMEOUT_SECONDS)
+        vm.stop(quiet=True)  # a VM that died leaves files behind
+    elif backend == "host":
+        return local("up", [])
+    backend = choose_backend()
+    paths.RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
+    paths.VM_MODE_FILE.write_text(backend)
+    if backend == "host":
+        return local("up", [])
+    from lab import vm
+
+    t0 = time.monotonic()
+    kernel = vm.ensure_kernel()
+    say(f"VM kernel ready: {kernel.vmlinuz} ({time.monotonic() - t0:.1f} s)")
+    vm.boot(kernel)
+    return vm.client().call("up", [], timeout=UP_TIMEOUT_SECONDS)
+
+
+def down() -> int:
+    backend = current_backend()
+    if backend == "vm":
+        from lab import vm
+
+        vm.stop()
+        say("VM stopped; runtime files removed")
+    else:
+        rc = local("down", [])
+        if rc != 0:
+            return rc
+    paths.VM_MODE_FILE.unlink(missing_ok=True)
+    try:
+        paths.RUNTIME_DIR.rmdir()
+    except OSError:
+        pass
+    return 0
+
+
+def forward(verb: str, args: list[str]) -> int:
+    backend = current_backend()
+    if backend is None:
+        if verb == "status":
+            print("lab: down")
+            return 3
+        say("the lab is not up (run `make lab` or `python -m lab up`)")
+        return 3
+    if backend == "host":
+        return local(verb, args)
+    from lab import vm
+
+    if not vm.is_running():
+        say("the lab VM is not running (it stopped or crashed): `lab down` cleans up, `lab up` starts again")
+        return 3
+    return vm.client().call(verb, args, timeout=None if verb == "exec" else CALL_TIMEOUT_SECONDS)
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=os.environ.get("HYBRID_VPN_LAB_LOG", "WARNING"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    verb, args = argv[0], argv[1:]
+    if verb == "up":
+        return up()
+    if verb == "down":
+        return down()
+    if verb in ("status", "exec", "break", "heal", "prefer", "restart"):
+        return forward(verb, args)
+    print(USAGE, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except RuntimeError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,269 @@
+"""The lab's verbs, run where the namespaces live (inside the VM, or on the host when its kernel can do VTI + ESP).
+
+Every verb writes what the user sees to `out`/`err` (binary streams), so the VM backend can stream them back over
+the RPC files and the user sees the same output with either backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from typing import BinaryIO
+
+from lab import awspeer, gateway, paths, topology
+from lab.addresses import LAB_PLAN
+from lab.rpc import write_atomically
+from lab.sh import HOSTS, netns_name, ns_prefix, run_in
+
+log = logging.getLogger(__name__)
+
+HOST_CONFIG_FILE = paths.STATE_DIR / "host_config.json"  # 0600: holds the PSKs
+SA_DEADLINE_SECONDS = float(os.environ.get("HYBRID_VPN_LAB_SA_DEADLINE", "300"))
+
+
+class Printer:
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.t0 = time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        self.out.write(f"lab: [{time.monotonic() - self.t0:6.1f}s] {msg}\n".encode())
+        self.out.flush()
+
+
+def load_host_config() -> dict:
+    try:
+        return json.loads(HOST_CONFIG_FILE.read_text())
+    except FileNotFoundError:
+        raise RuntimeError("the lab is not up (no host_config): run `lab up`") from None
+
+
+def is_up() -> bool:
+    return HOST_CONFIG_FILE.exists()
+
+
+def installed_children(host: str) -> set[str]:
+    """Names of the CHILD_SAs in INSTALLED state on one side (parsed from `swanctl --list-sas --raw`)."""
+    if host == "gw":
+        proc = run_in("gw", ["swanctl", "--list-sas", "--raw"], check=False)
+    else:
+        proc = awspeer.swanctl(["--list-sas", "--raw"], check=False)
+    names = set()
+    for line in proc.stdout.splitlines():
+        # raw format: list-sa event {tunnel1 {... child-sas {tunnel1-3 {name=tunnel1 ... state=INSTALLED ...}}}}
+        for chunk in line.split("child-sas {")[1:]:
+            for part in chunk.split("name=")[1:]:
+                name = part.split()[0]
+                state_at = part.find("state=")
+                if state_at >= 0 and part[state_at + 6:].startswith("INSTALLED"):
+                    names.add(name)
+    return names
+
+
+def up(out: BinaryIO, err: BinaryIO) -> int:
+    say = Printer(out)
+    if is_up():
+        say("the lab is already up (`lab status`; `lab down` to start again)")
+        return 0
+    paths.STATE_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        return _up(say, out)
+    except Exception as exc:
+        err.write(f"lab up failed: {exc}\n".encode())
+        err.write(b"lab: logs of the lab's processes are in " + str(paths.STATE_DIR / "logs").encode() +
+                  b" (`lab exec gw cat /var/log/charon.log`); `lab down` removes everything\n")
+        return 1
+
+
+def _up(say: Printer, out: BinaryIO) -> int:
+    plan = LAB_PLAN
+    evaluation = gateway.start_host_config(say)
+    say(f"kernel {os.uname().release}: loading VTI/ESP/crypto modules")
+    topology.preload_modules()
+    say("network namespaces: vlan, gw, nat (1:1 NAT), inet, aws, vpc, ops")
+    topology.create_underlay(plan)
+    say("gateway: own mount namespace (tmpfs over /run, /etc/swanctl, /etc/hybrid-vpn, ...)")
+    topology.create_gw_mount_namespace()
+    operator_key = gateway.make_operator_key()
+    host_config, host_private_key = gateway.host_config(plan, evaluation, say)
+    host_key = topology.start_gw_sshd(plan, operator_key.public, host_private_key)
+    if host_private_key is None:
+        host_config["gateway"]["ssh_host_public_key"] = host_key
+    say(f"gateway: sshd listening on {plan.gateway_private_ip}:22 (reached as {plan.gateway_public_ip} through the "
+        "NAT), host key " + host_key.split()[1][:16] + "...")
+    topology.start_gw_charon()
+    say("gateway: charon running (VICI /run/charon.vici)")
+    HOST_CONFIG_FILE.touch(mode=0o600)
+    write_atomically(HOST_CONFIG_FILE, json.dumps(host_config).encode())
+    os.chmod(HOST_CONFIG_FILE, 0o600)
+    awspeer.start(host_config)
+    say(f"AWS side: charon + VTIs for {', '.join(t['name'] for t in host_config['tunnels'])}, "
+        f"prefers {host_config['tunnels'][0]['name']}")
+    gateway.configure(host_config, operator_key, say)
+    t0 = time.monotonic()
+    want = {t["name"] for t in host_config["tunnels"]}
+    topology.wait_for(lambda: want <= installed_children("gw"), SA_DEADLINE_SECONDS, "both CHILD_SAs installed")
+    say(f"both tunnels up ({time.monotonic() - t0:.1f} s after the gateway config was loaded)")
+    vpc_ip = plan.vpc_host_ip
+    t0 = time.monotonic()
+    topology.wait_for(lambda: run_in("vlan", ["ping", "-c", "1", "-W", "1", vpc_ip], check=False).returncode == 0,
+                      120, f"a first ping VLAN host -> VPC host {vpc_ip}", interval=0.1)
+    say(f"first packet through: VLAN host {plan.vlan_host_ip} -> VPC host {vpc_ip} "
+        f"({time.monotonic() - t0:.1f} s after the tunnels came up)")
+    status(out, out)
+    out.write(f"\n$ lab exec vlan ping -c 3 {vpc_ip}\n".encode())
+    out.flush()
+    subprocess.run(ns_prefix("vlan") + ["ping", "-c", "3", "-i", "0.3", vpc_ip], stdout=out, stderr=out, check=False)
+    say("lab is up: try `lab status`, `lab exec gw ip route show table all`, `lab break tunnel1`, `lab down`")
+    return 0
+
+
+def down(out: BinaryIO) -> int:
+    say = Printer(out)
+    removed = topology.destroy()
+    say(f"removed: {', '.join(removed) if removed else 'nothing (the lab was not up)'}")
+    return 0
+
+
+def status(out: BinaryIO, err: BinaryIO) -> int:
+    if not is_up():
+        out.write(b"lab: down\n")
+        return 3
+    hc = load_host_config()
+    w = out.write
+    w(f"lab: up ({'VM' if os.environ.get('HYBRID_VPN_LAB_IN_VM') else 'host kernel'}, {os.uname().release})\n".encode())
+    w(("hosts: " + ", ".join(f"{h} ({netns_name(h)})" for h in HOSTS) + "\n").encode())
+    w(b"\n== gateway: ")
+    out.flush()
+    gateway.status(out, err)
+    w(b"\n== AWS side (emulated)\n")
+    try:
+        mon = json.loads(awspeer.MONITOR_STATUS.read_text())
+        installed = installed_children("aws")
+        for t in hc["tunnels"]:
+            name = t["name"]
+            w(f"  {name}: outside {t['outside_ip']}  CHILD_SA {'INSTALLED' if name in installed else 'none':9}  "
+              f"probe {'up' if mon['tunnels'][name]['up'] else 'down'}\n".encode())
+        routes = ", ".join(f"{vti} metric {m}" for vti, m in sorted(mon["routes"].items(), key=lambda x: x[1]))
+        cidrs = ", ".join(hc["linode"]["vlan_cidrs"])
+        w(f"  prefers {mon['prefer']}; routes to {cidrs}: {routes or 'none'}\n".encode())
+    except FileNotFoundError:
+        w(b"  route monitor has not reported yet\n")
+    breaks = [t["name"] for t in hc["tunnels"] if _break_table(t["name"]) in _inet_tables()]
+    if breaks:
+        w(f"  broken by `lab break`: {', '.join(breaks)}\n".encode())
+    out.flush()
+    return 0
+
+
+def exec_(host: str, argv: list[str], out: BinaryIO, err: BinaryIO) -> int:
+    if not argv:
+        err.write(b"usage: lab exec <host> <command...>\n")
+        return 2
+    if host == "root":  # the machine the namespaces live in (the VM, or the host): for debugging the lab itself
+        try:
+            return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err).returncode
+        except FileNotFoundError as exc:
+            err.write(f"lab exec: {exc}\n".encode())
+            return 127
+    if host not in HOSTS:
+        err.write(f"lab exec: unknown host {host!r}; hosts: {', '.join(HOSTS)}\n".encode())
+        return 2
+    if not is_up():
+        err.write(b"lab exec: the lab is not up (run `lab up`)\n")
+        return 3
+    try:
+        return subprocess.run(ns_prefix(host) + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err).returncode
+    except FileNotFoundError as exc:
+        err.write(f"lab exec: {exc}\n".encode())
+        return 127
+
+
+def _break_table(tunnel: str) -> str:
+    return f"lab_break_{tunnel}"
+
+
+def _inet_tables() -> str:
+    return run_in("inet", ["nft", "list", "tables"], check=False).stdout
+
+
+def _tunnel(name: str) -> dict:
+    hc = load_host_config()
+    for t in hc["tunnels"]:
+        if t["name"] == name:
+            return t
+    raise ValueError(f"unknown tunnel {name!r}: expected one of {', '.join(t['name'] for t in hc['tunnels'])}")
+
+
+def break_(tunnel: str, out: BinaryIO) -> int:
+    """Cut the tunnel's underlay on the 'internet' between the gateway and AWS: IKE and ESP both vanish."""
+    t = _tunnel(tunnel)
+    table = _break_table(tunnel)
+    run_in("inet", ["nft", "-f", "-"], input=f"""
+table inet {table} {{
+    chain forward {{
+        type filter hook forward priority -10;
+        ip daddr {t['outside_ip']} drop
+        ip saddr {t['outside_ip']} drop
+    }}
+}}
+""")
+    out.write(f"lab: {tunnel} broken (all packets to/from {t['outside_ip']} dropped on the internet path)\n".encode())
+    return 0
+
+
+def heal(tunnel: str, out: BinaryIO) -> int:
+    _tunnel(tunnel)
+    table = _break_table(tunnel)
+    if table in _inet_tables():
+        run_in("inet", ["nft", "delete", "table", "inet", table])
+    out.write(f"lab: {tunnel} healed\n".encode())
+    return 0
+
+
+def prefer(tunnel: str, out: BinaryIO) -> int:
+    hc = load_host_config()
+    awspeer.set_preference(tunnel, [t["name"] for t in hc["tunnels"]])
+    out.write(f"lab: the AWS side now prefers {tunnel} for traffic to the VLAN (when it is up)\n".encode())
+    return 0
+
+
+def restart(component: str, out: BinaryIO) -> int:
+    """Restart a gateway component as systemd would (`lab restart charon|agent`)."""
+    if component == "charon":
+        topology.restart_gw_charon()
+    elif component == "agent":
+        gateway.restart_agent()
+    else:
+        raise ValueError(f"unknown component {component!r}: expected charon or agent")
+    out.write(f"lab: gateway {component} restarted\n".encode())
+    return 0
+
+
+def dispatch(verb: str, args: list[str], out: BinaryIO, err: BinaryIO) -> int:
+    """One entry point for both backends (the CLI in-process, or the guest controller over RPC)."""
+    try:
+        if verb == "up":
+            return up(out, err)
+        if verb in ("down", "shutdown"):
+            return down(out)
+        if verb == "status":
+            return status(out, err)
+        if verb == "exec":
+            return exec_(args[0] if args else "", args[1:], out, err)
+        if verb in ("break", "heal", "prefer", "restart"):
+            if len(args) != 1:
+                err.write(f"usage: lab {verb} <{'component' if verb == 'restart' else 'tunnel'}>\n".encode())
+                return 2
+            if not is_up():
+                err.write(f"lab {verb}: the lab is not up (run `lab up`)\n".encode())
+                return 3
+            return {"break": break_, "heal": heal, "prefer": prefer, "restart": restart}[verb](args[0], out)
+    except (ValueError, RuntimeError, TimeoutError) as exc:
+        err.write(f"lab {verb}: {exc}\n".encode())
+        return 1
+    err.write(f"lab: unknown verb {verb!r}\n".encode())
+    return 2
