@@ -196,7 +196,7 @@ class FailoverSpec:
     probe_timeout_ms: int
     down_after: int
     up_after: int
-    failback_hold_seconds: int | float
+    failback_hold_seconds: int
     extra_probe_targets: tuple[IPv4Address, ...]
 
 
@@ -318,7 +318,8 @@ class _PlanBuilder:
 
     def string(self, parent: Any, key: str, path: str, pattern: re.Pattern[str], rule: str, example: str) -> Any:
         def convert(v: Any) -> str:
-            if not isinstance(v, str) or not pattern.match(v):
+            # fullmatch: "$" also matches before a trailing newline ("eth0\n" would pass and break the files).
+            if not isinstance(v, str) or not pattern.fullmatch(v):
                 raise ValueError
             return v
 
@@ -631,7 +632,7 @@ class _PlanBuilder:
         if not isinstance(value, str):
             self.problem(where, f"got {_type_name(value)}", rule)
             return None
-        if not _PSK.match(value):
+        if not _PSK.fullmatch(value):
             # Never echo the value: it is (or was meant to be) a secret.
             self.problem(where, f"invalid value of length {len(value)} (not shown)", rule)
             return None
@@ -655,11 +656,12 @@ class _PlanBuilder:
         )
         fp = f"{p}.failover"
         primary = self.string(f, "primary", fp, _TUNNEL_NAME, "a tunnel name", '"tunnel1"')
-        interval = self.integer(f, "probe_interval_ms", fp, 10, 60000, 200)
+        # The agent's limits (hostconfig/agent/config.py): anything wider renders an agent.json the gateway refuses.
+        interval = self.integer(f, "probe_interval_ms", fp, 20, 60000, 200)
         timeout = self.integer(f, "probe_timeout_ms", fp, 10, 60000, 600)
         down = self.integer(f, "down_after", fp, 1, 1000, 3)
         up = self.integer(f, "up_after", fp, 1, 1000, 5)
-        hold = self.check(f, "failback_hold_seconds", fp, "a number of seconds 0..86400 like 20", _seconds)
+        hold = self.integer(f, "failback_hold_seconds", fp, 0, 86400, 20, "seconds")
         targets_list = self.items(f, "extra_probe_targets", fp, 0, 16, '["10.0.4.85"]')
         targets = (
             self.each(targets_list, f"{fp}.extra_probe_targets", "an IPv4 address like 10.0.4.85", _to_ipv4)
@@ -763,15 +765,9 @@ def _nonempty_str(v: Any) -> str:
 
 
 def _ssh_public_key(v: Any) -> str:
-    if not isinstance(v, str) or not re.match(
+    if not isinstance(v, str) or not re.fullmatch(
         r"^(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/]+=*( [^\n]*)?$", v
     ):
-        raise ValueError
-    return v
-
-
-def _seconds(v: Any) -> int | float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 86400:
         raise ValueError
     return v
 
