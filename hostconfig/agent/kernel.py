@@ -71,6 +71,10 @@ def _dump(fn: Callable[[], Any]) -> list[Any]:
             return list(fn())
         except NetlinkDumpInterrupted:
             log.debug("netlink dump interrupted, retry %s", attempt + 1)
+        except NetlinkError as exc:
+            # A KernelError, so the reconciler reports it per stage and carries on (a raw NetlinkError escaped the
+            # stage and ended the whole run, leak-protection stages included, with a traceback).
+            raise KernelError(f"netlink dump: {os.strerror(exc.code) if exc.code else exc}") from None
     raise KernelError(f"netlink dump interrupted {DUMP_RETRIES} times in a row")
 
 
