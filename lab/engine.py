@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import time
+from pathlib import Path
 from typing import BinaryIO
 
 from lab import awspeer, gateway, paths, topology
@@ -63,14 +64,14 @@ def installed_children(host: str) -> set[str]:
     return names
 
 
-def up(out: BinaryIO, err: BinaryIO) -> int:
+def up(out: BinaryIO, err: BinaryIO, operator_dir: Path | None = None) -> int:
     say = Printer(out)
     if is_up():
         say("the lab is already up (`lab status`; `lab down` to start again)")
         return 0
     paths.STATE_DIR.mkdir(parents=True, exist_ok=True)
     try:
-        return _up(say, out)
+        return _up(say, out, operator_dir)
     except Exception as exc:
         err.write(f"lab up failed: {exc}\n".encode())
         err.write(b"lab: logs of the lab's processes are in " + str(paths.STATE_DIR / "logs").encode() +
@@ -78,22 +79,22 @@ def up(out: BinaryIO, err: BinaryIO) -> int:
         return 1
 
 
-def _up(say: Printer, out: BinaryIO) -> int:
+def _up(say: Printer, out: BinaryIO, operator_dir: Path | None) -> int:
     plan = LAB_PLAN
-    evaluation = gateway.start_host_config(say)
-    say(f"kernel {os.uname().release}: loading VTI/ESP/crypto modules")
-    topology.preload_modules()
+    say(f"kernel {os.uname().release}: loading VTI/ESP/crypto modules (in the background)")
+    modprobe = topology.start_preloading_modules()
     say("network namespaces: vlan, gw, nat (1:1 NAT), inet, aws, vpc, ops")
     topology.create_underlay(plan)
     say("gateway: own mount namespace (tmpfs over /run, /etc/swanctl, /etc/hybrid-vpn, ...)")
     topology.create_gw_mount_namespace()
     operator_key = gateway.make_operator_key()
-    host_config, host_private_key = gateway.host_config(plan, evaluation, say)
+    host_config, host_private_key = gateway.host_config(plan, operator_dir, say)
     host_key = topology.start_gw_sshd(plan, operator_key.public, host_private_key)
     if host_private_key is None:
         host_config["gateway"]["ssh_host_public_key"] = host_key
     say(f"gateway: sshd listening on {plan.gateway_private_ip}:22 (reached as {plan.gateway_public_ip} through the "
         "NAT), host key " + host_key.split()[1][:16] + "...")
+    modprobe.wait()
     topology.start_gw_charon()
     say("gateway: charon running (VICI /run/charon.vici)")
     HOST_CONFIG_FILE.touch(mode=0o600)
@@ -102,15 +103,22 @@ def _up(say: Printer, out: BinaryIO) -> int:
     awspeer.start(host_config)
     say(f"AWS side: charon + VTIs for {', '.join(t['name'] for t in host_config['tunnels'])}, "
         f"prefers {host_config['tunnels'][0]['name']}")
-    gateway.configure(host_config, operator_key, say)
+    gateway.configure(host_config, operator_dir, say)
     t0 = time.monotonic()
     want = {t["name"] for t in host_config["tunnels"]}
     topology.wait_for(lambda: want <= installed_children("gw"), SA_DEADLINE_SECONDS, "both CHILD_SAs installed")
     say(f"both tunnels up ({time.monotonic() - t0:.1f} s after the gateway config was loaded)")
     vpc_ip = plan.vpc_host_ip
     t0 = time.monotonic()
-    topology.wait_for(lambda: run_in("vlan", ["ping", "-c", "1", "-W", "1", vpc_ip], check=False).returncode == 0,
-                      120, f"a first ping VLAN host -> VPC host {vpc_ip}", interval=0.1)
+    try:
+        topology.wait_for(lambda: run_in("vlan", ["ping", "-c", "1", "-W", "1", vpc_ip], check=False).returncode == 0,
+                          120, f"a first ping VLAN host -> VPC host {vpc_ip}", interval=0.1)
+    except TimeoutError:
+        drops = [line.strip() for line in run_in("gw", ["nft", "list", "ruleset"], check=False).stdout.splitlines()
+                 if "drop" in line and "packets" in line and " packets 0 " not in line]
+        if drops:
+            say("the tunnels are up but the gateway's nftables dropped packets: " + " | ".join(drops))
+        raise
     say(f"first packet through: VLAN host {plan.vlan_host_ip} -> VPC host {vpc_ip} "
         f"({time.monotonic() - t0:.1f} s after the tunnels came up)")
     status(out, out)
@@ -247,7 +255,7 @@ def dispatch(verb: str, args: list[str], out: BinaryIO, err: BinaryIO) -> int:
     """One entry point for both backends (the CLI in-process, or the guest controller over RPC)."""
     try:
         if verb == "up":
-            return up(out, err)
+            return up(out, err, Path(args[0]) if args else None)
         if verb in ("down", "shutdown"):
             return down(out)
         if verb == "status":

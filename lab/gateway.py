@@ -10,7 +10,7 @@ While a link of the chain is not in the tree yet, the lab says so and uses lab/s
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import base64
 import json
 import logging
 import subprocess
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from lab import host_config_source, paths, standin_gateway, topology
+from lab import host_config_source, operator, paths, standin_gateway, topology
 from lab.addresses import LabAddressPlan
 from lab.sh import ns_prefix, pid_of, run, run_in, spawn_in
 
@@ -47,56 +47,30 @@ def make_operator_key() -> OperatorKey:
     return OperatorKey(key, key.with_suffix(".pub").read_text().strip())
 
 
-def _have(module: str, attr: str | None = None) -> bool:
-    try:
-        if importlib.util.find_spec(module) is None:
-            return False
-    except ModuleNotFoundError:
-        return False
-    if attr is None:
-        return True
-    mod = __import__(module, fromlist=[attr])
-    return hasattr(mod, attr)
-
-
-def chain_parts() -> dict[str, bool]:
-    return {
-        "program (lab/cloud.py)": host_config_source.real_chain_available(),
-        "plan (hostconfig.plan)": _have("hostconfig.plan", "GatewayPlan"),
-        "renderer (hostconfig.render)": _have("hostconfig.render", "render_gateway_files"),
-        "delivery (hostconfig.deliver)": _have("hostconfig.deliver.push", "push_files"),
-        "agent (vpnctl zipapp)": _have("hostconfig.agent.bundle", "build_zipapp"),
-    }
-
-
-def start_host_config(say: Callable[[str], None]):
-    if host_config_source.real_chain_available():
-        say("evaluating the Pulumi program (stacks/Pulumi.lab.yaml) against the emulated cloud, in the background")
-        return host_config_source.start_program_evaluation()
-    return None
-
-
-def host_config(plan: LabAddressPlan, evaluation, say: Callable[[str], None]) -> tuple[dict, str | None]:
+def host_config(plan: LabAddressPlan, operator_dir: Path | None,
+                say: Callable[[str], None]) -> tuple[dict, str | None]:
     """(host_config, the gateway's SSH host private key or None when the lab generates one)."""
-    if evaluation is not None:
-        result = host_config_source.wait_program_result(evaluation)
-        say(f"program: VPN connection {result.host_config['aws']['vpn_connection_id']}, tunnels "
-            + ", ".join(f"{t['name']} {t['outside_ip']}" for t in result.host_config["tunnels"]))
-        return result.host_config, result.ssh_host_private_key
-    say("lab/cloud.py not in the tree yet: using a lab-local host_config (same schema, lab addresses)")
+    result_file = operator_dir / operator.PROGRAM_RESULT if operator_dir else None
+    if result_file is not None and result_file.exists():
+        data = json.loads(result_file.read_text())
+        hc = data["host_config"]
+        say(f"program (evaluated on the operator side): VPN connection {hc['aws']['vpn_connection_id']}, tunnels "
+            + ", ".join(f"{t['name']} {t['outside_ip']}" for t in hc["tunnels"]))
+        return hc, data["ssh_host_private_key"]
+    say("the Pulumi program / lab/cloud.py is not in the tree yet: using a lab-local host_config "
+        "(same schema, lab addresses)")
     return host_config_source.lab_local_host_config(plan, ""), None
 
 
-def configure(hc: dict, key: OperatorKey, say: Callable[[str], None]) -> None:
-    parts = chain_parts()
-    missing = [name for name, ok in parts.items() if not ok and not name.startswith("program")]
-    if missing:
-        say(f"not in the tree yet: {', '.join(missing)}; the gateway uses the lab's stand-in config "
+def configure(hc: dict, operator_dir: Path | None, say: Callable[[str], None]) -> None:
+    files = operator_dir / operator.GATEWAY_FILES if operator_dir else None
+    if files is None or not files.exists():
+        say("hostconfig's renderer/agent are not in the tree yet: the gateway uses the lab's stand-in config "
             "(swanctl + VTIs + static routes, no failover agent)")
         standin_gateway.apply(hc)
         return
-    say("rendering the gateway files (hostconfig) and pushing them over SSH from the operator namespace")
-    proc = run(ns_prefix("ops") + [sys.executable, "-m", "lab.gateway", "push"], check=False, timeout=900)
+    say("delivery: pushing the rendered files over SSH from the operator namespace (192.0.2.10 -> 203.0.113.10)")
+    proc = run(ns_prefix("ops") + [sys.executable, "-m", "lab.gateway", "push", str(files)], check=False, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"delivery failed: {proc.stderr.strip()[-2000:]}")
     report = json.loads(PUSH_REPORT.read_text())
@@ -134,24 +108,20 @@ def status(out: BinaryIO, err: BinaryIO) -> None:
 
 # --- runs in the operator namespace: `python -m lab.gateway push` -------------------------------------------------
 
-def push() -> int:
-    from hostconfig.agent.bundle import build_zipapp
+def push(files_json: Path) -> int:
     from hostconfig.deliver.changes import DesiredFile
     from hostconfig.deliver.gateway import validation_commands
     from hostconfig.deliver.push import SshTarget, push_files
-    from hostconfig.plan import GatewayPlan
-    from hostconfig.render import render_gateway_files
 
     hc = json.loads((paths.STATE_DIR / "host_config.json").read_text())
-    plan = GatewayPlan.from_host_config(hc)
-    files = list(render_gateway_files(plan))
-    zipapp = build_zipapp(OPS_DIR / "vpnctl.pyz")
-    files.append(DesiredFile(path=VPNCTL, content=zipapp.read_bytes(), mode=0o755))
+    bundle = json.loads(files_json.read_text())
+    files = [DesiredFile(path=f["path"], content=base64.b64decode(f["content_b64"]), mode=f["mode"],
+                         secret=f["secret"]) for f in bundle["files"]]
     target = SshTarget(host=hc["gateway"]["public_ip"], host_public_key=hc["gateway"]["ssh_host_public_key"],
                        private_key=(OPS_DIR / "id_ed25519").read_text(), connect_deadline_seconds=120)
     # Activation that needs systemd is done by the lab controller afterwards (activate_like_systemd).
     report = push_files(target, files, validate=validation_commands(),
-                        activate=[("swanctl", "--load-all", "--noprompt")], secret_values=plan.secrets())
+                        activate=[("swanctl", "--load-all", "--noprompt")], secret_values=bundle["secret_values"])
     PUSH_REPORT.write_text(json.dumps(report.as_dict()))
     return 0
 
@@ -159,9 +129,10 @@ def push() -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.gateway")
     parser.add_argument("cmd", choices=["push"])
-    parser.parse_args(argv)
+    parser.add_argument("files", type=Path)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return push()
+    return push(args.files)
 
 
 if __name__ == "__main__":

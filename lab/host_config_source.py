@@ -7,11 +7,8 @@ import copy
 import importlib.util
 import json
 import logging
-import os
 import secrets
 import string
-import subprocess
-import sys
 from dataclasses import dataclass
 
 from lab import paths
@@ -65,42 +62,6 @@ def program_host_config(plan: LabAddressPlan) -> ProgramResult:
     return ProgramResult(run.outputs["host_config"], state["privateKeyOpenssh"], state["publicKeyOpenssh"].strip())
 
 
-PROGRAM_RESULT = paths.STATE_DIR / "program-result.json"  # 0600: PSKs and the host private key
-
-
-def start_program_evaluation() -> subprocess.Popen:
-    """Evaluate the program in a child process: the Pulumi runtime wants a main thread and an event loop of its own,
-    and the evaluation (slow under TCG) overlaps with building the namespaces."""
-    paths.STATE_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = paths.STATE_DIR / "logs" / "program.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as logf:
-        return subprocess.Popen([sys.executable, "-m", "lab.host_config_source"], stdin=subprocess.DEVNULL,
-                                stdout=logf, stderr=subprocess.STDOUT, cwd=paths.REPO)
-
-
-def wait_program_result(proc: subprocess.Popen, timeout: float = 600) -> ProgramResult:
-    rc = proc.wait(timeout=timeout)
-    if rc != 0:
-        tail = (paths.STATE_DIR / "logs" / "program.log").read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"evaluating the Pulumi program failed (rc {rc}):\n{tail}")
-    data = json.loads(PROGRAM_RESULT.read_text())
-    return ProgramResult(data["host_config"], data["ssh_host_private_key"], data["ssh_host_public_key"])
-
-
-def _main() -> int:
-    from lab.addresses import LAB_PLAN
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = program_host_config(LAB_PLAN)
-    fd = os.open(PROGRAM_RESULT.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"host_config": result.host_config, "ssh_host_private_key": result.ssh_host_private_key,
-                   "ssh_host_public_key": result.ssh_host_public_key}, f)
-    os.rename(PROGRAM_RESULT.with_suffix(".tmp"), PROGRAM_RESULT)
-    return 0
-
-
 def lab_local_host_config(plan: LabAddressPlan, ssh_host_public_key: str) -> dict:
     base = json.loads(FIXTURE.read_text()) if FIXTURE.exists() else {}
     hc = {
@@ -127,6 +88,3 @@ def lab_local_host_config(plan: LabAddressPlan, ssh_host_public_key: str) -> dic
         })
     return hc
 
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -171,8 +171,8 @@ class VmExited(RuntimeError):
 
 def _boot(kernel: KernelImage, use_kvm: bool) -> float:
     paths.RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(paths.RPC_DIR, ignore_errors=True)
     make_dirs(paths.RPC_DIR)
+    (paths.RPC_DIR / "ready").unlink(missing_ok=True)
     guest_cmd = f"cd {paths.REPO} && exec {sys.executable} -m lab.guest"
     cmd = [str(_vng()), "--memory", VM_MEMORY, "--cpus", VM_CPUS, "--busybox", str(kernel.busybox),
            f"--rwdir={paths.RPC_DIR}={paths.RPC_DIR}", "--name", "hybrid-vpn-lab", "-r", str(kernel.vmlinuz),
