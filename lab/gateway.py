@@ -83,6 +83,9 @@ def activate_like_systemd(changed: list[str], say: Callable[[str], None]) -> Non
     if CHARON_SNIPPET in changed:
         topology.restart_gw_charon()
         say("gateway: charon restarted (strongswan.d changed) and swanctl --load-all")
+    elif any(p.startswith("/etc/swanctl/") for p in changed):
+        run_in("gw", ["swanctl", "--load-all", "--noprompt"], timeout=300)
+        say("gateway: swanctl --load-all")
     run_in("gw", [VPNCTL, "reconcile"], timeout=300)
     say("gateway: vpnctl reconcile done")
     restart_agent()
@@ -119,9 +122,11 @@ def push(files_json: Path) -> int:
                          secret=f["secret"]) for f in bundle["files"]]
     target = SshTarget(host=hc["gateway"]["public_ip"], host_public_key=hc["gateway"]["ssh_host_public_key"],
                        private_key=(OPS_DIR / "id_ed25519").read_text(), connect_deadline_seconds=120)
-    # Activation that needs systemd is done by the lab controller afterwards (activate_like_systemd).
-    report = push_files(target, files, validate=validation_commands(),
-                        activate=[("swanctl", "--load-all", "--noprompt")], secret_values=bundle["secret_values"])
+    # Activation is done by the lab controller afterwards, in the order of hostconfig.deliver.gateway's
+    # activation_commands (restart charon if its snippet changed, then load swanctl, then the agent): the lab has no
+    # systemd. Loading swanctl here, before a charon restart, would bring the tunnels up only to tear them down again.
+    report = push_files(target, files, validate=validation_commands(), activate=[],
+                        secret_values=bundle["secret_values"])
     PUSH_REPORT.write_text(json.dumps(report.as_dict()))
     return 0
 
