@@ -27,6 +27,7 @@ golden: setup
 bench: setup
 	$(PY) bench/agent_bench.py
 	$(PY) bench/delivery_bench.py
+	$(PY) bench/load_bench.py
 
 # `make lab` = `make lab up`; `make lab down`, `make lab status`, `make lab break tunnel1`, ...
 lab: setup

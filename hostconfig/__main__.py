@@ -39,6 +39,9 @@ def load_host_config(source: str) -> dict:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"--outputs {where}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--outputs {where}: not UTF-8 text (byte {exc.start}); expected the JSON of "
+                         "`pulumi stack output --json --show-secrets`") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -40,7 +40,7 @@ class UserDataError(ValueError):
 
 
 def _check(hostname: str, private: str, public: str) -> None:
-    if not isinstance(hostname, str) or not _HOSTNAME.match(hostname):
+    if not isinstance(hostname, str) or not _HOSTNAME.fullmatch(hostname):
         raise UserDataError(
             f"hostname: got {hostname!r}; expected a host name label (letters, digits, '-', at most "
             "63 characters) like 'hybrid-vpn-dev-gw'"
@@ -51,7 +51,7 @@ def _check(hostname: str, private: str, public: str) -> None:
             "ssh_host_ed25519_private: not an OpenSSH private key (value not shown); expected the "
             f"text from '{_PRIVATE_BEGIN}' to '{_PRIVATE_END}' as ssh-keygen -t ed25519 writes it"
         )
-    if not isinstance(public, str) or not _ED25519_PUBLIC.match(public.strip()):
+    if not isinstance(public, str) or not _ED25519_PUBLIC.fullmatch(public.strip()):
         raise UserDataError(f"ssh_host_ed25519_public: got {public!r:.40}; expected 'ssh-ed25519 AAAA... comment'")
 
 

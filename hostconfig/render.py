@@ -83,7 +83,7 @@ def ipsec_quote(value: Any) -> str:
 def nft_quote(value: Any) -> str:
     """An interface name as an nftables string."""
     text = str(value)
-    if not _NFT_NAME.match(text):
+    if not _NFT_NAME.fullmatch(text):
         raise UnsafeValue("nft_quote: not an interface name (1-15 letters, digits, '_', '.', '-')")
     return f'"{text}"'
 

@@ -296,7 +296,7 @@ class _Section:
         if not isinstance(value, str):
             self.fail(name, f"must be a string ({rule}), got {type(value).__name__} {value!r}", example)
             return None
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             self.fail(name, f"{value!r} is not valid: {rule}", example)
             return None
         return value
@@ -431,7 +431,7 @@ def _parse_aws(problems: list[str], raw: Any) -> dict[str, Any]:
         out["route_table_ids"] = None
     else:
         def check_rtb(key: str, item: str) -> str | None:
-            if not RTB_ID_PATTERN.match(item):
+            if not RTB_ID_PATTERN.fullmatch(item):
                 s.fail(key, f"{item!r} is not a route table id ('rtb-' + 8 or 17 hex digits)", "rtb-0a1b2c3d4e5f60718")
                 return None
             return item
@@ -468,7 +468,7 @@ def _parse_linode(problems: list[str], raw: Any) -> dict[str, Any]:
                             "linode/debian12")
 
     def check_key(key: str, item: str) -> str | None:
-        if not SSH_KEY_PATTERN.match(item.strip()):
+        if not SSH_KEY_PATTERN.fullmatch(item.strip()):
             s.fail(key, "is not an OpenSSH public key line", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... you@laptop")
             return None
         return item.strip()
@@ -545,7 +545,7 @@ def _parse_tunnels(problems: list[str], raw: Any) -> dict[str, Any]:
                 if not isinstance(psk, str):
                     s.fail(f"psks[{i}]", f"must be a string ({PSK_RULE})", example.format(i=i))
                     ok = False
-                elif not PSK_PATTERN.match(psk):
+                elif not PSK_PATTERN.fullmatch(psk):
                     s.fail(f"psks[{i}]", f"(value hidden, {len(psk)} characters) breaks AWS's pre-shared key rule: "
                            f"{_psk_violation(psk)}; rule: {PSK_RULE}", example.format(i=i))
                     ok = False
@@ -566,7 +566,7 @@ def _parse_tunnels(problems: list[str], raw: Any) -> dict[str, Any]:
                 out["marks"] = tuple(checked)
 
     def check_ifname(key: str, item: str) -> str | None:
-        if not IFNAME_PATTERN.match(item):
+        if not IFNAME_PATTERN.fullmatch(item):
             s.fail(key, f"{item!r} is not a Linux interface name (1-15 of letters, digits, . _ -)", "vti-aws1")
             return None
         return item
@@ -720,7 +720,7 @@ def _parse_tags(problems: list[str], raw: Any) -> dict[str, str] | None:
         return None
     ok = True
     for k, v in raw.items():
-        if not isinstance(v, str) or not re.match(r"^[A-Za-z0-9_.:/=+@-]{1,128}$", str(k)):
+        if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.:/=+@-]{1,128}", str(k)):
             problems.append(f"{key}.{k}: tag keys and values must be strings (keys 1-128 of letters, digits, "
                             f"_ . : / = + @ -), got {v!r}; example: {{team: network}}")
             ok = False

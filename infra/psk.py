@@ -14,7 +14,7 @@ PSK_SPECIALS = "._"  # the only non-alphanumerics AWS accepts
 def aws_safe_psk(raw: str) -> str:
     """AWS refuses a PSK that starts with '0': RandomPassword cannot express that, so swap the first character."""
     psk = ("Z" + raw[1:]) if raw.startswith("0") else raw
-    if not PSK_PATTERN.match(psk):
+    if not PSK_PATTERN.fullmatch(psk):
         # Never include the value: this message can reach logs.
         raise ValueError(f"generated PSK ({len(psk)} characters) breaks AWS's rules; check PSK_LENGTH/PSK_SPECIALS")
     return psk

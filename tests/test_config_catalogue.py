@@ -70,6 +70,11 @@ CATALOGUE: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
      "hybrid-vpn:tunnels.psks[0]", ("starts with '0'",)),
     ("psk-too-long", with_("tunnels.psks", ["A" * 65, "Valid_psk_number_2"]),
      "hybrid-vpn:tunnels.psks[0]", ("longer than 64 characters",)),
+    # `$` also matches before a final newline: the rules must hold for the whole string.
+    ("psk-trailing-newline", with_("tunnels.psks", ["Valid_psk_number_1\n", "Valid_psk_number_2"]),
+     "hybrid-vpn:tunnels.psks[0]", ("other than letters, digits, '.' and '_'",)),
+    ("interface-trailing-newline", with_("tunnels.interfaces", ["vti-aws1\n", "vti-aws2"]),
+     "hybrid-vpn:tunnels.interfaces[0]", ("is not a Linux interface name", "vti-aws1")),
     ("phase1-lifetime-too-long", with_("crypto.phase1", {**DEFAULTS["crypto"]["phase1"], "lifetime_seconds": 30000}),
      "hybrid-vpn:crypto.phase1.lifetime_seconds", ("900..28800", "example: 28800")),
     ("phase2-lifetime-too-short", with_("crypto.phase2", {**DEFAULTS["crypto"]["phase2"], "lifetime_seconds": 600}),

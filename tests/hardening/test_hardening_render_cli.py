@@ -125,10 +125,7 @@ FILE_CASES = [
     ("no-host-config-key", json.dumps({"tunnels": []}), ["no 'host_config' key", "found: tunnels"]),
     ("not-an-object", json.dumps([1, 2]), ["no 'host_config' key"]),
     ("host-config-not-an-object", json.dumps({"host_config": "x"}), [f"{P}: got a string", "expected"]),
-    pytest.param("non-utf8", b'{"host_config": "\xff"}', ["--outputs", "UTF-8"], marks=pytest.mark.xfail(
-        strict=True, reason="defect in hostconfig/__main__.py (not this task's file): load_host_config catches "
-        "OSError only, so a non-UTF-8 outputs file ends in a UnicodeDecodeError traceback (exit 1); change asked of "
-        "the lead")),
+    ("non-utf8", b'{"host_config": "\xff"}', ["--outputs", "UTF-8"]),
 ]
 
 
