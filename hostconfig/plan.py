@@ -16,6 +16,22 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+# The AWS rules the program validated are checked again here (the input may come from any stack, or by hand).
+from infra.aws_rules import (
+    AWS_DPD_ACTIONS,
+    AWS_PHASE1_DH,
+    AWS_PHASE2_DH,
+    AWS_RESERVED_INSIDE,
+    AWS_STARTUP_ACTIONS,
+    MAX_ROUTES_TO_AWS,
+    MAX_TUNNEL_MTU,
+    PHASE1_LIFETIME,
+    PHASE2_LIFETIME,
+    PSK_PATTERN,
+    REPLAY_WINDOW,
+)
+from infra.secret import Secret
+
 log = logging.getLogger(__name__)
 
 SCHEMA_KIND = "hybrid-vpn/host-config"
@@ -58,28 +74,8 @@ DH_GROUPS = {
     23: "modp2048s224",
     24: "modp2048s256",
 }
-PHASE1_DH_GROUPS = frozenset({2, *range(14, 25)})
-PHASE2_DH_GROUPS = frozenset({2, 5, *range(14, 25)})
-PHASE1_LIFETIME = (900, 28800)
-PHASE2_LIFETIME = (900, 3600)
-REPLAY_WINDOW = (64, 2048)
-AWS_DPD_ACTIONS = ("clear", "restart", "none")
-AWS_STARTUP_ACTIONS = ("add", "start")
-# /30s inside 169.254.0.0/16 that AWS refuses for tunnel inside CIDRs.
-RESERVED_INSIDE_CIDRS = frozenset(
-    IPv4Network(c)
-    for c in (
-        "169.254.0.0/30",
-        "169.254.1.0/30",
-        "169.254.2.0/30",
-        "169.254.3.0/30",
-        "169.254.4.0/30",
-        "169.254.5.0/30",
-        "169.254.169.252/30",
-    )
-)
-MAX_ROUTES = 100  # AWS: 100 static routes per VPN connection; the agent routes each AWS CIDR too.
-MAX_TUNNEL_MTU = 1446  # AWS: maximum tunnel MTU (less with NAT-T and some algorithms).
+PHASE1_DH_GROUPS = frozenset(AWS_PHASE1_DH)
+PHASE2_DH_GROUPS = frozenset(AWS_PHASE2_DH)
 
 # The gateway's reaction to a dead peer. AWS's action is what AWS does when *it* declares the gateway dead; the
 # gateway must bring the tunnel back in every case, because (a) with startup action `add` AWS never initiates, so a
@@ -105,7 +101,6 @@ RETRANSMIT_TRIES = 3
 
 _IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 _TUNNEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-_PSK = re.compile(r"^[A-Za-z1-9._][A-Za-z0-9._]{7,63}$")
 _STACK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -117,29 +112,6 @@ class PlanError(ValueError):
         self.problems = list(problems)
         head = f"host_config is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"
         super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]))
-
-
-class Secret:
-    """A secret string that does not show itself in repr/str/logs; ``reveal()`` is the only way to the value."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
 
 
 # ------------------------------------------------------------------------------------------------ the plan dataclasses
@@ -395,7 +367,7 @@ class _PlanBuilder:
         aws_region = self.check(aws, "region", f"{p}.aws", 'a region name like "us-east-1"', _nonempty_str)
         vpn_id = self.check(aws, "vpn_connection_id", f"{p}.aws", 'an id like "vpn-0123456789abcdef0"', _nonempty_str)
         vgw_id = self.check(aws, "vgw_id", f"{p}.aws", 'an id like "vgw-0123456789abcdef0"', _nonempty_str)
-        aws_cidrs = self.networks(aws, "cidrs", f"{p}.aws", 1, MAX_ROUTES, "10.0.0.0/16")
+        aws_cidrs = self.networks(aws, "cidrs", f"{p}.aws", 1, MAX_ROUTES_TO_AWS, "10.0.0.0/16")
         linode = self.obj(
             obj, "linode", p, '{"vlan_cidrs": [...], ...}', ("region", "vlan_label", "vlan_cidrs", "subnet_cidr")
         )
@@ -408,7 +380,7 @@ class _PlanBuilder:
             "a VLAN label of letters, digits and dashes",
             '"hybrid-vpn-dev"',
         )
-        vlan_cidrs = self.networks(linode, "vlan_cidrs", f"{p}.linode", 1, MAX_ROUTES, "172.16.0.0/12")
+        vlan_cidrs = self.networks(linode, "vlan_cidrs", f"{p}.linode", 1, MAX_ROUTES_TO_AWS, "172.16.0.0/12")
         subnet_cidr = self.network(linode, "subnet_cidr", f"{p}.linode", "10.8.0.0/24")
         crypto = self.crypto(obj, p)
         tunnels = self.tunnels(obj, p)
@@ -598,7 +570,7 @@ class _PlanBuilder:
         if None in (name, interface, outside, inside, aws_inside, gw_inside, mark, psk):
             return None
         link_local = IPv4Network("169.254.0.0/16")
-        if inside.prefixlen != 30 or not inside.subnet_of(link_local) or inside in RESERVED_INSIDE_CIDRS:
+        if inside.prefixlen != 30 or not inside.subnet_of(link_local) or inside in AWS_RESERVED_INSIDE:
             self.problem(
                 f"{tp}.inside_cidr",
                 f"{inside} is not a usable AWS inside CIDR",
@@ -632,7 +604,7 @@ class _PlanBuilder:
         if not isinstance(value, str):
             self.problem(where, f"got {_type_name(value)}", rule)
             return None
-        if not _PSK.fullmatch(value):
+        if not PSK_PATTERN.fullmatch(value):
             # Never echo the value: it is (or was meant to be) a secret.
             self.problem(where, f"invalid value of length {len(value)} (not shown)", rule)
             return None

@@ -15,6 +15,28 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from infra.aws_rules import (  # noqa: F401  (re-exported: the config's rules are AWS's)
+    AWS_DPD_ACTIONS,
+    AWS_ENCRYPTION,
+    AWS_INTEGRITY,
+    AWS_PHASE1_DH,
+    AWS_PHASE2_DH,
+    AWS_RESERVED_INSIDE,
+    AWS_STARTUP_ACTIONS,
+    DPD_TIMEOUT_MIN,
+    LINK_LOCAL,
+    MAX_ROUTES_TO_AWS,
+    MAX_TUNNEL_MTU,
+    PHASE1_LIFETIME,
+    PHASE2_LIFETIME,
+    PSK_PATTERN,
+    PSK_RULE,
+    REKEY_MARGIN_MIN,
+    REPLAY_WINDOW,
+    RFC1918,
+)
+from infra.secret import Secret
+
 log = logging.getLogger(__name__)
 
 NAMESPACE = "hybrid-vpn"
@@ -76,31 +98,6 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "linode": ("region", "vlan_label", "vlan_cidrs", "gateway_vlan_address"),
 }
 
-# ---------------------------------------------------------------------------------------------------------------------
-# AWS Site-to-Site VPN rules (../shared/aws-vpn-facts.md; AWS user guide "Tunnel options for your VPN connection").
-# ---------------------------------------------------------------------------------------------------------------------
-AWS_ENCRYPTION = ("AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16")
-AWS_INTEGRITY = ("SHA1", "SHA2-256", "SHA2-384", "SHA2-512")
-AWS_PHASE1_DH = (2, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24)
-AWS_PHASE2_DH = (2, 5, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24)
-AWS_DPD_ACTIONS = ("clear", "restart", "none")
-AWS_STARTUP_ACTIONS = ("add", "start")
-AWS_RESERVED_INSIDE = tuple(
-    ipaddress.ip_network(c)
-    for c in ("169.254.0.0/30", "169.254.1.0/30", "169.254.2.0/30", "169.254.3.0/30", "169.254.4.0/30",
-              "169.254.5.0/30", "169.254.169.252/30")
-)
-LINK_LOCAL = ipaddress.ip_network("169.254.0.0/16")
-RFC1918 = tuple(ipaddress.ip_network(c) for c in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
-PHASE1_LIFETIME = (900, 28800)
-PHASE2_LIFETIME = (900, 3600)
-REKEY_MARGIN_MIN = 60
-REPLAY_WINDOW = (64, 2048)
-DPD_TIMEOUT_MIN = 30
-MAX_ROUTES_TO_AWS = 100  # static routes from the customer gateway to a VGW
-MAX_TUNNEL_MTU = 1446  # AWS maximum; PMTUD is not supported
-PSK_RULE = "8 to 64 characters, only letters, digits, '.' and '_', not starting with '0'"
-PSK_PATTERN = re.compile(r"^(?!0)[A-Za-z0-9._]{8,64}$")
 AWS_REGION_PATTERN = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 LINODE_REGION_PATTERN = re.compile(r"^[a-z]{2}-[a-z]+(-\d)?$")
 VPC_ID_PATTERN = re.compile(r"^vpc-([0-9a-f]{8}|[0-9a-f]{17})$")
@@ -127,29 +124,6 @@ class ConfigError(ValueError):
             f"{len(problems)} problem(s) in the stack configuration (stacks/Pulumi.<stack>.yaml):\n"
             + "\n".join(f"  - {p}" for p in problems)
         )
-
-
-class Secret:
-    """A secret string from the stack config. ``str()`` and ``repr()`` never show it; ``.reveal()`` does."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret(****)"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
