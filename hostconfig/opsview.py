@@ -284,11 +284,11 @@ def ec2_client(region: str) -> Any:
 
 def read_gateway_view(target: Any, vpnctl: str = DEFAULT_VPNCTL) -> dict[str, Any]:
     """`vpnctl status --json` on the gateway over SSH (pinned host key, as delivery connects)."""
-    from hostconfig.deliver.push import _exec, connect
+    from hostconfig.deliver.push import connect, run_remote
 
     client = connect(target)
     try:
-        result = _exec(client, [vpnctl, "status", "--json"], COMMAND_TIMEOUT_SECONDS)
+        result = run_remote(client, [vpnctl, "status", "--json"], COMMAND_TIMEOUT_SECONDS)
     finally:
         client.close()
     if result.status != 0:

@@ -9,13 +9,11 @@ by hand. The lab VM runs the same command where VTIs and ESP exist.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ AGENT_TESTS = REPO / "tests" / "agent"
 if str(AGENT_TESTS) not in sys.path:
     sys.path.insert(0, str(AGENT_TESTS))
 from agent_testlib import config_dict, run_in_netns, wire_gateway, write_config  # noqa: E402
+from testlib import Charon, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.root
 
@@ -36,15 +35,6 @@ BOTH = frozenset({"tunnel1", "tunnel2"})
 NO_ESP_HERE = {"xfrm state tunnel1", "xfrm state tunnel2", "xfrm policy tunnel1", "xfrm policy tunnel2"}
 NO_CHARON = {"sa tunnel1", "sa tunnel2"}
 GIVEN_SKIPS = {"vti vti-aws1", "vti vti-aws2"}
-
-
-def _load_charon_class() -> Any:
-    """The agent tests' real-charon helper (tests/agent/conftest.py), reused rather than copied."""
-    spec = importlib.util.spec_from_file_location("agent_tests_conftest", AGENT_TESTS / "conftest.py")
-    module = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.Charon
 
 
 def _reconcile(config: str, up: frozenset[str], active: str | None) -> list[str]:
@@ -146,20 +136,11 @@ def _swanctl_conf(data: dict[str, Any], psk: str) -> str:
     return SWANCTL_CONF.format(conns="\n".join(conns), secrets="\n".join(secrets))
 
 
-def _wait(predicate, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def test_healthy_namespace_every_supported_check_ok_and_doctor_changes_nothing(gw: Gateway):
     charon_path = Path("/usr/lib/ipsec/charon")
     if not charon_path.exists():
         pytest.skip("needs strongSwan charon (Debian package strongswan-charon)")
-    charon = _load_charon_class()(gw.ns, gw.tmp)  # its VICI socket is <tmp>/charon.vici, as in agent.json
+    charon = Charon(gw.ns, gw.tmp)  # its VICI socket is <tmp>/charon.vici, as in agent.json
     assert charon.socket == Path(gw.data["paths"]["vici_socket"])
     daemon = None
     try:
@@ -191,7 +172,7 @@ def test_healthy_namespace_every_supported_check_ok_and_doctor_changes_nothing(g
                 return False
             return data.get("active") == "tunnel1" and all(
                 data.get("tunnels", {}).get(n, {}).get("up") for n in BOTH)
-        _wait(daemon_has_both_up, what="the failover daemon to see both tunnels up")
+        wait_for(daemon_has_both_up, what="the failover daemon to see both tunnels up")
 
         before = gw.kernel_snapshot()
         rc, checks, text = gw.doctor("--tunnel-links", "given")

@@ -795,10 +795,10 @@ def match_log_lines(lines: list[str]) -> dict[str, tuple[str, ...]]:
 
 def nft_fingerprint(list_json: str) -> str:
     """The agent's fingerprint of `nft -j list table` output (handles and counters removed)."""
-    from .nft import _normalise  # the same normalisation the agent records after applying
+    from .nft import normalise  # the same normalisation the agent records after applying
 
     data = json.loads(list_json)
-    items = [_normalise(item) for item in data.get("nftables", []) if "metainfo" not in item]
+    items = [normalise(item) for item in data.get("nftables", []) if "metainfo" not in item]
     return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
 
 

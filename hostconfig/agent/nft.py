@@ -89,15 +89,15 @@ def loaded_fingerprint(table: str) -> str | None:
             return None
         raise NftError(f"nft list table inet {table}: {proc.stderr.strip()}")
     data = json.loads(proc.stdout)
-    items = [_normalise(item) for item in data.get("nftables", []) if "metainfo" not in item]
+    items = [normalise(item) for item in data.get("nftables", []) if "metainfo" not in item]
     return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
 
 
-def _normalise(value: object) -> object:
+def normalise(value: object) -> object:
     if isinstance(value, dict):
-        return {k: _normalise(v) for k, v in value.items() if k not in _VOLATILE}
+        return {k: normalise(v) for k, v in value.items() if k not in _VOLATILE}
     if isinstance(value, list):
-        return [_normalise(v) for v in value]
+        return [normalise(v) for v in value]
     return value
 
 

@@ -326,7 +326,7 @@ class _Result:
     stderr: str
 
 
-def _exec(client: paramiko.SSHClient, argv: Sequence[str], timeout: float) -> _Result:
+def run_remote(client: paramiko.SSHClient, argv: Sequence[str], timeout: float) -> _Result:
     """Run argv on the gateway (shlex-quoted command line: paths and flags only, never secrets)."""
     command_line = shlex.join(argv)
     transport = client.get_transport()
@@ -352,7 +352,7 @@ def _sh(script: str, args: Iterable[str]) -> list[str]:
 
 
 def read_remote_state(client: paramiko.SSHClient, paths: Sequence[str], timeout: float) -> list[RemoteFileState]:
-    result = _exec(client, _sh(_STATE_SCRIPT, paths), timeout)
+    result = run_remote(client, _sh(_STATE_SCRIPT, paths), timeout)
     lines = result.stdout.splitlines()
     if result.status != 0 or len(lines) != len(paths):
         raise DeliveryError(
@@ -470,12 +470,12 @@ def _install(client: paramiko.SSHClient, target: SshTarget, changes: Sequence[Pl
     args: list[str] = []
     for (change, path), tmp in zip(placed, temps, strict=True):
         args += [tmp, path, "1" if change.remote.exists else "0"]
-    result = _exec(client, _sh(_INSTALL_SCRIPT, args), timeout)
+    result = run_remote(client, _sh(_INSTALL_SCRIPT, args), timeout)
     if result.status != 0:
         done = {int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("done ")}
         installed = [c for i, c in enumerate(changes) if i in done]
         problem = _restore(client, installed, remote_root, timeout)
-        cleanup = _exec(client, ["rm", "-f", "--", *temps], timeout)
+        cleanup = run_remote(client, ["rm", "-f", "--", *temps], timeout)
         raise DeliveryError(
             f"{target.address}: installing files failed after {len(installed)} of {len(changes)}: "
             f"{result.stderr.strip()[:500]}; "
@@ -499,7 +499,7 @@ def _restore(client: paramiko.SSHClient, changes: Sequence[PlannedChange], remot
     args: list[str] = []
     for c in changes:
         args += [remote_path(remote_root, c.file.path), "1" if c.remote.exists else "0"]
-    result = _exec(client, _sh(_RESTORE_SCRIPT, args), timeout)
+    result = run_remote(client, _sh(_RESTORE_SCRIPT, args), timeout)
     if result.status != 0:
         return f"restore exited {result.status}: {result.stderr.strip()[:500]}"
     logger.info("restored the previous version of %d file(s): %s", len(changes),
@@ -517,7 +517,7 @@ def _run_stage(client: paramiko.SSHClient, target: SshTarget, stage: str, comman
         argv = cmd.argv_for_root(remote_root)
         shown = shlex.join(argv)
         logger.info("%s: %s: %s", target.address, stage, shown)
-        result = _exec(client, argv, timeout)
+        result = run_remote(client, argv, timeout)
         ran.append(shown)
         if result.status == 0:
             continue
@@ -546,7 +546,7 @@ def _reactivate(client: paramiko.SSHClient, target: SshTarget, commands: Sequenc
         if not cmd.applies(changed_paths):
             continue
         argv = cmd.argv_for_root(remote_root)
-        result = _exec(client, argv, timeout)
+        result = run_remote(client, argv, timeout)
         logger.info("%s: re-activation of the previous files: %s -> exit %d", target.address, shlex.join(argv),
                     result.status)
         if result.status != 0:

@@ -9,11 +9,12 @@ import json
 import os
 import pickle
 import subprocess
-import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from testlib import wait_for  # noqa: F401  (re-exported for the agent tests)
 
 CLONE_NEWNET = 0x40000000
 REPO = Path(__file__).resolve().parents[2]
@@ -133,13 +134,3 @@ def run_in_netns(ns: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> 
     return value
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value; generous deadline for a loaded CI machine."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")

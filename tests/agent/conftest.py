@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_testlib import REPO, config_dict, run_in_netns, wait_for, wire_gateway, write_config
+from agent_testlib import REPO, config_dict, run_in_netns, wire_gateway, write_config
+from testlib import CHARON, Charon
 
 PYTHON = sys.executable
 
@@ -70,54 +70,6 @@ def gateway(netns, tmp_path):
     config = write_config(tmp_path, data)
     wire_gateway(gw, aws, data)
     return Gateway(gw, aws, tmp_path, data, config)
-
-
-CHARON = Path("/usr/lib/ipsec/charon")
-
-
-class Charon:
-    """A real charon in a namespace, with its own strongswan.conf and VICI socket (see lab-notes.md)."""
-
-    def __init__(self, ns: str, workdir: Path):
-        self.ns = ns
-        self.dir = workdir
-        self.socket = workdir / "charon.vici"
-        self.proc: subprocess.Popen[bytes] | None = None
-        (workdir / "run").mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "strongswan.conf"
-        self.conf.write_text(f"""charon {{
-  load = random nonce openssl kdf kernel-netlink socket-default vici
-  install_routes = no
-  install_virtual_ip = no
-  port = 0
-  port_nat_t = 0
-  plugins {{
-    vici {{ socket = unix://{self.socket} }}
-  }}
-  filelog {{
-    main {{
-      path = {workdir}/charon.log
-      default = 1
-      flush_line = yes
-    }}
-  }}
-}}
-""")
-
-    def start(self) -> None:
-        self.socket.unlink(missing_ok=True)
-        cmd = (f"mount --bind {self.dir}/run /run && exec env STRONGSWAN_CONF={self.conf} {CHARON}")
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, "sh", "-c", cmd],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_for(lambda: self.socket.exists() or self.proc.poll() is not None, what="charon's VICI socket")
-        if self.proc.poll() is not None:
-            raise AssertionError(f"charon exited: {(self.dir / 'charon.log').read_text(errors='replace')[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self.proc = None
 
 
 @pytest.fixture
