@@ -82,8 +82,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "failover": {
         "primary": "tunnel1",
-        "probe_interval_ms": 200,
-        "probe_timeout_ms": 600,
+        "probe_interval_ms": 100,
+        "probe_timeout_ms": 300,
         "down_after": 3,
         "up_after": 5,
         "failback_hold_seconds": 20,

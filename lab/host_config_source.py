@@ -26,7 +26,7 @@ DEFAULT_CRYPTO = {
     "rekey_margin_seconds": 270, "rekey_fuzz_percent": 100, "replay_window": 1024, "dpd_timeout_seconds": 30,
     "dpd_timeout_action": "restart", "startup_action": "add",
 }
-DEFAULT_FAILOVER = {"primary": "tunnel1", "probe_interval_ms": 200, "probe_timeout_ms": 600, "down_after": 3,
+DEFAULT_FAILOVER = {"primary": "tunnel1", "probe_interval_ms": 100, "probe_timeout_ms": 300, "down_after": 3,
                     "up_after": 5, "failback_hold_seconds": 20, "extra_probe_targets": []}
 
 

