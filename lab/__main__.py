@@ -16,7 +16,7 @@ import time
 from lab import paths
 
 USAGE = """usage: lab up | down | status | exec <host> <command...> | break <tunnel> | heal <tunnel>
-           | prefer <tunnel> | restart charon|agent
+           | prefer <tunnel> | restart charon|agent | lifetimes short|normal
 hosts: vlan gw nat inet aws vpc ops"""
 UP_TIMEOUT_SECONDS = float(os.environ.get("HYBRID_VPN_LAB_UP_TIMEOUT", "1800"))
 CALL_TIMEOUT_SECONDS = 600.0
@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
         return up()
     if verb == "down":
         return down()
-    if verb in ("status", "exec", "break", "heal", "prefer", "restart"):
+    if verb in ("status", "exec", "break", "heal", "prefer", "restart", "lifetimes"):
         return forward(verb, args)
     print(USAGE, file=sys.stderr)
     return 2

@@ -251,6 +251,14 @@ def restart(component: str, out: BinaryIO) -> int:
     return 0
 
 
+def lifetimes(mode: str, out: BinaryIO) -> int:
+    """Short lifetimes on both charons for the rekey tests, or back to the rendered ones (lab/lifetimes.py)."""
+    from lab import lifetimes as lifetimes_knob
+
+    lifetimes_knob.apply(mode, Printer(out))
+    return 0
+
+
 def dispatch(verb: str, args: list[str], out: BinaryIO, err: BinaryIO) -> int:
     """One entry point for both backends (the CLI in-process, or the guest controller over RPC)."""
     try:
@@ -262,14 +270,15 @@ def dispatch(verb: str, args: list[str], out: BinaryIO, err: BinaryIO) -> int:
             return status(out, err)
         if verb == "exec":
             return exec_(args[0] if args else "", args[1:], out, err)
-        if verb in ("break", "heal", "prefer", "restart"):
+        if verb in ("break", "heal", "prefer", "restart", "lifetimes"):
             if len(args) != 1:
                 err.write(f"usage: lab {verb} <{'component' if verb == 'restart' else 'tunnel'}>\n".encode())
                 return 2
             if not is_up():
                 err.write(f"lab {verb}: the lab is not up (run `lab up`)\n".encode())
                 return 3
-            return {"break": break_, "heal": heal, "prefer": prefer, "restart": restart}[verb](args[0], out)
+            return {"break": break_, "heal": heal, "prefer": prefer, "restart": restart,
+                    "lifetimes": lifetimes}[verb](args[0], out)
     except (ValueError, RuntimeError, TimeoutError) as exc:
         err.write(f"lab {verb}: {exc}\n".encode())
         return 1

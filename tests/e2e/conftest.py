@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import sys
+from dataclasses import dataclass
 
 import pytest
 
@@ -38,3 +42,99 @@ def lab(lab_up):
     driver.wait_until(lambda: driver.installed_children() >= 2, 300, "both CHILD_SAs installed")
     driver.wait_until(lambda: driver.ping("vlan", "10.0.4.85"), 180, "VLAN host -> VPC host ping")
     return driver
+
+
+# --- helpers for the rekey / fault / secrets tests ------------------------------------------------------------------
+
+VPC_HOST = "10.0.4.85"
+STATE_FILE = "/run/hybrid-vpn/daemon-state.json"
+
+
+@dataclass
+class PingReport:
+    """What a paced `ping -D` run saw: sent/received, and the longest run of unanswered sequence numbers."""
+    sent: int
+    received: int
+    longest_gap_seconds: float
+    raw_tail: str
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.received
+
+
+def parse_ping(out: str, interval: float) -> PingReport:
+    seqs = sorted({int(m) for m in re.findall(r"bytes from .*icmp_seq=(\d+)", out)})
+    summary = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    sent = int(summary.group(1)) if summary else (seqs[-1] if seqs else 0)
+    received = int(summary.group(2)) if summary else len(seqs)
+    bounds = [0, *seqs, sent + 1]
+    longest = max((b - a - 1 for a, b in zip(bounds, bounds[1:], strict=False)), default=0)
+    return PingReport(sent, received, round(longest * interval, 2), out[-600:])
+
+
+class Traffic:
+    """Paced ICMP VLAN host -> VPC host (default 20 packets/s) for `seconds`, run inside the lab by one `lab exec`."""
+
+    def __init__(self, seconds: float, rate: int = 20, src: str = "vlan", dst: str = VPC_HOST):
+        self.interval = 1.0 / rate
+        self.count = int(seconds * rate)
+        self.proc = driver.lab_popen("exec", src, "ping", "-n", "-D", "-i", f"{self.interval:.3f}", "-W", "2",
+                                     "-c", str(self.count), "-w", str(int(seconds) + 60), dst)
+
+    def result(self) -> PingReport:
+        out, _ = self.proc.communicate(timeout=self.count * self.interval + 600)
+        return parse_ping(out, self.interval)
+
+
+def daemon_state() -> dict:
+    r = driver.lab("exec", "gw", "cat", STATE_FILE, timeout=120)
+    try:
+        return json.loads(r.out)
+    except ValueError:
+        return {}
+
+
+def lab_exec(host: str, *argv: str, check: bool = True, timeout: float = 300) -> driver.Result:
+    return driver.lab("exec", host, *argv, check=check, timeout=timeout)
+
+
+def set_lifetimes(mode: str) -> driver.Result:
+    """`lab lifetimes short|normal`; a lab controller started before the verb existed runs the same module by exec."""
+    r = driver.lab("lifetimes", mode, timeout=900)
+    if r.rc == 2 and "unknown verb" in r.err:
+        r = driver.lab("exec", "root", "sh", "-c", f"cd {driver.REPO} && {sys.executable} -m lab.lifetimes {mode}",
+                       timeout=900)
+    if r.rc != 0:
+        raise AssertionError(f"lab lifetimes {mode} failed:\n{r.out[-3000:]}\n{r.err[-3000:]}")
+    return r
+
+
+def sas(host: str = "gw") -> dict[str, dict]:
+    """tunnel -> {'ike_spi', 'ike_id', 'child_spis': [spi-in...], 'installed'} from `swanctl --list-sas --raw`."""
+    if host == "gw":
+        r = driver.lab("exec", "gw", "swanctl", "--list-sas", "--raw", timeout=120)
+    else:
+        r = driver.lab("exec", "root", "sh", "-c", "STRONGSWAN_CONF=/run/hybrid-vpn-lab/lab/aws/strongswan.conf "
+                       "swanctl --list-sas --raw --uri unix:///run/hybrid-vpn-lab/lab/aws/charon.vici", timeout=120)
+    out: dict[str, dict] = {}
+    for line in r.out.splitlines():
+        m = re.match(r"list-sa event \{(\S+) \{uniqueid=(\d+) .*?state=(\S+) .*?initiator-spi=(\w+)", line)
+        if not m:
+            continue
+        entry = out.setdefault(m.group(1), {"ike": set(), "child_spis": set(), "installed": 0})
+        if m.group(3) == "ESTABLISHED":
+            entry["ike"].add(m.group(4))
+        for child in re.finditer(r"state=INSTALLED [^}]*?spi-in=(\w+)", line):
+            entry["child_spis"].add(child.group(1))
+            entry["installed"] += 1
+    return out
+
+
+def link_indexes() -> dict[str, int]:
+    r = driver.lab("exec", "gw", "ip", "-o", "link", "show", timeout=120)
+    return {m.group(2): int(m.group(1)) for m in re.finditer(r"^(\d+): (vti-aws\d)@", r.out, re.M)}
+
+
+def own_routes() -> list[str]:
+    return sorted(driver.lab("exec", "gw", "ip", "-4", "route", "show", "table", "1519", timeout=120).out.splitlines())

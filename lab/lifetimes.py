@@ -1,0 +1,102 @@
+"""`lab lifetimes short|normal`: short IKE/CHILD_SA lifetimes on BOTH charons, so a test sees rekeys in seconds.
+
+AWS (and so the program and the renderer) refuses lifetimes below 900 s; the emulation need not. The gateway's
+swanctl.conf is the one the renderer produced, with only its timer lines rewritten, pushed through the real delivery
+(SSH from the operator namespace); the AWS side is re-rendered from host_config with the same short timers. Existing SAs
+keep the timers they were created with, so both charons start over: charon restarts on the gateway (what `systemctl
+restart strongswan` does), which makes AWS's side drop its old SAs (INITIAL_CONTACT) and build new ones with the new
+config. `normal` pushes the rendered file unchanged and restores the AWS side's config from host_config.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sys
+from pathlib import Path
+
+from lab import awspeer, gateway, paths, topology
+from lab.sh import ns_prefix, run
+
+SWANCTL_CONF = "/etc/swanctl/conf.d/hybrid-vpn.conf"
+# gateway: CHILD_SA rekey every 20-25 s, IKE_SA every 55-60 s. AWS side a little later, so the gateway initiates and the
+# timers on both ends are short (a lost gateway rekey would still be covered by AWS's).
+GATEWAY_SHORT = {"ike": {"rekey_time": 60, "over_time": 20, "rand_time": 5},
+                 "child": {"rekey_time": 25, "life_time": 45, "rand_time": 5}}
+AWS_SHORT = {"ike_rekey": 75, "ike_over": 20, "child_rekey": 32, "child_life": 50, "child_rand": 0}
+
+
+def operator_dir() -> Path:
+    for d in (paths.RPC_DIR / "operator", paths.RUNTIME_DIR / "operator"):
+        if (d / "gateway-files.json").exists():
+            return d
+    raise RuntimeError("no rendered gateway files (operator side) to push: was the lab started with the real chain?")
+
+
+def shorten_gateway_conf(text: str) -> str:
+    """Rewrite the timer lines of the rendered swanctl.conf: IKE-level ones (8 spaces), CHILD-level ones (16)."""
+    for level, indent in (("ike", 8), ("child", 16)):
+        for key, value in GATEWAY_SHORT[level].items():
+            text, n = re.subn(rf"(?m)^( {{{indent}}}{key} = )\d+s$", rf"\g<1>{value}s", text)
+            if n == 0:
+                raise RuntimeError(f"rendered swanctl.conf has no {level}-level '{key} = ...s' line to shorten")
+    return text
+
+
+def shorten_aws_conf(text: str) -> str:
+    def sub(pattern: str, value: int, indent: int) -> None:
+        nonlocal text
+        text, n = re.subn(rf"(?m)^( {{{indent}}}{pattern} = )\d+s$", rf"\g<1>{value}s", text)
+        if n == 0:
+            raise RuntimeError(f"AWS side swanctl.conf has no '{pattern}' line")
+
+    sub("rekey_time", AWS_SHORT["ike_rekey"], 8)
+    sub("over_time", AWS_SHORT["ike_over"], 8)
+    sub("rekey_time", AWS_SHORT["child_rekey"], 16)
+    sub("life_time", AWS_SHORT["child_life"], 16)
+    sub("rand_time", AWS_SHORT["child_rand"], 16)
+    return text
+
+
+def apply(mode: str, say) -> None:
+    if mode not in ("short", "normal"):
+        raise ValueError(f"unknown lifetimes {mode!r}: expected short or normal")
+    hc = json.loads((paths.STATE_DIR / "host_config.json").read_text())
+    bundle = json.loads((operator_dir() / "gateway-files.json").read_text())
+    for f in bundle["files"]:
+        if f["path"] == SWANCTL_CONF and mode == "short":
+            f["content_b64"] = base64.b64encode(
+                shorten_gateway_conf(base64.b64decode(f["content_b64"]).decode()).encode()).decode()
+    files = paths.STATE_DIR / "lifetimes-files.json"
+    files.touch(mode=0o600)
+    files.write_text(json.dumps(bundle))
+    try:
+        proc = run(ns_prefix("ops") + [sys.executable, "-m", "lab.gateway", "push", str(files)], check=False,
+                   timeout=900)
+    finally:
+        files.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"delivery failed: {proc.stderr.strip()[-2000:]}")
+    report = json.loads(gateway.PUSH_REPORT.read_text())
+    say(f"delivery: {len(report['changed'])} file(s) changed: {', '.join(c['path'] for c in report['changed'])}")
+    aws_conf = awspeer.render_swanctl_conf(hc)
+    if mode == "short":
+        aws_conf = shorten_aws_conf(aws_conf)
+    conf = awspeer.AWS_DIR / "swanctl.conf"
+    conf.write_text(aws_conf)
+    conf.chmod(0o600)
+    awspeer.swanctl(["--load-all", "--noprompt", "--file", str(conf)])
+    say("AWS side: swanctl --load-all")
+    topology.restart_gw_charon()
+    say(f"gateway: charon restarted with {mode} lifetimes; both sides build new SAs")
+
+
+def main(argv: list[str]) -> int:
+    """`python -m lab.lifetimes short|normal` where the namespaces live (what the `lab lifetimes` verb runs)."""
+    apply(argv[0] if argv else "", lambda msg: print(f"lab: {msg}", flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
