@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -173,7 +174,10 @@ def _boot(kernel: KernelImage, use_kvm: bool) -> float:
     paths.RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
     make_dirs(paths.RPC_DIR)
     (paths.RPC_DIR / "ready").unlink(missing_ok=True)
-    guest_cmd = f"cd {paths.REPO} && exec {sys.executable} -m lab.guest"
+    # The guest does not inherit our environment: hand it the runtime dir, so a second lab (HYBRID_VPN_LAB_RUN, e.g. a
+    # CI rehearsal beside a running lab) finds its own RPC directory.
+    guest_cmd = (f"cd {shlex.quote(str(paths.REPO))} && "
+                 f"exec env HYBRID_VPN_LAB_RUN={shlex.quote(str(paths.RUNTIME_DIR))} {sys.executable} -m lab.guest")
     cmd = [str(_vng()), "--memory", VM_MEMORY, "--cpus", VM_CPUS, "--busybox", str(kernel.busybox),
            f"--rwdir={paths.RPC_DIR}={paths.RPC_DIR}", "--name", "hybrid-vpn-lab", "-r", str(kernel.vmlinuz),
            "--", guest_cmd]
