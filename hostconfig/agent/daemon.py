@@ -78,6 +78,7 @@ class FailoverDaemon:
         self.kernel = Kernel()
         self.reconciler = Reconciler(config, self.kernel, link_mode)
         self.applies_on_kernel = 0
+        self.output_errors: dict[str, str] = {}
 
     # ---- start-up --------------------------------------------------------------------------------------------------
 
@@ -262,11 +263,22 @@ class FailoverDaemon:
 
     def write_outputs(self) -> None:
         snap = self.snapshot()
+        # Separately: the metrics live on another filesystem than the state dir, and with /run full the monitoring
+        # must still see the switches (the lab's fault matrix found them frozen behind the failed state write).
+        self._write_output("state", lambda: write_json(self.config.paths.state_dir / DAEMON_STATE, snap))
+        self._write_output("metrics", lambda: write_metrics(self.config.paths.metrics_file, snap))
+
+    def _write_output(self, what: str, write: Callable[[], None]) -> None:
+        # Written every second: log a failure when it starts or changes and when it clears, not every time.
         try:
-            write_json(self.config.paths.state_dir / DAEMON_STATE, snap)
-            write_metrics(self.config.paths.metrics_file, snap)
+            write()
         except OSError as exc:
-            log.warning("cannot write state/metrics: %s", exc)
+            if self.output_errors.get(what) != str(exc):
+                log.warning("cannot write %s: %s", what, exc)
+            self.output_errors[what] = str(exc)
+            return
+        if self.output_errors.pop(what, None) is not None:
+            log.info("writing %s again", what)
 
     # ---- the loop --------------------------------------------------------------------------------------------------
 
