@@ -71,9 +71,15 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
+# A CHILD_SA line of `swanctl --list-sas`: "  tunnel1: #3, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:...".
+_INSTALLED_CHILD = re.compile(r"^\s+(\S+): #\d+, reqid \d+, INSTALLED", re.MULTILINE)
+
+
 def installed_children() -> int:
+    """How many tunnels have an installed CHILD_SA on the gateway. Counted per tunnel, not per SA: during a rekey, or
+    when a retransmitted CREATE_CHILD_SA crosses on a loaded machine, one tunnel briefly has two."""
     r = lab("exec", "gw", "swanctl", "--list-sas", timeout=120)
-    return len(re.findall(r"INSTALLED", r.out))
+    return len(set(_INSTALLED_CHILD.findall(r.out)))
 
 
 def active_vti() -> str | None:
