@@ -23,6 +23,20 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: f
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
+DELETE = object()  # set_path(..., DELETE) removes the key
+
+
+def set_path(data: dict, path: tuple, value: object) -> None:
+    """Set (or, with DELETE, remove) the value at ``path`` (keys/indexes) in a nested config dict, in place."""
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    if value is DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+
+
 CHARON = Path("/usr/lib/ipsec/charon")
 
 

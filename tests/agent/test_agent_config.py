@@ -9,6 +9,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 from agent_testlib import BASE_CONFIG
+from testlib import DELETE as _DELETE
+from testlib import set_path
 
 from hostconfig.agent.config import ConfigError, load_config, parse_config
 
@@ -23,17 +25,6 @@ def test_contract_example_parses_into_typed_values():
         cfg.mtu = 1  # type: ignore[misc]
 
 
-def _set(data, path, value):
-    node = data
-    for key in path[:-1]:
-        node = node[key]
-    if value is _DELETE:
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
-
-
-_DELETE = object()
 
 
 @pytest.mark.parametrize(
@@ -74,7 +65,7 @@ _DELETE = object()
 )
 def test_bad_values_name_the_key(path, value, expected):
     data = copy.deepcopy(BASE_CONFIG)
-    _set(data, path, value)
+    set_path(data, path, value)
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     assert expected in str(info.value)

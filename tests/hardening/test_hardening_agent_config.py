@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from hardening_lib import kernel_snapshot, tree_fingerprint, vpnctl
+from testlib import DELETE as _DELETE
+from testlib import set_path
 
 pytestmark = pytest.mark.root
 
@@ -19,18 +21,11 @@ PWNED = Path(f"/tmp/pwned-{uuid.uuid4().hex[:8]}")
 
 def _edit(path: tuple, value: object):
     def apply(data: dict) -> str:
-        node = data
-        for key in path[:-1]:
-            node = node[key]
-        if value is _DELETE:
-            del node[path[-1]]
-        else:
-            node[path[-1]] = value
+        set_path(data, path, value)
         return json.dumps(data, indent=2)
     return apply
 
 
-_DELETE = object()
 
 # (id, how to produce the file text from the good config dict, expected fragments: key, rule, example)
 CASES = [

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from hardening_lib import REPO, tree_fingerprint
+from testlib import DELETE as _DELETE
+from testlib import set_path
 
 from hostconfig.agent.config import parse_config
 from hostconfig.plan import GatewayPlan, agent_config
@@ -29,18 +31,11 @@ def host_config() -> dict:
 
 def edit(path: tuple, value: object):
     def apply(data: dict) -> dict:
-        node = data
-        for key in path[:-1]:
-            node = node[key]
-        if value is _DELETE:
-            del node[path[-1]]
-        else:
-            node[path[-1]] = value
+        set_path(data, path, value)
         return data
     return apply
 
 
-_DELETE = object()
 P = "host_config"
 
 # (id, edit of the host_config, fragments the message must hold: field path, rule, example)
