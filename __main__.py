@@ -74,13 +74,12 @@ firewall = GatewayFirewall("gateway", GatewayFirewallArgs(
 ))
 
 # -- outputs ------------------------------------------------------------------------------------------------------
+# The VPN connection names its two tunnels' outputs tunnel1_* and tunnel2_*.
+TUNNEL_FIELDS = ("address", "inside_cidr", "vgw_inside_address", "cgw_inside_address", "preshared_key")
 tunnel_facts = [
-    pulumi.Output.all(connection.tunnel1_address, connection.tunnel1_inside_cidr, connection.tunnel1_vgw_inside_address,
-                      connection.tunnel1_cgw_inside_address, connection.tunnel1_preshared_key)
-    .apply(lambda t: TunnelFacts(*t)),
-    pulumi.Output.all(connection.tunnel2_address, connection.tunnel2_inside_cidr, connection.tunnel2_vgw_inside_address,
-                      connection.tunnel2_cgw_inside_address, connection.tunnel2_preshared_key)
-    .apply(lambda t: TunnelFacts(*t)),
+    pulumi.Output.all(*(getattr(connection, f"tunnel{n}_{field}") for field in TUNNEL_FIELDS)).apply(
+        lambda t: TunnelFacts(*t))
+    for n in (1, 2)
 ]
 gateway_facts = pulumi.Output.all(gateway.public_ip, gateway.private_ip, host_key.public_key_openssh).apply(
     lambda g: GatewayFacts(label=label, public_ip=g[0], private_ip=g[1], public_interface=PUBLIC_INTERFACE,
