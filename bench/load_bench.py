@@ -24,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # testlib
 sys.path.insert(0, str(REPO / "tests" / "agent"))
 sys.path.insert(0, str(REPO / "tests" / "hardening"))
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # testlib
 sys.path.insert(0, str(REPO / "tests" / "agent"))
 
 from agent_testlib import config_dict, wait_for, wire_gateway, write_config  # noqa: E402
