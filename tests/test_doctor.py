@@ -271,6 +271,8 @@ BROKEN = [
      "probe tunnel1", FAIL, "is not on the gateway", {"route 10.0.0.0/16 active", "route 10.1.0.0/16 active"}),
     ("probing off", _set("probes", None), "probe tunnel1", SKIP, "--no-probe", {"probe tunnel2"}),
     ("daemon not running", _set("daemon", DaemonFacts(False)), "daemon", FAIL, "hybrid-vpn-failover", set()),
+    ("daemon state file stale (full disk)", _set("daemon", DaemonFacts(True, "tunnel1", state_stale=True)), "daemon",
+     FAIL, "full or read-only state dir", set()),
     ("not root", _set("routes", Unavailable("PermissionError: [Errno 1] Operation not permitted")),
      "route 10.0.0.0/16 active", FAIL, "as root", {f"route {n} {r}" for n in NETS for r in
                                                   ("active", "standby", "unreachable")}),

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 UPDOWN_LOCK_TIMEOUT = 10.0
 RECONCILE_LOCK_TIMEOUT = 30.0
+# A daemon being restarted (systemd, or kill + start) may still hold its lock for a moment while it exits.
+DAEMON_LOCK_WAIT_SECONDS = 15.0
 
 
 def setup_logging(verbose: bool) -> None:
@@ -105,8 +107,17 @@ def cmd_updown(config: AgentConfig, args: argparse.Namespace) -> int:
 
 def cmd_daemon(config: AgentConfig, args: argparse.Namespace) -> int:
     from .daemon import FailoverDaemon
+    from .state import LockTimeout, acquire_daemon_lock
 
-    FailoverDaemon(config, args.tunnel_links).run(duration=args.duration)
+    try:
+        lock = acquire_daemon_lock(config.paths.state_dir, DAEMON_LOCK_WAIT_SECONDS)
+    except LockTimeout as exc:
+        log.error("daemon: %s; one daemon per gateway (`systemctl status hybrid-vpn-failover`)", exc)
+        return 1
+    try:
+        FailoverDaemon(config, args.tunnel_links).run(duration=args.duration)
+    finally:
+        os.close(lock)
     return 0
 
 

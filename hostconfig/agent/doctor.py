@@ -145,6 +145,7 @@ class ProbeFacts:
 class DaemonFacts:
     running: bool
     active: str | None = None
+    state_stale: bool = False  # running (holds its lock) but has not written its state file lately
 
 
 @dataclass
@@ -678,6 +679,11 @@ def check_probes(config: AgentConfig, facts: DoctorFacts) -> list[CheckResult]:
 def check_daemon(config: AgentConfig, facts: DoctorFacts) -> list[CheckResult]:
     expected = "hybrid-vpn-failover running (fresh state file)"
     if facts.daemon.running:
+        if facts.daemon.state_stale:
+            return [CheckResult("daemon", FAIL, expected, f"running, but no fresh state in {config.paths.state_dir}",
+                                "it cannot write its state: a full or read-only state dir (`df`, its log says "
+                                "'cannot write state'); it still probes and switches, but status and metrics "
+                                "are old")]
         return [CheckResult("daemon", OK, expected, f"running, active {facts.daemon.active or 'none'}")]
     return [CheckResult("daemon", FAIL, expected, f"no fresh state in {config.paths.state_dir}",
                         "nobody probes or switches tunnels: `systemctl status hybrid-vpn-failover`, "
@@ -987,13 +993,14 @@ def gather_facts(config: AgentConfig, link_mode: LinkMode = "vti", charon_log: P
                  probe_timeout: float = DEFAULT_PROBE_TIMEOUT) -> DoctorFacts:
     """Read everything the checks need; every source that fails becomes Unavailable with the reason."""
     from .kernel import Kernel, read_sysctls
-    from .state import DAEMON_STATE, daemon_state_is_fresh, read_json
+    from .state import DAEMON_STATE, daemon_liveness, read_json
 
     own = config.ownership
     names = tuple(t.interface for t in config.tunnels)
     wanted_sysctls = list(desired_state(config, TunnelView(frozenset(), None)).sysctls)
     daemon = read_json(config.paths.state_dir / DAEMON_STATE)
-    facts_daemon = DaemonFacts(daemon_state_is_fresh(daemon), (daemon or {}).get("active"))
+    liveness = daemon_liveness(config.paths.state_dir, daemon)
+    facts_daemon = DaemonFacts(liveness != "stopped", (daemon or {}).get("active"), liveness == "stale")
     kernel = _read("netlink", Kernel)
     try:
         if isinstance(kernel, Unavailable):

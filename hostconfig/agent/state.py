@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 DAEMON_STATE = "daemon-state.json"
 NFT_RECORD = "nft-applied.json"
 LOCK_FILE = "reconcile.lock"
+# Held (flock) by the running daemon for its whole life: liveness that does not depend on the state file being
+# writable (a full disk freezes the state file, not the daemon), and one daemon per state dir.
+DAEMON_LOCK = "daemon.lock"
 EVENT_PREFIX = "updown-"
 # The daemon rewrites its state at least this often; older than FRESH_SECONDS means "no daemon running".
 FRESH_SECONDS = 10.0
@@ -77,6 +80,70 @@ def daemon_state_is_fresh(data: dict[str, Any] | None, now: float | None = None)
 
 class LockTimeout(TimeoutError):
     pass
+
+
+def daemon_lock_held(state_dir: Path) -> bool | None:
+    """True when a daemon holds its lock, False when none does, None when we cannot tell (no permission)."""
+    try:
+        fd = os.open(state_dir / DAEMON_LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        return None
+    finally:
+        os.close(fd)  # also releases our probe lock
+    return False
+
+
+def daemon_liveness(state_dir: Path, snapshot: dict[str, Any] | None, now: float | None = None) -> str:
+    """"running" (lock held, state fresh), "stale" (lock held, state not written lately: full disk?), or "stopped".
+
+    Without an answer from the lock (no permission), a fresh state file alone says running.
+    """
+    held = daemon_lock_held(state_dir)
+    fresh = daemon_state_is_fresh(snapshot, now)
+    if held is None:
+        return "running" if fresh else "stopped"
+    if not held:
+        return "stopped"
+    return "running" if fresh else "stale"
+
+
+def acquire_daemon_lock(state_dir: Path, timeout: float) -> int:
+    """Take the daemon lock (waiting up to `timeout` for a daemon that is exiting); return the fd to keep open.
+
+    Raises LockTimeout naming the holder when another daemon keeps it.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / DAEMON_LOCK
+    # 0644: `vpnctl status` run by a non-root operator can still tell whether the daemon is alive.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise LockTimeout(f"another vpnctl daemon (pid {holder}) holds {path}") from None
+            time.sleep(0.1)
+    try:  # the pid is a hint for people; a full disk must not stop the daemon
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        log.warning("cannot write the pid into %s: %s", path, exc)
+    return fd
 
 
 @contextlib.contextmanager

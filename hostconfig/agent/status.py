@@ -9,7 +9,7 @@ from typing import Any
 from .config import AgentConfig
 from .desired import ACTIVE_METRIC, STANDBY_METRIC, UNREACHABLE_METRIC
 from .kernel import Kernel, KernelError
-from .state import DAEMON_STATE, EVENT_PREFIX, daemon_state_is_fresh, read_json
+from .state import DAEMON_STATE, EVENT_PREFIX, daemon_liveness, read_json
 from .vici_client import ViciUnavailable, list_sas, tunnel_sa_states
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def kernel_routing(config: AgentConfig, kernel: Kernel) -> dict[str, Any]:
 
 def gather_status(config: AgentConfig) -> dict[str, Any]:
     daemon = read_json(config.paths.state_dir / DAEMON_STATE)
-    fresh = daemon_state_is_fresh(daemon)
+    liveness = daemon_liveness(config.paths.state_dir, daemon)
     try:
         sa_states = tunnel_sa_states(config, list_sas(config.paths.vici_socket))
         vici = "reachable"
@@ -74,7 +74,8 @@ def gather_status(config: AgentConfig) -> dict[str, Any]:
         })
     return {
         "tunnels": tunnels,
-        "daemon": {"running": fresh, "updated_at": (daemon or {}).get("updated_at"),
+        "daemon": {"running": liveness != "stopped", "state_file": "stale" if liveness == "stale" else (
+                       "fresh" if liveness == "running" else None), "updated_at": (daemon or {}).get("updated_at"),
                    "active": (daemon or {}).get("active"), "reason": (daemon or {}).get("reason"),
                    "switches_total": (daemon or {}).get("switches_total"),
                    "last_switch": (daemon or {}).get("last_switch"), "vici": (daemon or {}).get("vici")},
@@ -102,7 +103,13 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"{t['name']}{' (primary)' if t['primary'] else ''} [{t['interface']}]: {t['role']}; "
                      f"IKE {t['ike_sa']}, CHILD {t['child_sa']}; {health}; {traffic}")
     d = status["daemon"]
-    lines.append(f"daemon: {'running' if d['running'] else 'not running (state file missing or stale)'}")
+    if not d["running"]:
+        lines.append("daemon: not running (no process holds its lock, or no fresh state file)")
+    elif d.get("state_file") == "stale":
+        lines.append(f"daemon: running, but its state file is stale (last written {_when(d.get('updated_at'))}; "
+                     "a full or read-only state dir? see its log); the tunnel data below may be old")
+    else:
+        lines.append("daemon: running")
     switch = d.get("last_switch")
     if switch:
         lines.append(f"last switch: {_when(switch.get('at'))} {switch.get('from') or 'none'} -> "
