@@ -74,17 +74,33 @@ def parse_ping(out: str, interval: float) -> PingReport:
 
 
 class Traffic:
-    """Paced ICMP VLAN host -> VPC host (default 20 packets/s) for `seconds`, run inside the lab by one `lab exec`."""
+    """Paced ICMP VLAN host -> VPC host (default 20 packets/s) for `seconds`, run inside the lab by one `lab exec`.
+
+    Sends exactly `count` packets and survives ICMP errors: `ping -w` would quit at the first "Destination Host
+    Unreachable" (what the gateway's `unreachable` route answers while both tunnels are down). `timeout -s INT` is
+    only a safety net (ping prints its summary on SIGINT). Keeps which sequence numbers came back.
+    """
 
     def __init__(self, seconds: float, rate: int = 20, src: str = "vlan", dst: str = VPC_HOST):
         self.interval = 1.0 / rate
         self.count = int(seconds * rate)
-        self.proc = driver.lab_popen("exec", src, "ping", "-n", "-D", "-i", f"{self.interval:.3f}", "-W", "2",
-                                     "-c", str(self.count), "-w", str(int(seconds) + 60), dst)
+        self.answered: set[int] = set()
+        self.output = ""
+        self.proc = driver.lab_popen("exec", src, "timeout", "-s", "INT", str(int(seconds) + 120), "ping", "-n",
+                                     "-D", "-i", f"{self.interval:.3f}", "-W", "2", "-c", str(self.count), dst)
 
     def result(self) -> PingReport:
         out, _ = self.proc.communicate(timeout=self.count * self.interval + 600)
-        return parse_ping(out, self.interval)
+        self.output = out
+        self.answered = {int(m) for m in re.findall(r"bytes from .*icmp_seq=(\d+)", out)}
+        self.report = parse_ping(out, self.interval)
+        return self.report
+
+    def tail_received(self, packets: int) -> float:
+        """Share of the last `packets` sequence numbers that were answered."""
+        sent = self.report.sent
+        last = range(max(1, sent - packets + 1), sent + 1)
+        return sum(1 for s in last if s in self.answered) / len(last)
 
 
 def daemon_state() -> dict:
@@ -93,6 +109,26 @@ def daemon_state() -> dict:
         return json.loads(r.out)
     except ValueError:
         return {}
+
+
+def settled() -> dict | None:
+    """The lab's normal state: the daemon on tunnel1 (primary) with both tunnels up, and the kernel agreeing."""
+    s = daemon_state()
+    if s.get("active") != "tunnel1" or sorted(s.get("up", [])) != ["tunnel1", "tunnel2"]:
+        return None
+    return s if driver.active_vti() == "vti-aws1" else None
+
+
+def wait_settled(timeout: float, what: str) -> dict:
+    """Wait for settled(); on timeout say what the daemon last reported (which tunnel it thinks is down, and why)."""
+    try:
+        return driver.wait_until(settled, timeout, what, interval=2)
+    except AssertionError as exc:
+        s = daemon_state()
+        tunnels = {name: (t.get("up"), t.get("reason")) for name, t in s.get("tunnels", {}).items()}
+        raise AssertionError(f"{exc}; daemon state: active {s.get('active')!r}, up {s.get('up')!r}, "
+                             f"tunnels {tunnels}, last switch {s.get('last_switch')!r}; "
+                             f"kernel active VTI {driver.active_vti()!r}; SAs {sas('gw')!r}") from None
 
 
 def lab_exec(host: str, *argv: str, check: bool = True, timeout: float = 300) -> driver.Result:

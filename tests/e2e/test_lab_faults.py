@@ -21,7 +21,17 @@ from collections.abc import Callable
 import pytest
 
 from lab import driver, paths
-from tests.e2e.conftest import VPC_HOST, PingReport, Traffic, daemon_state, lab_exec, own_routes, parse_ping, sas
+from tests.e2e.conftest import (
+    VPC_HOST,
+    PingReport,
+    Traffic,
+    daemon_state,
+    lab_exec,
+    own_routes,
+    sas,
+    settled,
+    wait_settled,
+)
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
 
@@ -34,38 +44,12 @@ DAEMON_LOG = paths.STATE_DIR / "logs" / "gw-vpnctl-daemon.log"  # seen from the 
 PID_DIR = paths.STATE_DIR / "pids"
 STATE_DIR = "/run/hybrid-vpn"  # agent.json paths.state_dir on the gateway
 VICI_SOCKET = "/run/charon.vici"
+RUN_FILLER = "/run/lab-filler"  # fills the gateway's /run in the state-dir-full scenario
 METRICS_FILE = "/var/lib/prometheus/node-exporter/hybrid_vpn.prom"
 UNREACHABLE_METRIC = 4294967295
 
 
 # --- helpers --------------------------------------------------------------------------------------------------------
-
-class Flow(Traffic):
-    """Traffic that survives ICMP errors and keeps which sequence numbers came back.
-
-    conftest's Traffic runs `ping -w`, which quits at the first ICMP error: with both tunnels down the gateway's
-    `unreachable` route answers "Destination Host Unreachable" and the run would end there. This one sends exactly
-    `count` packets (`timeout -s INT` only as a safety net: ping prints its summary on SIGINT).
-    """
-
-    def __init__(self, seconds: float, rate: int = 20):
-        self.interval = 1.0 / rate
-        self.count = int(seconds * rate)
-        self.proc = driver.lab_popen("exec", "vlan", "timeout", "-s", "INT", str(int(seconds) + 120), "ping", "-n",
-                                     "-D", "-i", f"{self.interval:.3f}", "-W", "2", "-c", str(self.count), VPC_HOST)
-
-    def result(self) -> PingReport:
-        out, _ = self.proc.communicate(timeout=self.count * self.interval + 600)
-        self.answered = {int(m) for m in re.findall(r"bytes from .*icmp_seq=(\d+)", out)}
-        self.report = parse_ping(out, self.interval)
-        return self.report
-
-    def tail_received(self, packets: int) -> float:
-        """Share of the last `packets` sequence numbers that were answered."""
-        sent = self.report.sent
-        last = range(max(1, sent - packets + 1), sent + 1)
-        return sum(1 for s in last if s in self.answered) / len(last)
-
 
 def nft_inet(script: str) -> None:
     lab_exec("inet", "sh", "-c", 'printf "%s\\n" "$1" | nft -f -', "sh", script)
@@ -92,14 +76,6 @@ def fault_counters() -> dict[str, int]:
     out = lab_exec("inet", "nft", "list", "table", "inet", FAULT_TABLE, check=False).out
     return {m.group(2): int(m.group(1)) for m in re.finditer(r"counter packets (\d+) bytes \d+ .*?comment \"(\S+)\"",
                                                                out)}
-
-
-def settled() -> dict | None:
-    """The lab's normal state: the daemon on tunnel1 (primary) with both tunnels up, and the kernel agreeing."""
-    s = daemon_state()
-    if s.get("active") != "tunnel1" or sorted(s.get("up", [])) != ["tunnel1", "tunnel2"]:
-        return None
-    return s if driver.active_vti() == "vti-aws1" else None
 
 
 def switches() -> int:
@@ -170,7 +146,7 @@ def matrix(lab):
     """Start settled, give the test a list of undo actions, run them (newest first) and settle again afterwards."""
     undo: list[Callable[[], object]] = []
     remove_fault()
-    driver.wait_until(settled, 300, "daemon settled on tunnel1 with both tunnels up", interval=2)
+    wait_settled(300, "daemon settled on tunnel1 with both tunnels up")
     try:
         yield undo
     finally:
@@ -184,7 +160,7 @@ def matrix(lab):
         for tunnel in ("tunnel1", "tunnel2"):
             driver.lab("heal", tunnel, check=True)
         driver.wait_until(lambda: driver.installed_children() >= 2, 300, "both CHILD_SAs installed after the test")
-        driver.wait_until(settled, 300, "daemon settled on tunnel1 again after the test", interval=2)
+        wait_settled(300, "daemon settled on tunnel1 again after the test")
         if errors:
             raise errors[0]
 
@@ -193,7 +169,7 @@ def matrix(lab):
 
 def test_esp_dead_ike_alive_fails_over_by_probes_then_damped_failback(matrix):
     before = switches()
-    flow = Flow(45)
+    flow = Traffic(45)
     let_traffic_start()
     kill_esp_of_tunnel1()
     matrix.append(remove_fault)
@@ -229,7 +205,7 @@ def test_ike_dead_esp_alive_keeps_traffic_and_the_tunnel(matrix):
     """charon sends DPD only on an idle SA (no inbound IKE/ESP for dpd_delay): with ESP flowing, a dead IKE path is
     invisible until the next IKE exchange (a rekey). The data path and the daemon must not care meanwhile."""
     before = switches()
-    flow = Flow(IKE_DEAD_WINDOW_SECONDS)
+    flow = Traffic(IKE_DEAD_WINDOW_SECONDS)
     let_traffic_start()
     nft_inet(f"""table inet {FAULT_TABLE} {{
     chain forward {{
@@ -271,7 +247,7 @@ def test_flapping_tunnel_does_not_flap_routes(matrix):
     before = switches()
     log_at = log_size()
     cycle = FLAP_DOWN_SECONDS + FLAP_UP_SECONDS
-    flow = Flow(FLAPS * cycle + 10)
+    flow = Traffic(FLAPS * cycle + 10)
     let_traffic_start()
     rule = (f"table inet {BREAK_TABLE} {{\n chain forward {{\n  type filter hook forward priority -10;\n"
             f"  ip daddr {TUNNEL1_OUTSIDE} drop\n  ip saddr {TUNNEL1_OUTSIDE} drop\n }}\n}}")
@@ -307,7 +283,7 @@ def test_charon_sigkill_and_restart(matrix):
     agent = daemon_pid()
     assert agent is not None and process_alive(agent)
     before = switches()
-    flow = Flow(60)
+    flow = Traffic(60)
     let_traffic_start()
     lab_exec("root", "sh", "-c", f"kill -9 $(cat {PID_DIR / 'gw-charon'})")
     killed = time.monotonic()
@@ -322,7 +298,7 @@ def test_charon_sigkill_and_restart(matrix):
     report("4 charon SIGKILL+restart", result, switched, f"SAs + VICI back {recovered:.1f} s after the kill; "
            f"active {state.get('active')}; routes {table_routes()}")
     assert daemon_pid() == agent and process_alive(agent), "the agent died with charon"
-    driver.wait_until(settled, 300, "daemon settled on tunnel1", interval=2)
+    wait_settled(300, "daemon settled on tunnel1")
     assert_routes("vti-aws1", "vti-aws2")
     assert flow.tail_received(60) >= 0.9, f"traffic did not flow again at the end:\n{result.raw_tail}"
 
@@ -330,7 +306,7 @@ def test_charon_sigkill_and_restart(matrix):
 # --- 5. agent killed right after a switch ---------------------------------------------------------------------------
 
 def test_agent_sigkill_after_a_switch_rebuilds_from_kernel_and_vici(matrix):
-    flow = Flow(30)
+    flow = Traffic(30)
     let_traffic_start()
     kill_esp_of_tunnel1()
     matrix.append(remove_fault)
@@ -364,7 +340,7 @@ FOREIGN_RULE = f"pref 10200 to {FOREIGN_DST} lookup main"
 
 def test_operator_strays_repaired_only_where_owned(matrix):
     log_at = log_size()
-    flow = Flow(60)
+    flow = Traffic(60)
     let_traffic_start()
 
     def remove_foreign() -> None:
@@ -403,25 +379,31 @@ def test_operator_strays_repaired_only_where_owned(matrix):
 def test_state_dir_full_daemon_still_switches(matrix):
     agent = daemon_pid()
     before = switches()
-    lab_exec("gw", "sh", "-ec", f"mount -t tmpfs -o size=16k hvlab-full {STATE_DIR}\n"
-             f"dd if=/dev/zero of={STATE_DIR}/filler bs=1k count=64 2>/dev/null || true\n")
-    unmount = f"! mountpoint -q {STATE_DIR} || umount {STATE_DIR} || umount -l {STATE_DIR}"
-    matrix.append(lambda: lab_exec("gw", "sh", "-c", unmount))
+    # The filesystem the state dir lives on (the gateway's /run) fills up: shrink it to what it holds + 64 KiB, then
+    # fill that. Its files stay where they are (the daemon's lock, charon's VICI socket), as on a real full disk.
+    size_kib, used_kib = (int(x) for x in lab_exec("gw", "sh", "-c", "df -k --output=size,used /run | tail -1")
+                          .out.split())
+    refill = f"rm -f {RUN_FILLER}; mount -o remount,size={size_kib}k /run"
+    matrix.append(lambda: lab_exec("gw", "sh", "-c", refill))
+    lab_exec("gw", "sh", "-ec", f"mount -o remount,size={used_kib + 64}k /run\n"
+             f"dd if=/dev/zero of={RUN_FILLER} bs=1k count=256 2>/dev/null || true\n")
     full = lab_exec("gw", "dd", "if=/dev/zero", f"of={STATE_DIR}/probe-write", "bs=1k", "count=1", check=False)
     assert full.rc != 0 and "No space" in full.err, f"the state dir is not full: {full.err}"
-    flow = Flow(30)
+    flow = Traffic(30)
     let_traffic_start()
     kill_esp_of_tunnel1()
     matrix.append(remove_fault)
     driver.wait_until(lambda: driver.active_vti() == "vti-aws2", 120, "the switch to tunnel2 with the state dir full")
     wait_ping("traffic through tunnel2")
-    status = lab_exec("gw", "/usr/local/sbin/vpnctl", "status", check=False)
+    status = driver.wait_until(
+        lambda: "state file is stale" in (r := lab_exec("gw", "/usr/local/sbin/vpnctl", "status", check=False)).out
+        and r, 60, "`vpnctl status` saying the daemon runs with a stale state file")
     # Monitoring lives on another filesystem: the textfile metrics must still show the switch.
     metrics = driver.wait_until(lambda: 'hybrid_vpn_active_tunnel{tunnel="tunnel2"} 1' in (m := read_metrics()) and m,
                                 60, "the metrics file showing tunnel2 active while the state dir is full")
     result = flow.result()
     # The disk is freed: the daemon writes its state again, and it counted the switch it made meanwhile.
-    lab_exec("gw", "sh", "-c", unmount)
+    lab_exec("gw", "sh", "-c", refill)
     state = driver.wait_until(lambda: (s := daemon_state()).get("active") == "tunnel2" and s, 120,
                               "the daemon's state file written again")
     warnings = [line for line in log_since(0).splitlines()[-400:] if "cannot write state" in line]
@@ -449,7 +431,7 @@ def test_vici_socket_missing_daemon_still_probes_and_switches(matrix):
     assert str(state["vici"]).startswith("unreachable"), state["vici"]
     settled_again = driver.wait_until(settled, 120, "the daemon on tunnel1 by probes alone", interval=1)
     before = settled_again["switches_total"]
-    flow = Flow(30)
+    flow = Traffic(30)
     let_traffic_start()
     kill_esp_of_tunnel1()
     matrix.append(remove_fault)
@@ -466,3 +448,37 @@ def test_vici_socket_missing_daemon_still_probes_and_switches(matrix):
     # socket back: the daemon reconnects by itself (backoff at most 30 s)
     lab_exec("gw", "mv", aside, VICI_SOCKET)
     driver.wait_until(lambda: daemon_state().get("vici") == "connected", 180, "the daemon back on VICI")
+
+
+# --- 9. both tunnels dead, then back --------------------------------------------------------------------------------
+
+def test_both_tunnels_dead_then_back(matrix):
+    """Both tunnels cut on the internet path (IKE and ESP): the daemon withdraws both, the unreachable route answers
+    (nothing in clear: test_lab checks the public NIC), and traffic comes back on its own when the path heals."""
+    before = switches()
+    flow = Traffic(60)
+    let_traffic_start()
+    for tunnel in ("tunnel1", "tunnel2"):
+        driver.lab("break", tunnel, check=True)
+        matrix.append(lambda tunnel=tunnel: driver.lab("heal", tunnel, check=True))
+    broke = time.monotonic()
+    down = driver.wait_until(lambda: (s := daemon_state()).get("up") == [] and s, 120,
+                             "the daemon seeing both tunnels down")
+    seen_down = time.monotonic() - broke
+    assert down.get("active") is None, down
+    assert table_routes() == [(AWS_CIDR, UNREACHABLE_METRIC, "unreachable")], own_routes()
+    for tunnel in ("tunnel1", "tunnel2"):
+        driver.lab("heal", tunnel, check=True)
+    healed = time.monotonic()
+    wait_ping("traffic after both tunnels are back", 300)
+    back = time.monotonic() - healed
+    settled_state = wait_settled(300, "daemon settled on tunnel1 after both tunnels came back")
+    result = flow.result()
+    report("9 both dead, then back", result, switches() - before,
+           f"both down seen {seen_down:.1f} s after the cut; traffic back {back:.1f} s after the heal; "
+           f"active {settled_state.get('active')}; routes {table_routes()}")
+    assert result.sent >= flow.count * 0.95, f"the flow stopped early (ICMP errors?):\n{result.raw_tail}"
+    assert result.lost > 0, "no packet was lost: the tunnels were not really cut"
+    assert "Unreachable" in flow.output, "the gateway's unreachable route did not answer while both were down"
+    assert_routes("vti-aws1", "vti-aws2")
+    assert flow.tail_received(60) >= 0.9, f"traffic did not flow again at the end:\n{result.raw_tail}"

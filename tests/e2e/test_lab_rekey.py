@@ -11,7 +11,7 @@ import time
 import pytest
 
 from lab import driver
-from tests.e2e.conftest import Traffic, daemon_state, link_indexes, own_routes, sas, set_lifetimes
+from tests.e2e.conftest import Traffic, daemon_state, link_indexes, own_routes, sas, set_lifetimes, wait_settled
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
 
@@ -34,16 +34,9 @@ def short_lifetimes(lab):
         driver.wait_until(lambda: driver.installed_children() >= 2, 300, "both CHILD_SAs with normal lifetimes")
 
 
-@pytest.mark.skip(reason="known failure, issue 7 stays open: passed against a long-running lab (1600 packets, 0 lost, "
-                  "4 CHILD_SA + 1 IKE rekeys), but in a fresh lab on a loaded CI rehearsal the daemon never reported "
-                  "both tunnels up within 300 s after the short-lifetime charon restart; run it by hand with "
-                  "HYBRID_VPN_LAB_REUSE=1 until diagnosed")
 def test_rekeys_lose_nothing_and_churn_nothing(short_lifetimes):
     # Settle: the daemon may still be failing back after the charon restart (hold time): wait for a quiet state.
-    def settled():
-        s = daemon_state()
-        return s.get("active") == "tunnel1" and sorted(s.get("up", [])) == ["tunnel1", "tunnel2"] and s
-    before_state = driver.wait_until(settled, 300, "daemon settled on tunnel1 with both tunnels up", interval=2)
+    before_state = wait_settled(300, "daemon settled on tunnel1 with both tunnels up")
     links_before, routes_before = link_indexes(), own_routes()
     seen: dict[str, dict[str, set]] = {}
     sampling = threading.Event()
