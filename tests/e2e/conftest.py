@@ -174,3 +174,38 @@ def link_indexes() -> dict[str, int]:
 
 def own_routes() -> list[str]:
     return sorted(driver.lab("exec", "gw", "ip", "-4", "route", "show", "table", "1519", timeout=120).out.splitlines())
+
+
+# --- faults on the internet path between the gateway and AWS (the lab's `inet` namespace) ---------------------------
+
+TUNNEL1_OUTSIDE = "198.51.100.1"  # stacks/Pulumi.lab.yaml: the emulated VPN connection's tunnels
+TUNNEL2_OUTSIDE = "198.51.100.2"
+FAULT_TABLE = "lab_fault"  # an nftables table in the `inet` namespace; remove_fault() deletes it
+
+
+def nft_inet(script: str) -> None:
+    lab_exec("inet", "sh", "-c", 'printf "%s\\n" "$1" | nft -f -', "sh", script)
+
+
+def drop_esp_of(outside_ip: str) -> None:
+    """That tunnel's ESP dropped both ways, its IKE still passing. NAT-T puts both on UDP 4500: ESP starts with its
+    non-zero SPI, IKE with a 4-byte zero non-ESP marker (the first 32 bits after the UDP header)."""
+    nft_inet(f"""table inet {FAULT_TABLE} {{
+    chain forward {{
+        type filter hook forward priority -10;
+        ip daddr {outside_ip} udp dport 4500 @th,64,32 != 0 counter drop comment "esp_to_aws"
+        ip saddr {outside_ip} udp sport 4500 @th,64,32 != 0 counter drop comment "esp_from_aws"
+        ip daddr {outside_ip} udp dport 4500 @th,64,32 0 counter comment "ike_to_aws"
+    }}
+}}""")
+
+
+def remove_fault() -> None:
+    lab_exec("inet", "sh", "-c", f"nft delete table inet {FAULT_TABLE} 2>/dev/null; true")
+
+
+def fault_counters() -> dict[str, int]:
+    """comment -> packets matched, from the fault table's counters."""
+    out = lab_exec("inet", "nft", "list", "table", "inet", FAULT_TABLE, check=False).out
+    return {m.group(2): int(m.group(1)) for m in re.finditer(r"counter packets (\d+) bytes \d+ .*?comment \"(\S+)\"",
+                                                               out)}

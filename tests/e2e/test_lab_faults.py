@@ -22,12 +22,18 @@ import pytest
 
 from lab import driver, paths
 from tests.e2e.conftest import (
+    FAULT_TABLE,
+    TUNNEL1_OUTSIDE,
     VPC_HOST,
     PingReport,
     Traffic,
     daemon_state,
+    drop_esp_of,
+    fault_counters,
     lab_exec,
+    nft_inet,
     own_routes,
+    remove_fault,
     sas,
     settled,
     wait_settled,
@@ -35,10 +41,8 @@ from tests.e2e.conftest import (
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
 
-TUNNEL1_OUTSIDE = "198.51.100.1"  # stacks/Pulumi.lab.yaml: the emulated VPN connection's first tunnel
 AWS_CIDR = "10.0.0.0/16"
 FAILBACK_HOLD_SECONDS = 20  # the default failover.failback_hold_seconds the lab keeps
-FAULT_TABLE = "lab_fault"  # an nftables table in the lab's `inet` namespace (the internet path gateway <-> AWS)
 BREAK_TABLE = "lab_break_tunnel1"  # the table `lab break tunnel1` adds; `lab heal tunnel1` removes it
 DAEMON_LOG = paths.STATE_DIR / "logs" / "gw-vpnctl-daemon.log"  # seen from the VM (`lab exec root`)
 PID_DIR = paths.STATE_DIR / "pids"
@@ -50,33 +54,6 @@ UNREACHABLE_METRIC = 4294967295
 
 
 # --- helpers --------------------------------------------------------------------------------------------------------
-
-def nft_inet(script: str) -> None:
-    lab_exec("inet", "sh", "-c", 'printf "%s\\n" "$1" | nft -f -', "sh", script)
-
-
-def kill_esp_of_tunnel1() -> None:
-    """tunnel1's ESP dropped both ways on the internet path, its IKE (zero non-ESP marker) still passing."""
-    nft_inet(f"""table inet {FAULT_TABLE} {{
-    chain forward {{
-        type filter hook forward priority -10;
-        ip daddr {TUNNEL1_OUTSIDE} udp dport 4500 @th,64,32 != 0 counter drop comment "esp_to_aws"
-        ip saddr {TUNNEL1_OUTSIDE} udp sport 4500 @th,64,32 != 0 counter drop comment "esp_from_aws"
-        ip daddr {TUNNEL1_OUTSIDE} udp dport 4500 @th,64,32 0 counter comment "ike_to_aws"
-    }}
-}}""")
-
-
-def remove_fault() -> None:
-    lab_exec("inet", "sh", "-c", f"nft delete table inet {FAULT_TABLE} 2>/dev/null; true")
-
-
-def fault_counters() -> dict[str, int]:
-    """comment -> packets matched, from the fault table's counters."""
-    out = lab_exec("inet", "nft", "list", "table", "inet", FAULT_TABLE, check=False).out
-    return {m.group(2): int(m.group(1)) for m in re.finditer(r"counter packets (\d+) bytes \d+ .*?comment \"(\S+)\"",
-                                                               out)}
-
 
 def switches() -> int:
     return int(daemon_state().get("switches_total", -1))
@@ -171,7 +148,7 @@ def test_esp_dead_ike_alive_fails_over_by_probes_then_damped_failback(matrix):
     before = switches()
     flow = Traffic(45)
     let_traffic_start()
-    kill_esp_of_tunnel1()
+    drop_esp_of(TUNNEL1_OUTSIDE)
     matrix.append(remove_fault)
     driver.wait_until(lambda: driver.active_vti() == "vti-aws2", 120, "failover to tunnel2 (probes)")
     wait_ping("traffic through tunnel2")
@@ -308,7 +285,7 @@ def test_charon_sigkill_and_restart(matrix):
 def test_agent_sigkill_after_a_switch_rebuilds_from_kernel_and_vici(matrix):
     flow = Traffic(30)
     let_traffic_start()
-    kill_esp_of_tunnel1()
+    drop_esp_of(TUNNEL1_OUTSIDE)
     matrix.append(remove_fault)
     driver.wait_until(lambda: driver.active_vti() == "vti-aws2", 120, "the switch to tunnel2", interval=0.2)
     agent = daemon_pid()
@@ -391,7 +368,7 @@ def test_state_dir_full_daemon_still_switches(matrix):
     assert full.rc != 0 and "No space" in full.err, f"the state dir is not full: {full.err}"
     flow = Traffic(30)
     let_traffic_start()
-    kill_esp_of_tunnel1()
+    drop_esp_of(TUNNEL1_OUTSIDE)
     matrix.append(remove_fault)
     driver.wait_until(lambda: driver.active_vti() == "vti-aws2", 120, "the switch to tunnel2 with the state dir full")
     wait_ping("traffic through tunnel2")
@@ -433,7 +410,7 @@ def test_vici_socket_missing_daemon_still_probes_and_switches(matrix):
     before = settled_again["switches_total"]
     flow = Traffic(30)
     let_traffic_start()
-    kill_esp_of_tunnel1()
+    drop_esp_of(TUNNEL1_OUTSIDE)
     matrix.append(remove_fault)
     driver.wait_until(lambda: driver.active_vti() == "vti-aws2", 120, "the switch to tunnel2 without VICI")
     wait_ping("traffic through tunnel2")
