@@ -1,7 +1,7 @@
 """The failover daemon's memory stays flat over many switches (root). Found by bench/soak.py: pyroute2 0.9.x keeps
 memory per request in a long-lived IPRoute (about 40 KiB RSS per switch, 12 MiB per 300 switches); the daemon now
-renews its netlink handle every KERNEL_RENEW_APPLIES reconciles (now: every one); this test checks the renewal happens and switches
-stay correct, and prints the RSS growth (a number for bench/soak.py to trend, not a timed/measured assertion)."""
+opens a fresh netlink handle for every reconcile (KERNEL_RENEW_APPLIES); this test checks the renewal happens and
+switches stay correct, and prints the RSS growth (a number for bench/soak.py to trend, not a timed assertion)."""
 
 from __future__ import annotations
 
