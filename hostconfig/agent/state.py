@@ -82,6 +82,24 @@ class LockTimeout(TimeoutError):
     pass
 
 
+def _flock_until(fd: int, timeout: float) -> bool:
+    """Exclusive flock on fd, polling with short sleeps (safe in any thread, no alarm left behind) until `timeout`
+    seconds have passed; False when it is still held by someone else then."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def daemon_lock_held(state_dir: Path) -> bool | None:
     """True when a daemon holds its lock, False when none does, None when we cannot tell (no permission)."""
     try:
@@ -124,20 +142,15 @@ def acquire_daemon_lock(state_dir: Path, timeout: float) -> int:
     path = state_dir / DAEMON_LOCK
     # 0644: `vpnctl status` run by a non-root operator can still tell whether the daemon is alive.
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                os.close(fd)
-                raise
-            if time.monotonic() >= deadline:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise LockTimeout(f"another vpnctl daemon (pid {holder}) holds {path}") from None
-            time.sleep(0.1)
+    try:
+        acquired = _flock_until(fd, timeout)
+    except OSError:
+        os.close(fd)
+        raise
+    if not acquired:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LockTimeout(f"another vpnctl daemon (pid {holder}) holds {path}")
     try:  # the pid is a hint for people; a full disk must not stop the daemon
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -150,25 +163,13 @@ def acquire_daemon_lock(state_dir: Path, timeout: float) -> int:
 def reconcile_lock(state_dir: Path, timeout: float) -> Iterator[None]:
     """Blocking flock with a deadline: the daemon, updown hooks and manual runs reconcile one at a time.
 
-    Polls with short sleeps rather than a signal-based timeout, so it is safe in any thread and never leaves an
-    alarm behind. Raises LockTimeout when the deadline passes.
+    Raises LockTimeout when the deadline passes.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        delay = 0.002
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(f"{state_dir / LOCK_FILE}: still held after {timeout:.1f}s") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
+        if not _flock_until(fd, timeout):
+            raise LockTimeout(f"{state_dir / LOCK_FILE}: still held after {timeout:.1f}s")
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
