@@ -115,7 +115,8 @@ def cmd_daemon(config: AgentConfig, args: argparse.Namespace) -> int:
         log.error("daemon: %s; one daemon per gateway (`systemctl status hybrid-vpn-failover`)", exc)
         return 1
     try:
-        FailoverDaemon(config, args.tunnel_links).run(duration=args.duration)
+        FailoverDaemon(config, args.tunnel_links,
+                       full_reconcile_seconds=args.full_reconcile_seconds).run(duration=args.duration)
     finally:
         os.close(lock)
     return 0
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_updown)
     p = sub.add_parser("daemon", parents=[common, links], help="failover daemon (probes, VICI events)")
     p.add_argument("--duration", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--full-reconcile-seconds", type=float, default=30.0, metavar="S",
+                   help="backstop: reconcile everything at least this often (default 30; changes by others are "
+                        "repaired at once from netlink notifications)")
     p.set_defaults(func=cmd_daemon)
     p = sub.add_parser("status", parents=[common], help="tunnels, SAs, probes, active path, last switch")
     p.add_argument("--json", action="store_true")

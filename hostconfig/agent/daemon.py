@@ -2,17 +2,21 @@
 
 Per tick it sends one probe per tunnel (and extra target), expires unanswered ones, feeds the hysteresis, and when the
 decision changes it reconciles the routes (a switch is one route replace). VICI child/ike down events take a tunnel
-out at once. A full reconcile runs periodically as a backstop. State is rebuilt at start from the kernel and VICI; the
-state file it writes is for `vpnctl status` only.
+out at once. A netlink notification that someone else changed links, addresses, routes or rules triggers a full
+reconcile shortly after (an operator's stray route is repaired in well under a second); a full reconcile also runs
+periodically as a backstop. State is rebuilt at start from the kernel and VICI; the state file it writes is for
+`vpnctl status` only.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
 import select
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +34,56 @@ from .vici_client import UpdownEvent, ViciEventStream, ViciUnavailable, installe
 
 log = logging.getLogger(__name__)
 
+# rtnetlink multicast groups (linux/rtnetlink.h): links, IPv4 addresses, IPv4 routes, IPv4 rules.
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE = 0x1, 0x10, 0x40, 0x80
+
+
+class KernelChangeWatch:
+    """A raw rtnetlink socket subscribed to link, IPv4 address, route and rule notifications.
+
+    The messages are not parsed: any one means "the routing state may differ from ours", and a full reconcile (which
+    reads everything and changes only what we own) is the answer. Our own changes notify too; the daemon discards what
+    is queued right after each of its reconciles (the kernel queues notifications before it acknowledges a request).
+    A plain socket rather than a pyroute2 handle: it lives as long as the daemon, and pyroute2 handles grow.
+    """
+
+    GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                                  socket.NETLINK_ROUTE)
+        try:
+            self.sock.bind((0, self.GROUPS))
+        except OSError:
+            self.sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self) -> bool:
+        """Read everything queued; True when there was anything (an overflow counts: changes were lost)."""
+        seen = False
+        while True:
+            try:
+                if not self.sock.recv(65536):
+                    return seen
+                seen = True
+            except BlockingIOError:
+                return seen
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                seen = True
+
+    def close(self) -> None:
+        self.sock.close()
+
 FULL_RECONCILE_SECONDS = 30.0
+# After someone else's change to links/addresses/routes/rules, wait this long for the rest of their change (a script
+# runs several `ip` commands) before reconciling once; and reconcile for such changes at most once a second.
+KERNEL_CHANGE_SETTLE_SECONDS = 0.2
+KERNEL_CHANGE_MIN_INTERVAL_SECONDS = 1.0
 STATE_WRITE_SECONDS = 1.0
 VICI_BACKOFF_MIN = 0.5
 VICI_BACKOFF_MAX = 30.0
@@ -79,6 +132,9 @@ class FailoverDaemon:
         self.stopping = False
         self.kernel = Kernel()
         self.kernel_handles_opened = 1
+        self.kernel_watch: KernelChangeWatch | None = None
+        self.kernel_changed_at: float | None = None
+        self.last_change_reconcile = float("-inf")
         self.reconciler = Reconciler(config, self.kernel, link_mode)
         self.applies_on_kernel = 0
         self.output_errors: dict[str, str] = {}
@@ -157,6 +213,14 @@ class FailoverDaemon:
         old.close()
         log.debug("renewed the netlink handle after %s reconciles", KERNEL_RENEW_APPLIES)
 
+    def kernel_change_deadline(self) -> float:
+        """When to reconcile after someone else changed the routing state: once their change settled, at most once a
+        second (a tool fighting over our table must not turn the daemon into a busy loop); inf when nothing changed."""
+        if self.kernel_changed_at is None:
+            return float("inf")
+        return max(self.kernel_changed_at + KERNEL_CHANGE_SETTLE_SECONDS,
+                   self.last_change_reconcile + KERNEL_CHANGE_MIN_INTERVAL_SECONDS)
+
     def apply(self, routes_only: bool) -> None:
         assert self.view is not None
         self.renew_kernel_if_due()
@@ -178,6 +242,8 @@ class FailoverDaemon:
             log.error("reconcile failed: %s", exc)
             self._retry_later()
             return
+        if self.kernel_watch is not None:
+            self.kernel_watch.drain()  # notifications of our own changes (queued before each request was acked)
         self.pending_routes = False
         if not result.ok:
             self._retry_later()
@@ -298,6 +364,11 @@ class FailoverDaemon:
         decision = self.decide(started)
         self.active, self.reason = decision.active, decision.reason
         self.view = TunnelView(self.view.up, decision.active)
+        try:
+            self.kernel_watch = KernelChangeWatch()
+        except OSError as exc:
+            log.warning("no netlink change notifications (%s): changes by others are repaired by the periodic "
+                        "reconcile only", exc)
         self.apply(routes_only=False)
         log.info("running: active %s (%s); probing every %.0f ms", self.active or "none", self.reason,
                  self.interval * 1000)
@@ -315,7 +386,11 @@ class FailoverDaemon:
                     if next_probe < now:  # we fell behind (suspend, loaded machine): do not burst
                         next_probe = now + self.interval
                 self.evaluate(now)
-                if now >= next_full:
+                if now >= next_full or now >= self.kernel_change_deadline():
+                    if now < next_full:
+                        log.info("links, addresses, routes or rules changed by someone else: reconciling")
+                        self.last_change_reconcile = now
+                    self.kernel_changed_at = None
                     self.apply(routes_only=False)
                     next_full = now + self.full_reconcile_seconds
                 if now >= next_write:
@@ -324,12 +399,17 @@ class FailoverDaemon:
                 watch = [p for p in [*self.probers.values(), *self.target_probers.values()] if p.sock is not None]
                 if self.vici is not None:
                     watch.append(self.vici)
-                wait = max(0.0, min(next_probe, next_write) - self.clock())
+                if self.kernel_watch is not None:
+                    watch.append(self.kernel_watch)
+                wait = max(0.0, min(next_probe, next_write, self.kernel_change_deadline()) - self.clock())
                 readable, _, _ = select.select(watch, [], [], wait)
                 now = self.clock()
                 changed_before = self.view
                 for item in readable:
-                    if item is self.vici:
+                    if item is self.kernel_watch:
+                        if self.kernel_watch.drain() and self.kernel_changed_at is None:
+                            self.kernel_changed_at = now
+                    elif item is self.vici:
                         try:
                             event = self.vici.read_event()
                         except ViciUnavailable as exc:
@@ -348,5 +428,7 @@ class FailoverDaemon:
                 prober.close()
             if self.vici is not None:
                 self.vici.close()
+            if self.kernel_watch is not None:
+                self.kernel_watch.close()
             self.kernel.close()
             log.info("stopped (routes left in place: traffic keeps flowing without the daemon)")

@@ -145,3 +145,33 @@ def test_refused_ruleset_still_gets_routes_and_leak_protection(fast_gateway):
         rc = stop(proc)
     assert rc == 0
     assert "nftables ruleset refused" in (gw.tmp / "daemon-0.log").read_text()
+
+
+def test_changes_by_others_are_repaired_from_notifications_not_the_periodic_backstop(fast_gateway):
+    """An operator replaces our active route, deletes our rule and adds routes of their own. With the periodic full
+    reconcile pushed out to an hour, only the netlink notifications can bring the daemon to repair ours; theirs stay."""
+    gw = fast_gateway
+    proc = start_daemon(gw, "--full-reconcile-seconds", "3600")
+    try:
+        wait_for(lambda: active_dev(gw) == "vti-aws1", what="tunnel1 active")
+        wait_for(lambda: "running: active" in (gw.tmp / "daemon-0.log").read_text(), what="the daemon's loop")
+        gw.ip("route", "replace", "10.0.0.0/16", "dev", "eth1", "table", "1519", "proto", "157", "metric", "100")
+        gw.ip("rule", "del", "pref", "10100")
+        gw.ip("route", "add", "10.99.0.0/16", "dev", "eth1", "table", "1519", "proto", "static")  # theirs
+        gw.ip("rule", "add", "pref", "10200", "to", "10.99.0.0/16", "lookup", "main")  # theirs
+        wait_for(lambda: active_dev(gw) == "vti-aws1" and "10100:" in gw.ip("rule", "show").stdout,
+                 what="our route and rule repaired without the periodic reconcile")
+        table = gw.ip("route", "show", "table", "1519").stdout
+        assert "10.99.0.0/16 dev eth1 proto static" in table, table
+        assert "10200:" in gw.ip("rule", "show").stdout
+        log = (gw.tmp / "daemon-0.log").read_text()
+        assert "changed by someone else: reconciling" in log, log[-2000:]
+        # Our own reconciles notify too: they must not keep the daemon reconciling. Let 3 s of daemon time pass
+        # (its state file is rewritten every second): a feedback loop would log about one line per second.
+        before = log.count("changed by someone else")
+        repaired_at = state(gw).get("updated_at", 0)
+        wait_for(lambda: state(gw).get("updated_at", 0) >= repaired_at + 3, what="3 s of daemon time")
+        assert (gw.tmp / "daemon-0.log").read_text().count("changed by someone else") <= before + 1
+    finally:
+        rc = stop(proc)
+    assert rc == 0
