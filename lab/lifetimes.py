@@ -24,7 +24,9 @@ SWANCTL_CONF = "/etc/swanctl/conf.d/hybrid-vpn.conf"
 # timers on both ends are short (a lost gateway rekey would still be covered by AWS's).
 GATEWAY_SHORT = {"ike": {"rekey_time": 60, "over_time": 20, "rand_time": 5},
                  "child": {"rekey_time": 25, "life_time": 45, "rand_time": 5}}
-AWS_SHORT = {"ike_rekey": 75, "ike_over": 20, "child_rekey": 32, "child_life": 50, "child_rand": 0}
+AWS_SHORT = {"ike": {"rekey_time": 75, "over_time": 20},
+             "child": {"rekey_time": 32, "life_time": 50, "rand_time": 0}}
+INDENT = {"ike": 8, "child": 16}  # both ends' swanctl.conf: IKE-level timers at 8 spaces, CHILD-level ones at 16
 
 
 def operator_dir() -> Path:
@@ -34,28 +36,13 @@ def operator_dir() -> Path:
     raise RuntimeError("no rendered gateway files (operator side) to push: was the lab started with the real chain?")
 
 
-def shorten_gateway_conf(text: str) -> str:
-    """Rewrite the timer lines of the rendered swanctl.conf: IKE-level ones (8 spaces), CHILD-level ones (16)."""
-    for level, indent in (("ike", 8), ("child", 16)):
-        for key, value in GATEWAY_SHORT[level].items():
-            text, n = re.subn(rf"(?m)^( {{{indent}}}{key} = )\d+s$", rf"\g<1>{value}s", text)
+def shorten(text: str, timers: dict[str, dict[str, int]], which: str) -> str:
+    """Rewrite the timer lines of a swanctl.conf (`which` names it in the error when a line is missing)."""
+    for level, values in timers.items():
+        for key, value in values.items():
+            text, n = re.subn(rf"(?m)^( {{{INDENT[level]}}}{key} = )\d+s$", rf"\g<1>{value}s", text)
             if n == 0:
-                raise RuntimeError(f"rendered swanctl.conf has no {level}-level '{key} = ...s' line to shorten")
-    return text
-
-
-def shorten_aws_conf(text: str) -> str:
-    def sub(pattern: str, value: int, indent: int) -> None:
-        nonlocal text
-        text, n = re.subn(rf"(?m)^( {{{indent}}}{pattern} = )\d+s$", rf"\g<1>{value}s", text)
-        if n == 0:
-            raise RuntimeError(f"AWS side swanctl.conf has no '{pattern}' line")
-
-    sub("rekey_time", AWS_SHORT["ike_rekey"], 8)
-    sub("over_time", AWS_SHORT["ike_over"], 8)
-    sub("rekey_time", AWS_SHORT["child_rekey"], 16)
-    sub("life_time", AWS_SHORT["child_life"], 16)
-    sub("rand_time", AWS_SHORT["child_rand"], 16)
+                raise RuntimeError(f"{which} has no {level}-level '{key} = ...s' line to shorten")
     return text
 
 
@@ -66,8 +53,8 @@ def apply(mode: str, say) -> None:
     bundle = json.loads((operator_dir() / "gateway-files.json").read_text())
     for f in bundle["files"]:
         if f["path"] == SWANCTL_CONF and mode == "short":
-            f["content_b64"] = base64.b64encode(
-                shorten_gateway_conf(base64.b64decode(f["content_b64"]).decode()).encode()).decode()
+            conf = shorten(base64.b64decode(f["content_b64"]).decode(), GATEWAY_SHORT, "rendered swanctl.conf")
+            f["content_b64"] = base64.b64encode(conf.encode()).decode()
     files = paths.STATE_DIR / "lifetimes-files.json"
     files.touch(mode=0o600)
     files.write_text(json.dumps(bundle))
@@ -82,7 +69,7 @@ def apply(mode: str, say) -> None:
     say(f"delivery: {len(report['changed'])} file(s) changed: {', '.join(c['path'] for c in report['changed'])}")
     aws_conf = awspeer.render_swanctl_conf(hc)
     if mode == "short":
-        aws_conf = shorten_aws_conf(aws_conf)
+        aws_conf = shorten(aws_conf, AWS_SHORT, "AWS side swanctl.conf")
     conf = awspeer.AWS_DIR / "swanctl.conf"
     conf.write_text(aws_conf)
     conf.chmod(0o600)
