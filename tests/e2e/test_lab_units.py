@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 import threading
+from pathlib import Path
 
 import pytest
 
-from lab import awspeer, host_config_source
+from lab import awspeer, host_config_source, lifetimes
 from lab.addresses import LAB_PLAN
 from lab.rpc import RpcClient, RpcServer, RpcTimeout, make_dirs
 
@@ -92,3 +94,22 @@ def test_file_rpc_times_out_without_a_server(tmp_path):
     make_dirs(tmp_path)
     with pytest.raises(RpcTimeout, match="did not answer 'status'"):
         RpcClient(tmp_path).call("status", [], timeout=0.3, stdout=io.BytesIO(), stderr=io.BytesIO())
+
+
+TIMER_LINE = re.compile(r"(?m)^( +)(rekey_time|over_time|rand_time|life_time) = (\d+)s$")
+
+
+def timers(conf: str) -> set[tuple[int, str, int]]:
+    return {(len(indent), key, int(value)) for indent, key, value in TIMER_LINE.findall(conf)}
+
+
+def test_short_lifetimes_rewrite_every_timer_line_of_both_ends():
+    rendered = (Path(__file__).resolve().parents[1] / "golden/default/etc/swanctl/conf.d/hybrid-vpn.conf").read_text()
+    assert timers(lifetimes.shorten(rendered, lifetimes.GATEWAY_SHORT, "gw")) == {
+        (8, "rekey_time", 60), (8, "over_time", 20), (8, "rand_time", 5),
+        (16, "rekey_time", 25), (16, "life_time", 45), (16, "rand_time", 5)}
+    aws = lifetimes.shorten(awspeer.render_swanctl_conf(host_config()), lifetimes.AWS_SHORT, "aws")
+    assert timers(aws) == {(8, "rekey_time", 75), (8, "over_time", 20),
+                           (16, "rekey_time", 32), (16, "life_time", 50), (16, "rand_time", 0)}
+    with pytest.raises(RuntimeError, match="AWS side swanctl.conf has no child-level 'life_time"):
+        lifetimes.shorten("        rekey_time = 1s\n", {"child": {"life_time": 1}}, "AWS side swanctl.conf")
