@@ -114,6 +114,15 @@ def wait_ping(what: str, timeout: float = 180) -> None:
     driver.wait_until(lambda: driver.ping("vlan", VPC_HOST), timeout, what)
 
 
+def fail_tunnel1_esp(undo: list[Callable[[], object]], what: str) -> None:
+    """Drop tunnel1's ESP (IKE alive; undone by the matrix fixture), wait for the daemon's switch to tunnel2 (`what`)
+    and for traffic through it."""
+    drop_esp_of(TUNNEL1_OUTSIDE)
+    undo.append(remove_fault)
+    driver.wait_until(lambda: driver.active_vti() == "vti-aws2", 120, what)
+    wait_ping("traffic through tunnel2")
+
+
 def let_traffic_start() -> None:
     time.sleep(3)  # pacing only (the `lab exec ping` is starting inside the VM), never an assertion
 
@@ -148,10 +157,7 @@ def test_esp_dead_ike_alive_fails_over_by_probes_then_damped_failback(matrix):
     before = switches()
     flow = Traffic(45)
     let_traffic_start()
-    drop_esp_of(TUNNEL1_OUTSIDE)
-    matrix.append(remove_fault)
-    driver.wait_until(lambda: driver.active_vti() == "vti-aws2", 120, "failover to tunnel2 (probes)")
-    wait_ping("traffic through tunnel2")
+    fail_tunnel1_esp(matrix, "failover to tunnel2 (probes)")
     # It was the probes, not charon: tunnel1's IKE_SA and CHILD_SA are still there (IKE is alive).
     gw = sas("gw")
     assert gw["tunnel1"]["ike"] and gw["tunnel1"]["installed"] >= 1, f"tunnel1's SAs went away: {gw}"
@@ -372,10 +378,7 @@ def test_state_dir_full_daemon_still_switches(matrix):
     assert full.rc != 0 and "No space" in full.err, f"the state dir is not full: {full.err}"
     flow = Traffic(30)
     let_traffic_start()
-    drop_esp_of(TUNNEL1_OUTSIDE)
-    matrix.append(remove_fault)
-    driver.wait_until(lambda: driver.active_vti() == "vti-aws2", 120, "the switch to tunnel2 with the state dir full")
-    wait_ping("traffic through tunnel2")
+    fail_tunnel1_esp(matrix, "the switch to tunnel2 with the state dir full")
     status = driver.wait_until(
         lambda: "state file is stale" in (r := lab_exec("gw", "/usr/local/sbin/vpnctl", "status", check=False)).out
         and r, 60, "`vpnctl status` saying the daemon runs with a stale state file")
@@ -414,10 +417,7 @@ def test_vici_socket_missing_daemon_still_probes_and_switches(matrix):
     before = settled_again["switches_total"]
     flow = Traffic(30)
     let_traffic_start()
-    drop_esp_of(TUNNEL1_OUTSIDE)
-    matrix.append(remove_fault)
-    driver.wait_until(lambda: driver.active_vti() == "vti-aws2", 120, "the switch to tunnel2 without VICI")
-    wait_ping("traffic through tunnel2")
+    fail_tunnel1_esp(matrix, "the switch to tunnel2 without VICI")
     result = flow.result()
     state = daemon_state()
     report("8 VICI socket missing", result, state["switches_total"] - before,
