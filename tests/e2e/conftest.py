@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 
 import pytest
@@ -136,18 +135,16 @@ def lab_exec(host: str, *argv: str, check: bool = True, timeout: float = 300) ->
 
 
 def set_lifetimes(mode: str) -> driver.Result:
-    """`lab lifetimes short|normal`; a lab controller started before the verb existed runs the same module by exec."""
+    """`lab lifetimes short|normal` (lab/lifetimes.py)."""
     r = driver.lab("lifetimes", mode, timeout=900)
-    if r.rc == 2 and "unknown verb" in r.err:
-        r = driver.lab("exec", "root", "sh", "-c", f"cd {driver.REPO} && {sys.executable} -m lab.lifetimes {mode}",
-                       timeout=900)
     if r.rc != 0:
         raise AssertionError(f"lab lifetimes {mode} failed:\n{r.out[-3000:]}\n{r.err[-3000:]}")
     return r
 
 
 def sas(host: str = "gw") -> dict[str, dict]:
-    """tunnel -> {'ike_spi', 'ike_id', 'child_spis': [spi-in...], 'installed'} from `swanctl --list-sas --raw`."""
+    """tunnel -> {'ike': {initiator SPIs of ESTABLISHED IKE_SAs}, 'child_spis': {spi-in of INSTALLED CHILD_SAs},
+    'installed': how many INSTALLED CHILD_SAs}, from `swanctl --list-sas --raw`."""
     if host == "gw":
         r = driver.lab("exec", "gw", "swanctl", "--list-sas", "--raw", timeout=120)
     else:
