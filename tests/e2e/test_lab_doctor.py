@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from lab import driver
-from tests.e2e.conftest import TUNNEL2_OUTSIDE, drop_esp_of, remove_fault
+from tests.e2e.conftest import TUNNEL2_OUTSIDE, drop_esp_of, lab_exec, remove_fault
 
 pytestmark = pytest.mark.vm
 
@@ -48,10 +48,6 @@ def test_doctor_on_a_healthy_lab_gateway_is_all_ok(lab):
         assert checks[name]["status"] == "ok", checks[name]
 
 
-def gw(*argv: str) -> driver.Result:
-    return driver.lab("exec", "gw", *argv, timeout=300, check=True)
-
-
 def stop_agent() -> None:
     """What `systemctl stop hybrid-vpn-failover` does: SIGTERM, through the lab's own process table."""
     driver.lab("exec", "root", sys.executable, "-c", f"from lab import topology; topology.stop_process({AGENT!r})",
@@ -64,9 +60,9 @@ def test_doctor_names_each_broken_state_with_its_hint(lab):
     stop_agent()
     try:
         drop_esp_of(TUNNEL2_OUTSIDE)
-        gw("sysctl", "-w", "net.ipv4.ip_forward=0")
-        gw("ip", "route", "del", "10.0.0.0/16", "table", "1519", "metric", "100")
-        before = gw("ip", "-j", "route", "show", "table", "1519").out
+        lab_exec("gw", "sysctl", "-w", "net.ipv4.ip_forward=0")
+        lab_exec("gw", "ip", "route", "del", "10.0.0.0/16", "table", "1519", "metric", "100")
+        before = lab_exec("gw", "ip", "-j", "route", "show", "table", "1519").out
 
         rc, checks = doctor()
         failed = state_failures(checks)
@@ -80,8 +76,8 @@ def test_doctor_names_each_broken_state_with_its_hint(lab):
         # only what was broken fails: tunnel1 answers, both SAs are up (IKE still passes for tunnel2)
         for name in ("probe tunnel1", "sa tunnel1", "sa tunnel2", "vti vti-aws1", "vti vti-aws2"):
             assert checks[name]["status"] == "ok", checks[name]
-        assert gw("ip", "-j", "route", "show", "table", "1519").out == before  # the doctor only reads
-        assert gw("sysctl", "-n", "net.ipv4.ip_forward").out.strip() == "0"
+        assert lab_exec("gw", "ip", "-j", "route", "show", "table", "1519").out == before  # the doctor only reads
+        assert lab_exec("gw", "sysctl", "-n", "net.ipv4.ip_forward").out.strip() == "0"
     finally:
         remove_fault()
         driver.lab("restart", "agent", timeout=300, check=True)  # its start-up reconcile repairs sysctl and routes
