@@ -272,7 +272,8 @@ def dispatch(verb: str, args: list[str], out: BinaryIO, err: BinaryIO) -> int:
             return exec_(args[0] if args else "", args[1:], out, err)
         if verb in ("break", "heal", "prefer", "restart", "lifetimes"):
             if len(args) != 1:
-                err.write(f"usage: lab {verb} <{'component' if verb == 'restart' else 'tunnel'}>\n".encode())
+                what = {"restart": "charon|agent", "lifetimes": "short|normal"}.get(verb, "tunnel")
+                err.write(f"usage: lab {verb} <{what}>\n".encode())
                 return 2
             if not is_up():
                 err.write(f"lab {verb}: the lab is not up (run `lab up`)\n".encode())
