@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from .errors import AgentError
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,7 @@ def cmd_reconcile(config: AgentConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_updown(config: AgentConfig, args: argparse.Namespace) -> int:
-    from .kernel import Kernel
-    from .reconcile import Reconciler
-    from .state import LockTimeout, reconcile_lock
+    from .state import daemon_lock_held
     from .updown import UpdownInputError, parse_environment, record_event, tunnel_for_event
 
     try:
@@ -90,9 +89,24 @@ def cmd_updown(config: AgentConfig, args: argparse.Namespace) -> int:
         return 2
     tunnel = tunnel_for_event(config, event)
     record_event(config, event, tunnel)
-    log.info("updown: %s %s (tunnel %s)", event.verb, event.connection, tunnel or "unknown")
     if tunnel is None or not (event.is_up or event.is_down):
+        log.info("updown: %s %s (tunnel %s)", event.verb, event.connection, tunnel or "unknown")
         return 0
+    # charon runs this hook synchronously, holding the SA and one of its threads, so every second here is a second
+    # charon cannot answer the peer. With the daemon alive the hook stops here: the daemon sees the same event over
+    # VICI and switches within one probe round. The lab found the cost of not stopping: a reconcile in the hook
+    # (importing pyroute2 alone takes seconds on a slow VM) held charon 11-30 s after a double outage, both ends'
+    # IKE_SA_INIT timed out, and a tunnel stayed down.
+    if daemon_lock_held(config.paths.state_dir):
+        log.info("updown: %s %s (tunnel %s): recorded; the failover daemon acts on it", event.verb,
+                 event.connection, tunnel)
+        return 0
+    log.info("updown: %s %s (tunnel %s): no failover daemon running, reconciling here", event.verb,
+             event.connection, tunnel)
+    from .kernel import Kernel  # pyroute2: only on this path
+    from .reconcile import Reconciler
+    from .state import LockTimeout, reconcile_lock
+
     try:
         with reconcile_lock(config.paths.state_dir, UPDOWN_LOCK_TIMEOUT), Kernel() as kernel:
             view = one_shot_view(config, kernel, (tunnel, event.is_up), ask_vici=False)
@@ -201,13 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vpnctl: configuration error: {exc}", file=sys.stderr)
         return 2
-    from .kernel import KernelError
-    from .nft import NftError
-    from .state import LockTimeout
-
     try:
         return args.func(config, args)
-    except (NftError, KernelError, LockTimeout) as exc:
+    except AgentError as exc:  # netlink, nftables, lock: one line, no traceback
         print(f"vpnctl {args.command}: {exc}", file=sys.stderr)
         return 1
 

@@ -18,6 +18,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 
 from .desired import ActualLink, ActualRoute, ActualRule, LinkSpec, RouteSpec
+from .errors import AgentError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ DUMP_RETRIES = 5
 T = TypeVar("T")
 
 
-class KernelError(RuntimeError):
+class KernelError(AgentError):
     """A netlink or /proc/sys operation failed for a reason that is not 'already done'."""
 
 

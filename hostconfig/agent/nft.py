@@ -18,6 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import AgentError
 from .state import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ _GLOBAL = re.compile(r"^\s*(flush\s+ruleset|include\b)", re.MULTILINE)
 _VOLATILE = {"handle", "packets", "bytes"}
 
 
-class NftError(RuntimeError):
+class NftError(AgentError):
     """The ruleset cannot be applied (missing, touches other tables, or nft refused it)."""
 
 

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import AgentError
+
 log = logging.getLogger(__name__)
 
 DAEMON_STATE = "daemon-state.json"
@@ -78,7 +80,7 @@ def daemon_state_is_fresh(data: dict[str, Any] | None, now: float | None = None)
     return True
 
 
-class LockTimeout(TimeoutError):
+class LockTimeout(AgentError, TimeoutError):
     pass
 
 

@@ -99,3 +99,26 @@ def test_hook_waits_for_the_lock_instead_of_failing(gateway):
     thread.join(timeout=120)
     assert result["proc"].returncode == 0, result["proc"].stderr
     assert "dev vti-aws1" in table(gateway)
+
+
+def test_with_a_daemon_running_the_hook_only_records_and_never_loads_netlink(gateway):
+    """charon waits for its hook while holding the SA: with the daemon alive (it holds its lock and gets the same event
+    over VICI) the hook records the event and returns, without a reconcile and without importing pyroute2, whose import
+    alone took seconds in the lab's VM and stalled charon's IKE exchanges."""
+    from hostconfig.agent.state import acquire_daemon_lock
+
+    daemon_lock = acquire_daemon_lock(gateway.tmp / "state", 5)  # stands in for a running `vpnctl daemon`
+    try:
+        proc = gateway.vpnctl("updown", "--tunnel-links", "given", env={**ENV1, "PYTHONPROFILEIMPORTTIME": "1"})
+    finally:
+        os.close(daemon_lock)
+    assert proc.returncode == 0, proc.stderr
+    assert "the failover daemon acts on it" in proc.stderr
+    assert "import time:" in proc.stderr  # positive control: the import trace was on
+    assert "pyroute2" not in proc.stderr
+    assert table(gateway) == ""  # nothing reconciled
+    assert json.loads((gateway.tmp / "state" / "updown-tunnel1.json").read_text())["verb"] == "up-client"
+    # the daemon gone, the same hook reconciles itself again
+    fallback = gateway.vpnctl("updown", "--tunnel-links", "given", env=ENV1)
+    assert fallback.returncode == 0 and "no failover daemon running" in fallback.stderr
+    assert "dev vti-aws1" in table(gateway)

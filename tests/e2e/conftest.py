@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lab import driver
+from lab import driver, paths
 
 
 @pytest.fixture(scope="session")
@@ -31,16 +31,65 @@ def lab_up():
 
 
 @pytest.fixture
-def lab(lab_up):
+def lab(lab_up, request, tmp_path_factory):
     """The running lab, healthy: both tunnels installed and traffic flowing before each test starts."""
     if lab_up.rc != 0:
         pytest.fail(f"`lab up` failed (rc {lab_up.rc}):\n{lab_up.out[-4000:]}\n{lab_up.err[-4000:]}")
+    if _unhealthy:
+        # Once the lab could not be brought back, every later test would wait out the same deadlines (an hour of CI
+        # for one fault): fail at once, pointing at the first failure and its diagnostics.
+        pytest.fail(f"the lab is unhealthy since {_unhealthy[0]}")
     for tunnel in ("tunnel1", "tunnel2"):
         driver.lab("heal", tunnel, check=True)
     driver.lab("prefer", "tunnel1", check=True)
-    driver.wait_until(lambda: driver.installed_children() >= 2, 300, "both CHILD_SAs installed")
-    driver.wait_until(lambda: driver.ping("vlan", "10.0.4.85"), 180, "VLAN host -> VPC host ping")
+    try:
+        driver.wait_until(lambda: driver.installed_children() >= 2, 300, "both CHILD_SAs installed")
+        # Settled, not just "a ping passed": after a test that broke tunnels the gateway may still be on tunnel2,
+        # waiting out the failback hold, and the next test would start in the middle of that failback.
+        wait_settled(300, "daemon settled on tunnel1 with both tunnels up")
+        driver.wait_until(lambda: driver.ping("vlan", VPC_HOST), 180, "VLAN host -> VPC host ping")
+    except AssertionError as exc:
+        report = lab_diagnostics()
+        saved = tmp_path_factory.getbasetemp() / "lab-diagnostics.txt"  # kept by pytest after the run (CI included)
+        saved.write_text(f"{request.node.nodeid}: {exc}\n\n{report}\n")
+        _unhealthy.append(f"{request.node.nodeid} ({exc}; diagnostics in {saved})")
+        raise AssertionError(f"{exc}\ndiagnostics saved in {saved}\n\n{report}") from None
     return driver
+
+
+_unhealthy: list[str] = []  # the first test whose `lab` fixture could not bring the lab back to health
+
+
+def lab_diagnostics() -> str:
+    """Everything needed to tell why the lab is not healthy, for a failure message (CI shows nothing else)."""
+    gw_log = "/var/log/charon.log"
+    aws = paths.STATE_DIR / "aws"
+    commands = [
+        ("status",),
+        ("exec", "gw", "ip", "-d", "-s", "link", "show", "type", "vti"),
+        ("exec", "gw", "ip", "rule"),
+        ("exec", "gw", "ip", "route", "show", "table", "all"),
+        ("exec", "gw", "cat", STATE_FILE),
+        ("exec", "gw", "swanctl", "--list-sas"),
+        ("exec", "gw", "ip", "xfrm", "policy"),  # not `xfrm state`: it prints the keys
+        ("exec", "gw", "nft", "list", "ruleset"),
+        ("exec", "aws", "ip", "route"),
+        ("exec", "aws", "ip", "-s", "link", "show", "type", "vti"),
+        ("exec", "root", "cat", str(aws / "monitor-status.json")),
+        ("exec", "root", "tail", "-n", "40", str(paths.STATE_DIR / "logs" / "aws-route-monitor.log")),
+        ("exec", "root", "tail", "-n", "60", str(paths.STATE_DIR / "logs" / "gw-vpnctl-daemon.log")),
+        ("exec", "gw", "tail", "-n", "80", gw_log),
+        ("exec", "root", "tail", "-n", "60", str(aws / "charon.log")),
+        ("exec", "inet", "nft", "list", "ruleset"),
+    ]
+    parts = []
+    for argv in commands:
+        try:
+            r = driver.lab(*argv, timeout=120)
+            parts.append(f"$ lab {' '.join(argv)}  (rc {r.rc})\n{r.out[-6000:]}{r.err[-2000:]}")
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must not hide the failure it explains
+            parts.append(f"$ lab {' '.join(argv)}: {exc}")
+    return "lab diagnostics:\n" + "\n".join(parts)
 
 
 # --- helpers for the rekey / fault / secrets tests ------------------------------------------------------------------
