@@ -80,21 +80,30 @@ def configure(hc: dict, operator_dir: Path | None, say: Callable[[str], None]) -
 
 
 def activate_like_systemd(changed: list[str], say: Callable[[str], None]) -> None:
+    """hostconfig.deliver.gateway.activation_commands' order: the agent before charon loads the tunnels, so that every
+    updown hook finds the daemon running (and returns at once instead of reconciling while charon waits)."""
+    run_in("gw", [VPNCTL, "reconcile"], timeout=300)
+    say("gateway: vpnctl reconcile done")
+    restart_agent()
+    say("gateway: vpnctl daemon running")
     if CHARON_SNIPPET in changed:
         topology.restart_gw_charon()
         say("gateway: charon restarted (strongswan.d changed) and swanctl --load-all")
     elif any(p.startswith("/etc/swanctl/") for p in changed):
         run_in("gw", ["swanctl", "--load-all", "--noprompt"], timeout=300)
         say("gateway: swanctl --load-all")
-    run_in("gw", [VPNCTL, "reconcile"], timeout=300)
-    say("gateway: vpnctl reconcile done")
-    restart_agent()
-    say("gateway: vpnctl daemon running")
+
+
+DAEMON_LOCK = "/run/hybrid-vpn/daemon.lock"  # agent.json paths.state_dir + hostconfig/agent/state.py DAEMON_LOCK
 
 
 def restart_agent() -> None:
+    """Stop the daemon, start it, and return once it holds its lock: from then on updown hooks leave the work to it."""
     topology.stop_process("gw-vpnctl-daemon")
     spawn_in("gw", "gw-vpnctl-daemon", [VPNCTL, "daemon"])
+    # `flock -n -s` fails (1) while the daemon holds its exclusive lock
+    topology.wait_for(lambda: run_in("gw", ["flock", "-n", "-s", DAEMON_LOCK, "true"], check=False).returncode == 1,
+                      120, "the vpnctl daemon to take its lock")
 
 
 def status(out: BinaryIO, err: BinaryIO) -> None:
@@ -123,7 +132,7 @@ def push(files_json: Path) -> int:
     target = SshTarget(host=hc["gateway"]["public_ip"], host_public_key=hc["gateway"]["ssh_host_public_key"],
                        private_key=(OPS_DIR / "id_ed25519").read_text(), connect_deadline_seconds=120)
     # Activation is done by the lab controller afterwards, in the order of hostconfig.deliver.gateway's
-    # activation_commands (restart charon if its snippet changed, then load swanctl, then the agent): the lab has no
+    # activation_commands (the agent, then restart charon if its snippet changed, then load swanctl): the lab has no
     # systemd. Loading swanctl here, before a charon restart, would bring the tunnels up only to tear them down again.
     report = push_files(target, files, validate=validation_commands(), activate=[],
                         secret_values=bundle["secret_values"])

@@ -120,7 +120,6 @@ def cmd_updown(config: AgentConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(config: AgentConfig, args: argparse.Namespace) -> int:
-    from .daemon import FailoverDaemon
     from .state import LockTimeout, acquire_daemon_lock
 
     try:
@@ -128,6 +127,9 @@ def cmd_daemon(config: AgentConfig, args: argparse.Namespace) -> int:
     except LockTimeout as exc:
         log.error("daemon: %s; one daemon per gateway (`systemctl status hybrid-vpn-failover`)", exc)
         return 1
+    # The lock first, the heavy imports (pyroute2) after: from now on updown hooks leave the work to this daemon.
+    from .daemon import FailoverDaemon
+
     try:
         FailoverDaemon(config, args.tunnel_links,
                        full_reconcile_seconds=args.full_reconcile_seconds).run(duration=args.duration)

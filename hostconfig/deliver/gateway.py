@@ -27,14 +27,19 @@ def validation_commands() -> list[Command]:
 
 
 def activation_commands(strongswan_unit: str = "strongswan", agent_unit: str = "hybrid-vpn-failover") -> list[Command]:
-    """Reloads in dependency order; each runs only when a file it reads changed."""
+    """Reloads in dependency order; each runs only when a file it reads changed.
+
+    The agent first: its daemon creates the VTIs at start and, once running, keeps charon's updown hook to a few
+    milliseconds of work (charon waits for the hook). SAs brought up before it would each run a hook that reconciles
+    itself; in the lab's slow VM those held charon for 20 s at start-up and a tunnel failed to come up.
+    """
     return [
         Command(("systemctl", "daemon-reload"), when_changed=(FAILOVER_UNIT,)),
+        Command(("systemctl", "restart", agent_unit),
+                when_changed=(AGENT_CONFIG, NFT_RULESET, VPNCTL, FAILOVER_UNIT, SWANCTL_CONF)),
         # charon reads strongswan.d (install_routes, the VICI socket) only when it starts.
         Command(("systemctl", "restart", strongswan_unit), when_changed=(CHARON_CONF,)),
         Command(("swanctl", "--load-all"), when_changed=(SWANCTL_CONF, CHARON_CONF)),
-        Command(("systemctl", "restart", agent_unit),
-                when_changed=(AGENT_CONFIG, NFT_RULESET, VPNCTL, FAILOVER_UNIT, SWANCTL_CONF)),
     ]
 
 
