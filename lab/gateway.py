@@ -1,5 +1,5 @@
 """The lab gateway driven by the project's real chain: host_config -> GatewayPlan -> rendered files -> SSH push from
-the operator namespace -> charon loads them -> `vpnctl reconcile` and `vpnctl daemon` run in the gateway.
+the operator namespace -> `vpnctl daemon` (which reconciles at start) runs in the gateway -> charon loads the tunnels.
 
 The lab has no systemd: the controller plays its part (what the pushed unit and `systemctl restart` would do): it
 restarts charon when its strongswan.d snippet changed, and (re)starts `vpnctl daemon` in the gateway's namespaces.
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from hostconfig import plan
+from hostconfig.agent import state as agent_state
 from lab import host_config_source, operator, paths, standin_gateway, topology
 from lab.addresses import LabAddressPlan
 from lab.sh import ns_prefix, pid_of, run, run_in, spawn_in
@@ -81,9 +83,8 @@ def configure(hc: dict, operator_dir: Path | None, say: Callable[[str], None]) -
 
 def activate_like_systemd(changed: list[str], say: Callable[[str], None]) -> None:
     """hostconfig.deliver.gateway.activation_commands' order: the agent before charon loads the tunnels, so that every
-    updown hook finds the daemon running (and returns at once instead of reconciling while charon waits)."""
-    run_in("gw", [VPNCTL, "reconcile"], timeout=300)
-    say("gateway: vpnctl reconcile done")
+    updown hook finds the daemon running (and returns at once instead of reconciling while charon waits). No separate
+    `vpnctl reconcile`: the daemon's start is one (links, addresses, sysctls, routes, rule, nftables)."""
     restart_agent()
     say("gateway: vpnctl daemon running")
     if CHARON_SNIPPET in changed:
@@ -94,7 +95,7 @@ def activate_like_systemd(changed: list[str], say: Callable[[str], None]) -> Non
         say("gateway: swanctl --load-all")
 
 
-DAEMON_LOCK = "/run/hybrid-vpn/daemon.lock"  # agent.json paths.state_dir + hostconfig/agent/state.py DAEMON_LOCK
+DAEMON_LOCK = f"{plan.STATE_DIR}/{agent_state.DAEMON_LOCK}"  # the gateway's, as rendered into agent.json
 
 
 def restart_agent() -> None:

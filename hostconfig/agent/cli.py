@@ -89,8 +89,9 @@ def cmd_updown(config: AgentConfig, args: argparse.Namespace) -> int:
         return 2
     tunnel = tunnel_for_event(config, event)
     record_event(config, event, tunnel)
+    what = f"updown: {event.verb} {event.connection} (tunnel {tunnel or 'unknown'})"
     if tunnel is None or not (event.is_up or event.is_down):
-        log.info("updown: %s %s (tunnel %s)", event.verb, event.connection, tunnel or "unknown")
+        log.info("%s", what)
         return 0
     # charon runs this hook synchronously, holding the SA and one of its threads, so every second here is a second
     # charon cannot answer the peer. With the daemon alive the hook stops here: the daemon sees the same event over
@@ -98,11 +99,9 @@ def cmd_updown(config: AgentConfig, args: argparse.Namespace) -> int:
     # (importing pyroute2 alone takes seconds on a slow VM) held charon 11-30 s after a double outage, both ends'
     # IKE_SA_INIT timed out, and a tunnel stayed down.
     if daemon_lock_held(config.paths.state_dir):
-        log.info("updown: %s %s (tunnel %s): recorded; the failover daemon acts on it", event.verb,
-                 event.connection, tunnel)
+        log.info("%s: recorded; the failover daemon acts on it", what)
         return 0
-    log.info("updown: %s %s (tunnel %s): no failover daemon running, reconciling here", event.verb,
-             event.connection, tunnel)
+    log.info("%s: no failover daemon running, reconciling here", what)
     from .kernel import Kernel  # pyroute2: only on this path
     from .reconcile import Reconciler
     from .state import LockTimeout, reconcile_lock

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from hostconfig.agent.state import DAEMON_STATE
+from hostconfig.plan import STATE_DIR
 from lab import driver, paths
 
 
@@ -39,6 +41,7 @@ def lab(lab_up, request, tmp_path_factory):
         # Once the lab could not be brought back, every later test would wait out the same deadlines (an hour of CI
         # for one fault): fail at once, pointing at the first failure and its diagnostics.
         pytest.fail(f"the lab is unhealthy since {_unhealthy[0]}")
+    remove_fault()
     for tunnel in ("tunnel1", "tunnel2"):
         driver.lab("heal", tunnel, check=True)
     driver.lab("prefer", "tunnel1", check=True)
@@ -95,7 +98,7 @@ def lab_diagnostics() -> str:
 # --- helpers for the rekey / fault / secrets tests ------------------------------------------------------------------
 
 VPC_HOST = "10.0.4.85"
-STATE_FILE = "/run/hybrid-vpn/daemon-state.json"
+STATE_FILE = f"{STATE_DIR}/{DAEMON_STATE}"  # the gateway's, as rendered into agent.json
 
 
 @dataclass

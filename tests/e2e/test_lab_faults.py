@@ -129,10 +129,9 @@ def let_traffic_start() -> None:
 
 @pytest.fixture
 def matrix(lab):
-    """Start settled, give the test a list of undo actions, run them (newest first) and settle again afterwards."""
+    """Give the test (started settled by the `lab` fixture) a list of undo actions, run them (newest first) and
+    settle again afterwards."""
     undo: list[Callable[[], object]] = []
-    remove_fault()
-    wait_settled(300, "daemon settled on tunnel1 with both tunnels up")
     try:
         yield undo
     finally:
