@@ -8,10 +8,14 @@ naming the key, the rule and a right example. Tests call it without any Pulumi r
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import logging
+import os
 import re
-from collections.abc import Callable, Mapping
+import struct
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,13 +110,48 @@ SG_ID_PATTERN = re.compile(r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$")
 LINODE_TYPE_PATTERN = re.compile(r"^g\d+-[a-z0-9-]+$")
 LINODE_IMAGE_PATTERN = re.compile(r"^(linode|private)/[A-Za-z0-9._-]+$")
 VLAN_LABEL_PATTERN = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-SSH_KEY_PATTERN = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) "
-                             r"[A-Za-z0-9+/]+=*( .*)?$")
+# OpenSSH public key types and how many SSH strings their key data holds after the type name (RFC 4253 6.6, RFC 5656
+# 3.1, RFC 8709 4, OpenSSH PROTOCOL.u2f). The Linode API and sshd refuse a line whose data does not parse.
+SSH_KEY_FIELDS = {
+    "ssh-ed25519": 1,
+    "ssh-rsa": 2,
+    "ecdsa-sha2-nistp256": 2,
+    "ecdsa-sha2-nistp384": 2,
+    "ecdsa-sha2-nistp521": 2,
+    "sk-ssh-ed25519@openssh.com": 2,
+    "sk-ecdsa-sha2-nistp256@openssh.com": 3,
+}
+SSH_PRIVATE_KEY_EXAMPLE = "pulumi config set --secret --path 'hybrid-vpn:delivery.ssh_private_key' < ~/.ssh/id_ed25519"
+SSH_KEY_EXAMPLE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... you@laptop (the line of ~/.ssh/id_ed25519.pub)"
 IFNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 SSH_USER_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # 16-bit private ASNs or 32-bit private ASNs, as CreateVpnGateway accepts them.
 AMAZON_ASN_RANGES = ((64512, 65534), (4200000000, 4294967294))
 CUSTOMER_GATEWAY_ASN = 65000  # unused with static routes, but AWS requires one; must differ from Amazon's
+# Sources of SSH that no Cloud Firewall on the internet ever sees (IANA IPv4 special-purpose registry): an admin CIDR
+# inside one admits nobody, and the push times out at the firewall. The lab's emulated cloud uses 192.0.2.0/24 on
+# purpose; only there are these accepted (see ``parse_stack_config(real_cloud=...)``).
+NOT_INTERNET_SOURCES = tuple((ipaddress.ip_network(net), what) for net, what in (
+    ("0.0.0.0/8", "'this network' (RFC 791)"),
+    ("10.0.0.0/8", "a private range (RFC 1918): the firewall sees your NAT's public address"),
+    ("100.64.0.0/10", "carrier-grade NAT shared space (RFC 6598): the firewall sees your carrier's public address"),
+    ("127.0.0.0/8", "loopback (RFC 1122)"),
+    ("169.254.0.0/16", "link-local (RFC 3927)"),
+    ("172.16.0.0/12", "a private range (RFC 1918): the firewall sees your NAT's public address"),
+    ("192.0.0.0/24", "IETF protocol assignments (RFC 6890)"),
+    ("192.0.2.0/24", "a documentation range (RFC 5737): no host has this address"),
+    ("192.168.0.0/16", "a private range (RFC 1918): the firewall sees your NAT's public address"),
+    ("198.18.0.0/15", "the benchmarking range (RFC 2544)"),
+    ("198.51.100.0/24", "a documentation range (RFC 5737): no host has this address"),
+    ("203.0.113.0/24", "a documentation range (RFC 5737): no host has this address"),
+    ("224.0.0.0/4", "multicast (RFC 5771)"),
+    ("240.0.0.0/4", "reserved (RFC 1112)"),
+))
+# Where the operator's public address can come from without sending a packet: the operator says it. Per machine, not
+# per stack, so an environment variable and not a stack key.
+OPERATOR_IP_ENV = "HYBRID_VPN_OPERATOR_IP"
+ADMIN_CIDR_EXAMPLE = ("[<your public IPv4>/32], the address you deploy from as the internet sees it (what "
+                      "https://checkip.amazonaws.com shows)")
 
 
 class ConfigError(ValueError):
@@ -374,6 +413,44 @@ def _parse_network(section: _Section, key: str, text: Any, example: str, *, priv
     return str(net)
 
 
+def ssh_public_key_problem(line: str) -> str | None:
+    """Why ``line`` is not an OpenSSH public key line ``<type> <base64 key data> [comment]``, or None when it is one.
+
+    The key data is parsed, not only pattern-matched: a placeholder such as ``AAAAC3...ReplaceMe`` looks like a key
+    but is refused by the Linode API (or, worse, accepted and never matches), and the SSH push fails minutes later.
+    """
+    fields = line.strip().split(None, 2)
+    if len(fields) < 2:
+        return "expected '<type> <base64 key data> [comment]'"
+    key_type, data = fields[0], fields[1]
+    if key_type not in SSH_KEY_FIELDS:
+        return f"unknown key type {key_type[:40]!r} (known: {', '.join(SSH_KEY_FIELDS)})"
+    try:
+        blob = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return "the key data is not valid base64 (a placeholder or a truncated copy?)"
+    strings: list[bytes] = []
+    offset = 0
+    while offset < len(blob):
+        if offset + 4 > len(blob):
+            return "the key data ends inside a length field (truncated?)"
+        (length,) = struct.unpack(">I", blob[offset:offset + 4])
+        offset += 4
+        if offset + length > len(blob):
+            return "the key data is shorter than its own length fields say (truncated?)"
+        strings.append(blob[offset:offset + length])
+        offset += length
+    embedded = strings[0].decode("ascii", "replace") if strings else ""
+    if embedded != key_type:
+        return f"the line says {key_type!r} but its key data is of type {embedded[:40]!r}"
+    if len(strings) - 1 != SSH_KEY_FIELDS[key_type]:
+        return f"the key data of a {key_type} key holds {SSH_KEY_FIELDS[key_type]} field(s) after the type, " \
+               f"this one {len(strings) - 1}"
+    if key_type in ("ssh-ed25519", "sk-ssh-ed25519@openssh.com") and len(strings[1]) != 32:
+        return f"an Ed25519 public key is 32 bytes, this one {len(strings[1])}"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Sections
 # ---------------------------------------------------------------------------------------------------------------------
@@ -442,12 +519,13 @@ def _parse_linode(problems: list[str], raw: Any) -> dict[str, Any]:
                             "linode/debian12")
 
     def check_key(key: str, item: str) -> str | None:
-        if not SSH_KEY_PATTERN.fullmatch(item.strip()):
-            s.fail(key, "is not an OpenSSH public key line", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... you@laptop")
+        problem = ssh_public_key_problem(item)
+        if problem:
+            s.fail(key, f"is not an OpenSSH public key line: {problem}", SSH_KEY_EXAMPLE)
             return None
         return item.strip()
 
-    out["authorized_keys"] = s.string_list("authorized_keys", check_key, "[ssh-ed25519 AAAA... you@laptop]")
+    out["authorized_keys"] = s.string_list("authorized_keys", check_key, f"[{SSH_KEY_EXAMPLE}]")
     out["subnet_cidr"] = None
     subnet = s.get("subnet_cidr")
     if subnet is not _MISSING:
@@ -539,9 +617,15 @@ def _parse_tunnels(problems: list[str], raw: Any) -> dict[str, Any]:
             else:
                 out["marks"] = tuple(checked)
 
+    taken = _interfaces_not_for_tunnels()
+
     def check_ifname(key: str, item: str) -> str | None:
         if not IFNAME_PATTERN.fullmatch(item):
             s.fail(key, f"{item!r} is not a Linux interface name (1-15 of letters, digits, . _ -)", "vti-aws1")
+            return None
+        if item in taken:
+            s.fail(key, f"{item!r} is {taken[item]}; the agent owns, recreates and re-addresses the tunnel interfaces, "
+                   "so a tunnel may not take a name the gateway already uses", "vti-aws1")
             return None
         return item
 
@@ -557,6 +641,21 @@ def _parse_tunnels(problems: list[str], raw: Any) -> dict[str, Any]:
                str(out["mtu"] - 40))
         out["tcp_mss"] = None
     return out
+
+
+def _interfaces_not_for_tunnels() -> dict[str, str]:
+    """Interface names on the gateway that are not the agent's to make, with what each one is."""
+    # The NIC names are facts of the Linode side (infra/linode.py); imported here, late, because that module loads
+    # pulumi_linode and the rest of this module stays importable without the Pulumi providers.
+    from infra.linode import PUBLIC_INTERFACE, VLAN_INTERFACE
+
+    return {
+        PUBLIC_INTERFACE: "the gateway's public (VPC, 1:1 NAT) NIC",
+        VLAN_INTERFACE: "the gateway's VLAN NIC",
+        "lo": "the loopback interface",
+        # The ip_vti module creates this fallback device itself when it loads.
+        "ip_vti0": "the kernel's own fallback VTI device",
+    }
 
 
 def _psk_violation(psk: str) -> str:
@@ -674,9 +773,16 @@ def _parse_delivery(problems: list[str], raw: Any) -> DeliveryConfig | None:
     key = s.get("ssh_private_key")
     secret_key = None
     if key is not None and key is not _MISSING:
-        if not isinstance(key, str) or "PRIVATE KEY-----" not in key:
-            s.fail("ssh_private_key", "(value hidden) is not a PEM/OpenSSH private key",
-                   "pulumi config set --secret --path 'hybrid-vpn:delivery.ssh_private_key' < ~/.ssh/id_ed25519")
+        # The push's own loader: a key it cannot read fails here, at preview, not after the VPN connection exists.
+        from hostconfig.deliver.push import load_private_key
+
+        try:
+            if not isinstance(key, str):
+                raise ValueError("not a string")
+            load_private_key(key)
+        except ValueError:
+            s.fail("ssh_private_key", "(value hidden) is not an unencrypted OpenSSH or PEM private key (ed25519, "
+                   "ecdsa or rsa)", SSH_PRIVATE_KEY_EXAMPLE)
         else:
             secret_key = Secret(key)
     timeout = s.integer("timeout_seconds", 10, 3600, "10..3600 seconds", "300")
@@ -750,12 +856,79 @@ def _cross_checks(problems: list[str], aws: dict[str, Any], linode: dict[str, An
                         "delivery.enabled: false")
 
 
+def _secret_checks(problems: list[str], raw: Mapping[str, Any], secret_keys: frozenset[str]) -> None:
+    """PSKs and private keys must arrive as secrets (stored encrypted in the stack file), never in clear.
+
+    Pulumi marks a top-level key secret when any value inside it was set with ``--secret`` (the engine's
+    ``config.Map.SecureKeys``), so the check is per top-level key: ``hybrid-vpn:tunnels``, ``hybrid-vpn:delivery``.
+    """
+    tunnels, delivery = raw.get("tunnels"), raw.get("delivery")
+    if isinstance(tunnels, Mapping) and tunnels.get("psks") is not None and "tunnels" not in secret_keys:
+        problems.append(f"{NAMESPACE}:tunnels.psks: (values hidden) are in clear in the stack file: pre-shared keys "
+                        "must be set as secrets, stored encrypted; example: pulumi config set --secret --path "
+                        "'hybrid-vpn:tunnels.psks[0]' '<8-64 letters/digits/./_>' (and psks[1]), or remove psks to "
+                        "have them generated")
+    if isinstance(delivery, Mapping) and delivery.get("ssh_private_key") is not None and "delivery" not in secret_keys:
+        problems.append(f"{NAMESPACE}:delivery.ssh_private_key: (value hidden) is in clear in the stack file: a "
+                        f"private key must be set as a secret, stored encrypted; example: {SSH_PRIVATE_KEY_EXAMPLE} "
+                        "(or remove it to use your ssh-agent)")
+
+
+def _not_internet_source(net: ipaddress.IPv4Network) -> tuple[ipaddress.IPv4Network, str] | None:
+    for block, what in NOT_INTERNET_SOURCES:
+        if net.subnet_of(block):
+            return block, what
+    return None
+
+
+def _real_cloud_checks(problems: list[str], linode: Mapping[str, Any], admin_cidrs: tuple[str, ...] | None,
+                       delivery: DeliveryConfig | None, operator_ip: str | None) -> None:
+    """What must hold for the SSH push to reach a real gateway (the emulated cloud of the lab is exempt)."""
+    for i, cidr in enumerate(admin_cidrs or ()):
+        found = _not_internet_source(ipaddress.IPv4Network(cidr))
+        if found:
+            problems.append(f"{NAMESPACE}:admin_cidrs[{i}]: {cidr} is inside {found[0]}, {found[1]}; SSH to the "
+                            "gateway (and the push) would be refused by its Cloud Firewall; example: "
+                            f"{ADMIN_CIDR_EXAMPLE}")
+    if delivery is None or not delivery.enabled:
+        return
+    keys = linode.get("authorized_keys")
+    if keys is not None and not keys:
+        problems.append(f"{NAMESPACE}:linode.authorized_keys: is empty but delivery.enabled is true: the push logs in "
+                        f"as {delivery.ssh_user} with your SSH key, and the gateway would accept none; example: "
+                        f"[{SSH_KEY_EXAMPLE}]")
+    elif keys and delivery.ssh_private_key is not None:
+        from hostconfig.deliver.push import fingerprint, load_private_key
+
+        private = load_private_key(delivery.ssh_private_key.reveal())
+        blobs = {line.split()[1] for line in keys}
+        if private.get_base64() not in blobs:
+            problems.append(f"{NAMESPACE}:delivery.ssh_private_key: (value hidden) its public key "
+                            f"{fingerprint(private)} is not in linode.authorized_keys, so the push could not log in; "
+                            "example: add the line `ssh-keygen -y -f ~/.ssh/id_ed25519` prints to "
+                            "linode.authorized_keys")
+    if operator_ip is not None and admin_cidrs:
+        try:
+            address = ipaddress.IPv4Address(operator_ip.strip())
+        except ValueError:
+            problems.append(f"{OPERATOR_IP_ENV} (environment): {operator_ip.strip()[:40]!r} is not an IPv4 address; "
+                            "example: the address https://checkip.amazonaws.com shows, or unset it to skip the check")
+            return
+        if not any(address in ipaddress.IPv4Network(c) for c in admin_cidrs):
+            problems.append(f"{NAMESPACE}:admin_cidrs: does not hold {address}, your address ({OPERATOR_IP_ENV}): the "
+                            f"Cloud Firewall would refuse the SSH push from this machine; example: [{address}/32]")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------------------------------------------------
-def parse_stack_config(raw: Mapping[str, Any]) -> StackConfig:
+def parse_stack_config(raw: Mapping[str, Any], *, secret_keys: Collection[str] = (), real_cloud: bool = False,
+                       operator_ip: str | None = None) -> StackConfig:
     """Validate the stack config (keys without the ``hybrid-vpn:`` prefix) and build the model.
 
+    ``secret_keys``: the top-level keys (``tunnels``, ``delivery``) that arrived as secrets. ``real_cloud``: the
+    program deploys to AWS and Linode (not the lab's emulated cloud), so the rules of ``_real_cloud_checks`` apply.
+    ``operator_ip``: the deploying machine's public IPv4 address, when known, checked against ``admin_cidrs``.
     Raises ``ConfigError`` listing every problem; nothing is half-applied because nothing is created before this.
     """
     problems: list[str] = []
@@ -778,6 +951,9 @@ def parse_stack_config(raw: Mapping[str, Any]) -> StackConfig:
     tags = _parse_tags(problems, raw.get("tags"))
     delivery = _parse_delivery(problems, raw.get("delivery"))
     _cross_checks(problems, aws, linode, admin_cidrs, delivery)
+    _secret_checks(problems, raw, frozenset(secret_keys))
+    if real_cloud:
+        _real_cloud_checks(problems, linode, admin_cidrs, delivery, operator_ip)
     if problems:
         raise ConfigError(problems)
     return StackConfig(
@@ -806,9 +982,25 @@ def load_stack_config() -> StackConfig:
             raw[key] = value
     for unknown in _unknown_namespace_keys():
         raw[unknown] = None
-    config = parse_stack_config(raw)
+    from pulumi.runtime import config as runtime_config
+
+    secret_keys = [key for key in TOP_LEVEL_KEYS if runtime_config.is_config_secret(f"{NAMESPACE}:{key}")]
+    real_cloud = not _cloud_is_emulated()
+    operator_ip = os.environ.get(OPERATOR_IP_ENV) or None
+    config = parse_stack_config(raw, secret_keys=secret_keys, real_cloud=real_cloud, operator_ip=operator_ip)
+    if real_cloud and config.delivery.enabled and operator_ip is None:
+        pulumi.log.warn(f"{OPERATOR_IP_ENV} is not set, so whether hybrid-vpn:admin_cidrs admits this machine is not "
+                        "checked before the gateway is created; the SSH push fails after ~10 minutes if it does not. "
+                        f"Check it now: export {OPERATOR_IP_ENV}=<the address https://checkip.amazonaws.com shows>")
     log.info("stack config valid: aws %s, linode %s", config.aws.region, config.linode.region)
     return config
+
+
+def _cloud_is_emulated() -> bool:
+    """True under the SDK's mocks (the lab, the tests): the only place documentation addresses can be reached."""
+    from pulumi.runtime import mocks, settings
+
+    return isinstance(settings.get_monitor(), mocks.MockMonitor)
 
 
 def _unknown_namespace_keys() -> list[str]:
