@@ -28,6 +28,8 @@ from infra.outputs import GatewayFacts, TunnelFacts, build_host_config, ssh_host
 from infra.psk import tunnel_psks
 
 config = load_stack_config()  # raises with every problem listed, before any resource exists
+# An explicit provider reads no aws:* stack settings by itself: pass them (profile, assumeRoles, ...) through.
+aws_provider_settings = aws_provider_args(load_namespace("aws"), config.aws.region)  # refuses bad keys, as above
 stack = pulumi.get_stack()
 label = f"hybrid-vpn-{stack}-gw"
 
@@ -57,8 +59,7 @@ gateway = LinodeGatewaySide("gateway", LinodeGatewaySideArgs(
     tags=config.tags,
 ))
 
-# An explicit provider reads no aws:* stack settings by itself: pass them (profile, assumeRoles, ...) through.
-aws_provider = aws.Provider("aws", **aws_provider_args(load_namespace("aws"), config.aws.region))
+aws_provider = aws.Provider("aws", **aws_provider_settings)
 psks = tunnel_psks("vpn", config.tunnels)
 vpn = AwsVpnSide("vpn", AwsVpnSideArgs(
     customer_gateway_ip=gateway.public_ip,
@@ -104,4 +105,4 @@ pulumi.export("host_config", host_config)  # docs/contracts.md §1; secret as a 
 if config.delivery.enabled:
     from hostconfig.deliver.program import gateway_config
 
-    gateway_config("gateway-config", host_config, config.delivery, depends_on=[connection, firewall_rules])
+    gateway_config("gateway-config", host_config, config.delivery, depends_on=[connection, firewall, firewall_rules])
