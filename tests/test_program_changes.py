@@ -25,8 +25,9 @@ T_ROUTE = "aws:ec2/vpnConnectionRoute:VpnConnectionRoute"
 T_PROP = "aws:ec2/vpnGatewayRoutePropagation:VpnGatewayRoutePropagation"
 
 # Inputs that force a new resource. Linode instance: ForceNew in terraform-provider-linode (the provider
-# pulumi-linode bridges) linode/instance/schema_resource.go (image, authorized_keys, authorized_users, metadata.user_data,
-# interface_generation, firewall_id, backup_id, stackscript_*, ipv4, network_helper, disk_encryption) and
+# pulumi-linode bridges) linode/instance/schema_resource.go (image, authorized_keys, authorized_users,
+# metadata.user_data, interface_generation, firewall_id, backup_id, stackscript_*, ipv4, network_helper,
+# disk_encryption) and
 # linode/instance/linode_interfaces.go (linode_interfaces and every field in it). AWS: ForceNew in
 # terraform-provider-aws for vpn_connection_route and vpn_gateway_route_propagation (all their arguments).
 FORCE_NEW: dict[str, set[str]] = {
