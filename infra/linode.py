@@ -18,6 +18,7 @@ needs.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,8 +69,20 @@ class LinodeGatewaySideArgs:
 #       not need a new gateway (new public IP, new customer gateway, both tunnels down) -> ignored after creation.
 #   metadatas (user data): cloud-init runs it at first boot only; the host config is pushed over SSH by delivery, so
 #       a template edit must not rebuild the gateway -> ignored after creation.
-# docs/changes.md says what this means for a user and what to look for in `pulumi preview`.
+# Ignored inputs keep their state value even through a replacement (the engine substitutes it before deciding), so a
+# replaced gateway would boot with the old user data. REBUILD_ENV=1 drops the list for one run: the preview then
+# shows the edit as a replacement and a confirmed `up` builds the gateway from the current inputs (docs/changes.md).
 INSTANCE_IGNORE_CHANGES = ["authorized_keys", "metadatas"]
+REBUILD_ENV = "HYBRID_VPN_REBUILD_GATEWAY"
+
+
+def instance_ignore_changes(environ: Mapping[str, str]) -> list[str]:
+    """The instance's ignore_changes: none when the operator asks for a rebuild from the current inputs."""
+    if environ.get(REBUILD_ENV) == "1":
+        log.warning("%s=1: user data and authorized keys are compared again; an edit replaces the gateway",
+                    REBUILD_ENV)
+        return []
+    return list(INSTANCE_IGNORE_CHANGES)
 
 
 class LinodeGatewaySide(pulumi.ComponentResource):
@@ -119,7 +132,7 @@ class LinodeGatewaySide(pulumi.ComponentResource):
             ],
             metadatas=[linode.InstanceMetadataArgs(user_data=pulumi.Output.from_input(args.user_data).apply(_b64))],
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True,
-                                        ignore_changes=list(INSTANCE_IGNORE_CHANGES)),
+                                        ignore_changes=instance_ignore_changes(os.environ)),
         )
         # Instance.ip_address is deprecated and the interface outputs carry no interface id: ask the networking
         # data source, which reports the VPC address, its 1:1 NAT address and the interface id together.
@@ -231,8 +244,6 @@ def _rule_dict(rule: linode.FirewallInboundArgs) -> dict[str, Any]:
 
 def _token(config_token: str | None) -> str:
     """The Linode API token: the stack's ``linode:token`` (what the Linode provider uses), else LINODE_TOKEN."""
-    import os
-
     token = config_token or os.environ.get("LINODE_TOKEN") or os.environ.get("LINODE_API_TOKEN")
     if not token:
         raise ValueError("FirewallRules needs the Linode API token: `pulumi config set --secret linode:token ...` "

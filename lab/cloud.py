@@ -185,16 +185,21 @@ class CloudMocks(pulumi.runtime.Mocks):
 
     def __init__(self, plan: CloudAddressPlan = DEFAULT_PLAN):
         self.plan = plan
-        self._next_linode_id = 41000
+        self._used_linode_ids: set[int] = set()
         self._subnets: dict[int, str] = {}  # Linode subnet id -> CIDR
         self._instances: dict[int, dict[str, Any]] = {}  # Linode id -> networking facts
         self._cgw_ips: dict[str, str] = {}
         self._interface_ids: dict[int, tuple[int, int]] = {}
         self._firewalls: dict[int, list[dict[str, Any]]] = {}  # Linode firewall id -> its current inbound rules
 
-    def _linode_id(self) -> int:
-        self._next_linode_id += 1
-        return self._next_linode_id
+    def _linode_id(self, kind: str, name: str) -> int:
+        """A numeric Linode id derived from the resource, not from registration order (which varies from run to
+        run): two runs of the program then agree on the ids of the resources they share, as a state would."""
+        candidate = 41000 + int(hashlib.sha256(f"{kind}:{name}".encode()).hexdigest()[:8], 16) % 50000
+        while candidate in self._used_linode_ids:
+            candidate += 1
+        self._used_linode_ids.add(candidate)
+        return candidate
 
     # -- resources ------------------------------------------------------------------------------------------------
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
@@ -287,15 +292,16 @@ class CloudMocks(pulumi.runtime.Mocks):
         return _hex_id("sgrule", name, 10), inputs
 
     def _vpc_linode(self, name: str, inputs: dict) -> tuple[str, dict]:
-        return str(self._linode_id()), {**inputs, "created": "2026-01-01T00:00:00", "updated": "2026-01-01T00:00:00"}
+        return str(self._linode_id("vpc", name)), {**inputs, "created": "2026-01-01T00:00:00",
+                                                   "updated": "2026-01-01T00:00:00"}
 
     def _vpcsubnet_linode(self, name: str, inputs: dict) -> tuple[str, dict]:
-        subnet_id = self._linode_id()
+        subnet_id = self._linode_id("subnet", name)
         self._subnets[subnet_id] = inputs.get("ipv4", "10.8.0.0/24")
         return str(subnet_id), {**inputs, "linodes": []}
 
     def _instance_linode(self, name: str, inputs: dict) -> tuple[str, dict]:
-        linode_id = self._linode_id()
+        linode_id = self._linode_id("instance", name)
         subnet_id = None
         for iface in inputs.get("linodeInterfaces") or []:
             if iface.get("vlan") and iface.get("firewallId"):
@@ -313,7 +319,7 @@ class CloudMocks(pulumi.runtime.Mocks):
                                 "ipv6": "", "specs": [{"disk": 25600, "memory": 2048, "vcpus": 1, "transfer": 2000}]}
 
     def _firewall_linode(self, name: str, inputs: dict) -> tuple[str, dict]:
-        firewall_id = self._linode_id()
+        firewall_id = self._linode_id("firewall", name)
         self._firewalls[firewall_id] = list(inputs.get("inbounds") or [])
         return str(firewall_id), {**inputs, "status": "enabled", "devices": []}
 

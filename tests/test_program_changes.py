@@ -41,29 +41,29 @@ FORCE_NEW: dict[str, set[str]] = {
 
 def plan(old: ProgramRun, new: ProgramRun) -> dict[str, str]:
     """name -> same | update | replace | create (new resources) and delete (old ones nothing claims)."""
-    by_name = {r.name: r for r in old.resources}
+    by_key = {(r.type, r.name): r for r in old.resources}  # a URN is unique; (type, name) is here
     steps: dict[str, str] = {}
-    claimed: set[str] = set()
+    claimed: set[tuple[str, str]] = set()
     for resource in new.resources:
-        previous = _previous(resource, by_name)
+        if not resource.id and not resource.type.startswith("pulumi:providers:"):
+            continue  # a component: nothing in the cloud to compare
+        previous = _previous(resource, by_key)
         if previous is None:
             steps[resource.name] = "create"
             continue
-        claimed.add(previous.name)
+        claimed.add((previous.type, previous.name))
         steps[resource.name] = _step(previous, resource)
-    for name in by_name:
-        if name not in claimed:
+    for (typ, name), r in by_key.items():
+        if (typ, name) not in claimed and (r.id or typ.startswith("pulumi:providers:")):
             steps[name] = "delete"
     return steps
 
 
-def _previous(resource: RegisteredResource, by_name: dict[str, RegisteredResource]) -> RegisteredResource | None:
-    if resource.name in by_name and by_name[resource.name].type == resource.type:
-        return by_name[resource.name]
-    for alias in resource.aliases:
-        name = alias.rsplit("::", 1)[-1]
-        if name in by_name and by_name[name].type == resource.type:
-            return by_name[name]
+def _previous(resource: RegisteredResource,
+              by_key: dict[tuple[str, str], RegisteredResource]) -> RegisteredResource | None:
+    for name in (resource.name, *(alias.rsplit("::", 1)[-1] for alias in resource.aliases)):
+        if (resource.type, name) in by_key:
+            return by_key[(resource.type, name)]
     return None
 
 
@@ -225,3 +225,16 @@ def test_unrelated_resources_keep_create_before_delete(base_run):
     """delete_before_replace only where two copies cannot coexist."""
     dbr = sorted(r.name for r in base_run.resources if r.delete_before_replace)
     assert dbr == ["gateway-instance", "vpn-propagation-main", "vpn-route-172.16.0.0-16", "vpn-route-192.168.50.0-24"]
+
+
+def test_rebuild_switch_makes_a_user_data_edit_a_replacement(base_run, monkeypatch):
+    """HYBRID_VPN_REBUILD_GATEWAY=1: the way to boot a gateway from the current user data (ignored inputs otherwise
+    keep their state value, even through a replacement)."""
+    config = dev()
+    config["hybrid-vpn:linode"]["authorized_keys"].append(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNlY29uZC1vcGVyYXRvci1rZXktZm9yLXRoZS10ZXN0cw ops2@laptop")
+    monkeypatch.setenv("HYBRID_VPN_REBUILD_GATEWAY", "1")
+    new = run_program(config)
+    assert new.one(T_INSTANCE).ignore_changes == ()
+    assert changed(plan(base_run, new))["gateway-instance"] == "replace"
+    assert new.one(T_INSTANCE).delete_before_replace
