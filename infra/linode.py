@@ -69,10 +69,13 @@ class LinodeGatewaySideArgs:
 #       not need a new gateway (new public IP, new customer gateway, both tunnels down) -> ignored after creation.
 #   metadatas (user data): cloud-init runs it at first boot only; the host config is pushed over SSH by delivery, so
 #       a template edit must not rebuild the gateway -> ignored after creation.
+#   linodeInterfaces[0].firewallId: set at creation so the gateway is filtered from its first packet. A stack made
+#       before it existed has the same firewall attached through the firewall's own `interfaces`; without the ignore
+#       its first `up` with this program would rebuild the gateway just to repeat an attachment it already has.
 # Ignored inputs keep their state value even through a replacement (the engine substitutes it before deciding), so a
 # replaced gateway would boot with the old user data. REBUILD_ENV=1 drops the list for one run: the preview then
 # shows the edit as a replacement and a confirmed `up` builds the gateway from the current inputs (docs/changes.md).
-INSTANCE_IGNORE_CHANGES = ["authorized_keys", "metadatas"]
+INSTANCE_IGNORE_CHANGES = ["authorized_keys", "metadatas", "linodeInterfaces[0].firewallId"]
 REBUILD_ENV = "HYBRID_VPN_REBUILD_GATEWAY"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,33 @@ def _previous(resource: RegisteredResource,
     return None
 
 
+def _path(path: str) -> list[str | int]:
+    """``linodeInterfaces[0].firewallId`` -> ["linodeInterfaces", 0, "firewallId"] (the engine's property paths)."""
+    return [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
+
+
+def _with_ignored(new: dict[str, Any], old: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
+    """What the engine does with ignoreChanges: the old value (or its absence) replaces the program's."""
+    out = copy.deepcopy(new)
+    for path in paths:
+        *parents, last = _path(path)
+        src, dst = old, out
+        try:
+            for part in parents:
+                src, dst = src[part], dst[part]
+        except (KeyError, IndexError, TypeError):
+            continue
+        if isinstance(src, dict) and last not in src:
+            dst.pop(last, None)
+        else:
+            dst[last] = copy.deepcopy(src[last])
+    return out
+
+
 def _step(previous: RegisteredResource, resource: RegisteredResource) -> str:
-    keys = set(previous.inputs) | set(resource.inputs)
-    changed = {k for k in keys - set(resource.ignore_changes) if previous.inputs.get(k) != resource.inputs.get(k)}
+    inputs = _with_ignored(resource.inputs, previous.inputs, resource.ignore_changes)
+    keys = set(previous.inputs) | set(inputs)
+    changed = {k for k in keys if previous.inputs.get(k) != inputs.get(k)}
     if not changed:
         return "same"
     if changed & (FORCE_NEW.get(resource.type, set()) | set(resource.replace_on_changes)):
@@ -168,6 +193,33 @@ def test_aliases_move_a_stack_named_by_index_without_churn(base_run):
     assert changed(plan(old, base_run)) == {}
 
 
+def _as_made_by_the_previous_program(run: ProgramRun, config: dict[str, Any]) -> ProgramRun:
+    """A state as the program before this change left it: index names, no FirewallRules, the firewall attached by its
+    own ``interfaces`` (with every rule inline) instead of the instance's ``firewallId``."""
+    old = _as_named_by_index(run, config)
+    resources = []
+    instance = old.one(T_INSTANCE)
+    for r in old.resources:
+        if r.type == "pulumi-python:dynamic/hybrid-vpn:FirewallRules":
+            continue
+        if r.type == T_INSTANCE:
+            inputs = copy.deepcopy(r.inputs)
+            inputs["linodeInterfaces"][0].pop("firewallId")
+            r = dataclasses.replace(r, inputs=inputs)
+        if r.type == "linode:index/firewall:Firewall":
+            rules = run.one("pulumi-python:dynamic/hybrid-vpn:FirewallRules").inputs["inbounds"]
+            r = dataclasses.replace(r, inputs={**r.inputs, "inbounds": rules,
+                                               "interfaces": [int(instance.id) * 10 + 1]})
+        resources.append(r)
+    return ProgramRun(outputs=old.outputs, secret_paths=old.secret_paths, resources=resources)
+
+
+def test_a_stack_of_the_previous_program_upgrades_with_one_create_and_no_replacement(base_run):
+    old = _as_made_by_the_previous_program(base_run, dev())
+    assert "firewallId" not in old.one(T_INSTANCE).inputs["linodeInterfaces"][0]
+    assert changed(plan(old, base_run)) == {"gateway-firewall-rules": "create"}
+
+
 def test_aliases_are_only_right_for_the_order_the_stack_had(base_run):
     """Upgrading and inserting a CIDR in the same `pulumi up` maps the index names to the wrong CIDRs: the preview
     shows route replacements (docs/changes.md: upgrade first with the lists unchanged)."""
@@ -217,7 +269,7 @@ def test_a_new_image_replaces_the_instance_deleting_it_first(base_run):
 
 def test_instance_ignores_only_the_inputs_that_cloud_init_uses_once(base_run):
     instance = base_run.one(T_INSTANCE)
-    assert set(instance.ignore_changes) == {"authorizedKeys", "metadatas"}
+    assert set(instance.ignore_changes) == {"authorizedKeys", "metadatas", "linodeInterfaces[0].firewallId"}
     assert not set(instance.ignore_changes) & {"image", "linodeInterfaces", "type", "region", "label"}
 
 
