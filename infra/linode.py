@@ -94,7 +94,7 @@ class LinodeGatewaySide(pulumi.ComponentResource):
     instance: linode.Instance
     public_ip: pulumi.Output[str]  # the 1:1 NAT address: customer gateway IP and IKE identity
     private_ip: pulumi.Output[str]  # the address on the VPC NIC: IKE local address
-    public_interface_id: pulumi.Output[int]  # the VPC interface, where the Cloud Firewall attaches
+    public_interface_id: pulumi.Output[int]  # the VPC interface (its firewall is set at creation: firewall_id)
 
     def __init__(self, name: str, args: LinodeGatewaySideArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("hybrid-vpn:linode:LinodeGatewaySide", name, None, opts)
@@ -240,6 +240,17 @@ def rules_body(props: Mapping[str, Any]) -> dict[str, Any]:
             "inbound": [api_rule(r) for r in props["inbounds"]], "outbound": []}
 
 
+def state_from_rules(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of ``rules_body``: the Linode API's rule set as this resource's properties."""
+    return {
+        "inbound_policy": body.get("inbound_policy"),
+        "outbound_policy": body.get("outbound_policy"),
+        "inbounds": [{"label": r.get("label"), "action": r.get("action"), "protocol": r.get("protocol"),
+                      "ports": r.get("ports"), "ipv4s": list((r.get("addresses") or {}).get("ipv4") or []),
+                      "description": r.get("description") or ""} for r in body.get("inbound") or []],
+    }
+
+
 def _rule_dict(rule: linode.FirewallInboundArgs) -> dict[str, Any]:
     return {"label": rule.label, "action": rule.action, "protocol": rule.protocol, "ports": rule.ports,
             "ipv4s": rule.ipv4s, "description": rule.description or ""}
@@ -297,6 +308,13 @@ class FirewallRulesProvider(pulumi.dynamic.ResourceProvider):
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
         return pulumi.dynamic.UpdateResult(outs=self._put(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
+        """`pulumi refresh`: the firewall's live rules, so a rule added or removed in the Cloud Manager shows as a
+        diff (and the next `up` puts the program's set back)."""
+        live = self._request("GET", f"/networking/firewalls/{int(id_)}/rules", _token(self._config_token))
+        outs = {**props, **state_from_rules(live)}
+        return pulumi.dynamic.ReadResult(id_, outs)
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         # Nothing to undo: on destroy the firewall itself goes; on a new firewall id the new one gets its rules.

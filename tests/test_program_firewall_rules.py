@@ -75,6 +75,24 @@ def test_update_puts_the_new_set(program_props):
     assert api.calls[-1][3]["inbound"][-1]["addresses"]["ipv4"] == ["192.0.2.0/24", "203.0.113.0/24"]
 
 
+def test_refresh_reads_the_live_rules_so_a_manual_edit_shows_as_a_diff(program_props):
+    p, api = provider()
+    live = rules_body(program_props)
+    live["inbound"].append({"label": "oops-any-ssh", "action": "ACCEPT", "protocol": "TCP", "ports": "22",
+                            "addresses": {"ipv4": ["0.0.0.0/0"]}, "description": "added by hand"})
+    api_with_live = RecordingApi()
+    p._request = lambda method, path, token, body=None: (api_with_live(method, path, token, body), live)[1]
+    result = p.read(str(program_props["firewall_id"]), dict(program_props))
+    assert api_with_live.calls[0][:2] == ("GET", f"/networking/firewalls/{program_props['firewall_id']}/rules")
+    assert result.outs["inbounds"][-1]["ipv4s"] == ["0.0.0.0/0"]
+    assert p.diff(result.id, result.outs, dict(program_props)).changes  # the next `up` removes the stray rule
+    # Unedited, read gives back exactly what create stored: a refresh alone changes nothing.
+    p._request = lambda method, path, token, body=None: rules_body(program_props)
+    clean = p.read(str(program_props["firewall_id"]), dict(program_props))
+    assert not p.diff(clean.id, clean.outs, dict(program_props)).changes
+    assert api.calls == []
+
+
 def test_token_from_the_environment_when_the_stack_has_none(program_props, monkeypatch):
     monkeypatch.setenv("LINODE_TOKEN", "FAKE_env_token")
     p, api = provider(token=None)
