@@ -271,13 +271,28 @@ def linode_api_request(method: str, path: str, token: str, body: Mapping[str, An
                        timeout: float = 60.0) -> dict[str, Any]:
     """One Linode API v4 call (urllib: the provider process has no other HTTP client guaranteed)."""
     import json
+    import urllib.error
     import urllib.request
 
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{LINODE_API}{path}", data=data, method=method, headers={
         "Authorization": f"Bearer {token}", "Content-Type": "application/json", "User-Agent": "hybrid-vpn"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (fixed https base URL)
-        return json.loads(response.read() or b"{}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (fixed https base URL)
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        # Linode explains a refusal in {"errors": [{"field": ..., "reason": ...}]}; the token is in no part of it.
+        raise RuntimeError(f"Linode API {method} {path}: HTTP {exc.code}: {linode_error_reasons(exc.read())}") from None
+
+
+def linode_error_reasons(body: bytes) -> str:
+    import json
+
+    try:
+        errors = json.loads(body or b"{}").get("errors") or []
+    except ValueError:
+        return body[:200].decode(errors="replace")
+    return "; ".join(f"{e.get('field') + ': ' if e.get('field') else ''}{e.get('reason', '')}" for e in errors) or "-"
 
 
 class FirewallRulesProvider(pulumi.dynamic.ResourceProvider):

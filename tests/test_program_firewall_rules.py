@@ -109,6 +109,14 @@ def test_no_token_is_a_clear_error(program_props, monkeypatch):
     assert api.calls == []
 
 
+def test_linode_refusals_are_reported_by_field_and_reason():
+    from infra.linode import linode_error_reasons
+
+    body = b'{"errors": [{"field": "rules.inbound[0].protocol", "reason": "Must be one of TCP, UDP, ICMP, IPENCAP"}]}'
+    assert linode_error_reasons(body) == "rules.inbound[0].protocol: Must be one of TCP, UDP, ICMP, IPENCAP"
+    assert linode_error_reasons(b"<html>bad gateway</html>") == "<html>bad gateway</html>"
+
+
 def test_without_admin_networks_only_the_tunnel_rules_remain():
     config = copy.deepcopy(stack_config_from_file(REPO / "stacks" / "Pulumi.lab.yaml"))
     config["hybrid-vpn:admin_cidrs"] = []
