@@ -26,6 +26,7 @@ from typing import Any
 
 import pulumi
 import pulumi.dynamic
+import pulumi.runtime.rpc
 import pulumi_linode as linode
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ class GatewayFirewall(pulumi.ComponentResource):
 # -- FirewallRules: the firewall's complete rule set, once the tunnel endpoints are known ------------------------------
 
 LINODE_API = "https://api.linode.com/v4"
-_SECRET_SIG = "4dabf18193072939515e22adb298388d"  # wire signature of a secret value (if the engine sends one)
+_SECRET_SIG = pulumi.runtime.rpc._special_sig_key  # wire signature of a secret value (if the engine sends one)
 
 
 def api_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
