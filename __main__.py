@@ -1,10 +1,11 @@
 """hybrid-vpn: a site-to-site IPsec VPN between an AWS VPC and an Akamai (Linode) private network.
 
 Only loads the config, wires the components in the order the dependency cycle needs, and exports:
-  1. the Linode gateway (its public IP feeds the customer gateway),
-  2. the AWS side (its tunnel outside IPs feed the firewall and the host config),
-  3. the gateway's Cloud Firewall,
-  4. delivery of the rendered host config over SSH, once the VPN connection and the firewall exist.
+  1. the gateway's Cloud Firewall (inbound DROP, SSH from the admin networks), before anything it protects,
+  2. the Linode gateway, its VPC interface behind that firewall from creation (public IP -> customer gateway),
+  3. the AWS side (its tunnel outside IPs feed the firewall's rules and the host config),
+  4. the firewall's full rule set (IKE/NAT-T from the two tunnel endpoints added),
+  5. delivery of the rendered host config over SSH, once the VPN connection and those rules exist.
 """
 
 import pulumi
@@ -12,11 +13,12 @@ import pulumi_aws as aws
 import pulumi_tls as tls
 
 from hostconfig.cloudinit import render_user_data
-from infra.aws import AwsVpnSide, AwsVpnSideArgs
-from infra.config import load_stack_config
+from infra.aws import AwsVpnSide, AwsVpnSideArgs, aws_provider_args
+from infra.config import load_namespace, load_stack_config
 from infra.linode import (
     PUBLIC_INTERFACE,
     VLAN_INTERFACE,
+    FirewallRules,
     GatewayFirewall,
     GatewayFirewallArgs,
     LinodeGatewaySide,
@@ -26,6 +28,8 @@ from infra.outputs import GatewayFacts, TunnelFacts, build_host_config, ssh_host
 from infra.psk import tunnel_psks
 
 config = load_stack_config()  # raises with every problem listed, before any resource exists
+# An explicit provider reads no aws:* stack settings by itself: pass them (profile, assumeRoles, ...) through.
+aws_provider_settings = aws_provider_args(load_namespace("aws"), config.aws.region)  # refuses bad keys, as above
 stack = pulumi.get_stack()
 label = f"hybrid-vpn-{stack}-gw"
 
@@ -34,6 +38,12 @@ host_key = tls.PrivateKey("gateway-ssh-host-key", algorithm="ED25519")
 user_data = pulumi.Output.all(host_key.private_key_openssh, host_key.public_key_openssh).apply(
     lambda keys: render_user_data(hostname=label, ssh_host_ed25519_private=keys[0], ssh_host_ed25519_public=keys[1])
 )
+
+firewall = GatewayFirewall("gateway", GatewayFirewallArgs(
+    label=f"{label}-fw",
+    admin_cidrs=config.admin_cidrs,
+    tags=config.tags,
+))
 
 gateway = LinodeGatewaySide("gateway", LinodeGatewaySideArgs(
     label=label,
@@ -45,10 +55,11 @@ gateway = LinodeGatewaySide("gateway", LinodeGatewaySideArgs(
     vlan_label=config.linode.vlan_label,
     gateway_vlan_address=config.linode.gateway_vlan_address,
     user_data=user_data,
+    firewall_id=firewall.firewall_id,
     tags=config.tags,
 ))
 
-aws_provider = aws.Provider("aws", region=config.aws.region)
+aws_provider = aws.Provider("aws", **aws_provider_settings)
 psks = tunnel_psks("vpn", config.tunnels)
 vpn = AwsVpnSide("vpn", AwsVpnSideArgs(
     customer_gateway_ip=gateway.public_ip,
@@ -65,13 +76,8 @@ vpn = AwsVpnSide("vpn", AwsVpnSideArgs(
 ), opts=pulumi.ResourceOptions(providers={"aws": aws_provider}))
 connection = vpn.vpn_connection
 
-firewall = GatewayFirewall("gateway", GatewayFirewallArgs(
-    label=f"{label}-fw",
-    public_interface_id=gateway.public_interface_id,
-    tunnel_outside_ips=[connection.tunnel1_address, connection.tunnel2_address],
-    admin_cidrs=config.admin_cidrs,
-    tags=config.tags,
-))
+firewall_rules = FirewallRules("gateway-firewall-rules", firewall.firewall_id,
+                               [connection.tunnel1_address, connection.tunnel2_address], config.admin_cidrs)
 
 # -- outputs ------------------------------------------------------------------------------------------------------
 # The VPN connection names its two tunnels' outputs tunnel1_* and tunnel2_*.
@@ -99,4 +105,4 @@ pulumi.export("host_config", host_config)  # docs/contracts.md §1; secret as a 
 if config.delivery.enabled:
     from hostconfig.deliver.program import gateway_config
 
-    gateway_config("gateway-config", host_config, config.delivery, depends_on=[connection, firewall])
+    gateway_config("gateway-config", host_config, config.delivery, depends_on=[connection, firewall, firewall_rules])

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
-from infra.config import CUSTOMER_GATEWAY_ASN, TUNNEL_NAMES, CryptoProfile, TunnelsConfig
+from infra.config import CUSTOMER_GATEWAY_ASN, TUNNEL_NAMES, ConfigError, CryptoProfile, TunnelsConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,52 @@ class AwsVpnSideArgs:
     inside_cidrs: tuple[str, str] | None = None  # None: AWS picks
     allow_linode_in_security_group_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+
+
+# aws:* keys whose values are credentials: secret inputs of the provider, never plain in the state.
+AWS_SECRET_SETTINGS = ("accessKey", "secretKey", "token")
+
+
+def aws_provider_args(settings: Mapping[str, Any], region: str) -> dict[str, Any]:
+    """The explicit AWS provider's arguments: the region of ``hybrid-vpn:aws`` plus every ``aws:*`` stack setting.
+
+    An explicit provider reads no stack config (only Pulumi's default provider does), so without this
+    ``pulumi config set aws:profile ops`` would be silently ignored. Each ``aws:<camelCase>`` key maps to the
+    provider argument of the same name (``aws:sharedCredentialsFiles`` -> ``shared_credentials_files``); nested values
+    (``aws:assumeRoles[0].roleArn``) pass as set, in the engine's camelCase. ``aws:assumeRole`` (the pre-v7 singular)
+    becomes a one-element ``assume_roles``. A key the provider does not have is refused at preview.
+    """
+    accepted = set(inspect.signature(aws.Provider._internal_init).parameters) - {"self", "resource_name", "opts"}
+    args: dict[str, Any] = {"region": region}
+    problems = []
+    for key, value in sorted(settings.items()):
+        if value is None:
+            continue
+        if key == "region":
+            if value != region:
+                problems.append(f"aws:region: {value} differs from hybrid-vpn:aws.region {region}; the program uses "
+                                f"hybrid-vpn:aws.region (also in host_config): remove aws:region or set it to {region}")
+            continue
+        if key == "assumeRole":
+            key, value = "assumeRoles", [value]
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
+        if name not in accepted:
+            problems.append(f"aws:{key}: not a setting of the AWS provider (pulumi-aws {aws_version()}); "
+                            "e.g. aws:profile, aws:sharedCredentialsFiles, aws:assumeRoles")
+            continue
+        args[name] = pulumi.Output.secret(value) if key in AWS_SECRET_SETTINGS else value
+    if problems:
+        raise ConfigError(problems)
+    return args
+
+
+def aws_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pulumi_aws")
+    except PackageNotFoundError:  # pragma: no cover
+        return "unknown"
 
 
 def tunnel_options(crypto: CryptoProfile, tunnel: int) -> dict[str, object]:
@@ -101,13 +150,21 @@ class AwsVpnSide(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[attachment]),
             **options,
         )
+        # Named by what they are, not by list position: inserting a CIDR or a route table renames nothing else.
+        # The aliases move stacks created with the index names (see position_alias); delete_before_replace because
+        # AWS refuses a second route for the same CIDR (or propagation for the same table) while the old one exists.
         for i, cidr in enumerate(args.linode_cidrs):
-            aws.ec2.VpnConnectionRoute(f"{name}-route-{i}", destination_cidr_block=cidr,
-                                       vpn_connection_id=self.vpn_connection.id, opts=child)
+            aws.ec2.VpnConnectionRoute(
+                f"{name}-route-{resource_slug(cidr)}", destination_cidr_block=cidr,
+                vpn_connection_id=self.vpn_connection.id,
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True,
+                                            aliases=[position_alias(f"{name}-route", i)]))
 
-        for i, rtb_id in enumerate(self._route_tables(args, vpc)):
-            aws.ec2.VpnGatewayRoutePropagation(f"{name}-propagation-{i}", vpn_gateway_id=vgw.id, route_table_id=rtb_id,
-                                               opts=pulumi.ResourceOptions(parent=self, depends_on=[attachment]))
+        for i, (key, rtb_id) in enumerate(self._route_tables(args, vpc)):
+            aws.ec2.VpnGatewayRoutePropagation(
+                f"{name}-propagation-{key}", vpn_gateway_id=vgw.id, route_table_id=rtb_id,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[attachment], delete_before_replace=True,
+                                            aliases=[position_alias(f"{name}-propagation", i)]))
 
         if args.allow_linode_in_security_group_id:
             aws.ec2.SecurityGroupRule(
@@ -137,14 +194,30 @@ class AwsVpnSide(pulumi.ComponentResource):
             for n, name, interface, mark in zip((1, 2), TUNNEL_NAMES, tunnels.interfaces, tunnels.marks, strict=True)
         ]
 
-    def _route_tables(self, args: AwsVpnSideArgs, vpc: aws.ec2.Vpc | None) -> list[pulumi.Input[str]]:
-        """The route tables that get VGW route propagation; resolved before any resource depends on them."""
+    def _route_tables(self, args: AwsVpnSideArgs, vpc: aws.ec2.Vpc | None) -> list[tuple[str, pulumi.Input[str]]]:
+        """(name key, route table id) of the tables that get VGW route propagation. Every key is known at preview."""
         if args.route_table_ids is not None:
-            return list(args.route_table_ids)
+            return [(rtb_id, rtb_id) for rtb_id in args.route_table_ids]
         if vpc is not None:
-            # A VPC created here has exactly one route table at creation: its main one.
-            return [vpc.main_route_table_id]
-        # "all" of an existing VPC: a plain invoke (its id is a plain string), so the list is known at preview.
+            # A VPC created here has exactly one route table at creation: its main one (its id is unknown at preview,
+            # so the name says which table it is instead).
+            return [("main", vpc.main_route_table_id)]
+        # "all" of an existing VPC: a plain invoke (its id is a plain string), so the ids are known at preview.
         found = aws.ec2.get_route_tables(vpc_id=args.vpc_id, opts=pulumi.InvokeOptions(parent=self))
         log.info("VGW route propagation to %s route table(s) of %s", len(found.ids), args.vpc_id)
-        return sorted(found.ids)
+        return [(rtb_id, rtb_id) for rtb_id in sorted(found.ids)]
+
+
+def resource_slug(text: str) -> str:
+    """A CIDR or an id as part of a resource name: ``172.16.0.0/12`` -> ``172.16.0.0-12`` (URN-safe, readable)."""
+    return text.replace("/", "-")
+
+
+def position_alias(prefix: str, index: int) -> pulumi.Alias:
+    """The name this resource had when it was named by list position (``vpn-route-0``).
+
+    Only right for the order the stack had when it was last deployed with index names: an alias maps state by name,
+    it cannot know which CIDR the old ``-0`` held. Upgrade with the lists unchanged first (the preview then shows no
+    change for these resources), edit the lists afterwards. See docs/changes.md.
+    """
+    return pulumi.Alias(name=f"{prefix}-{index}")

@@ -1010,3 +1010,28 @@ def _unknown_namespace_keys() -> list[str]:
     keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
     prefix = f"{NAMESPACE}:"
     return [k[len(prefix):] for k in keys if k.startswith(prefix) and k[len(prefix):] not in TOP_LEVEL_KEYS]
+
+
+def load_namespace(namespace: str) -> dict[str, Any]:
+    """Every ``<namespace>:<key>`` of the running stack (e.g. ``aws:profile``), JSON values decoded, as set.
+
+    For settings the program passes through to an explicit provider (infra/aws.py ``aws_provider_args``), which reads
+    no stack config by itself.
+    """
+    import json
+
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+
+    cfg = pulumi.Config(namespace)
+    prefix = f"{namespace}:"
+    out: dict[str, Any] = {}
+    for full in sorted(set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())):
+        if full.startswith(prefix):
+            key = full[len(prefix):]
+            text = cfg.get(key)
+            try:
+                out[key] = json.loads(text) if text is not None else None
+            except ValueError:  # a plain string such as a profile name is not JSON
+                out[key] = text
+    return out

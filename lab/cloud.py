@@ -46,6 +46,8 @@ SECRET_VALUE = rpc._special_secret_sig
 UNKNOWN = rpc.UNKNOWN
 # hostconfig.deliver.provider.GatewayConfig: a dynamic resource, emulated here like a cloud resource.
 GATEWAY_CONFIG_TYPE = "pulumi-python:dynamic/hybrid-vpn:GatewayConfig"
+# infra.linode.FirewallRules: a dynamic resource that replaces the gateway firewall's rules (Linode API).
+FIREWALL_RULES_TYPE = "pulumi-python:dynamic/hybrid-vpn:FirewallRules"
 
 # What the engine marks secret although the program did not (the providers' additionalSecretOutputs).
 ENGINE_SECRET_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -183,15 +185,21 @@ class CloudMocks(pulumi.runtime.Mocks):
 
     def __init__(self, plan: CloudAddressPlan = DEFAULT_PLAN):
         self.plan = plan
-        self._next_linode_id = 41000
+        self._used_linode_ids: set[int] = set()
         self._subnets: dict[int, str] = {}  # Linode subnet id -> CIDR
         self._instances: dict[int, dict[str, Any]] = {}  # Linode id -> networking facts
         self._cgw_ips: dict[str, str] = {}
         self._interface_ids: dict[int, tuple[int, int]] = {}
+        self._firewalls: dict[int, list[dict[str, Any]]] = {}  # Linode firewall id -> its current inbound rules
 
-    def _linode_id(self) -> int:
-        self._next_linode_id += 1
-        return self._next_linode_id
+    def _linode_id(self, kind: str, name: str) -> int:
+        """A numeric Linode id derived from the resource, not from registration order (which varies from run to
+        run): two runs of the program then agree on the ids of the resources they share, as a state would."""
+        candidate = 41000 + int(hashlib.sha256(f"{kind}:{name}".encode()).hexdigest()[:8], 16) % 50000
+        while candidate in self._used_linode_ids:
+            candidate += 1
+        self._used_linode_ids.add(candidate)
+        return candidate
 
     # -- resources ------------------------------------------------------------------------------------------------
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
@@ -204,6 +212,8 @@ class CloudMocks(pulumi.runtime.Mocks):
             return "", {}
         if typ == GATEWAY_CONFIG_TYPE:
             return self._gateway_config(name, inputs)
+        if typ == FIREWALL_RULES_TYPE:
+            return self._firewall_rules(name, inputs)
         if handler is None:
             raise NotImplementedError(f"lab.cloud: no emulation for resource type {typ} ({name})")
         return handler(name, inputs)
@@ -214,6 +224,16 @@ class CloudMocks(pulumi.runtime.Mocks):
         state = {k: v for k, v in inputs.items() if k not in ("__provider", "files", "private_key", "scrub")}
         state["changed_paths"] = sorted({**inputs.get("hashes", {}), **inputs.get("secret_hashes", {})})
         return f"{inputs['host']}:{int(inputs.get('port', 22))}", state
+
+    def _firewall_rules(self, name: str, inputs: dict) -> tuple[str, dict]:
+        # What FirewallRulesProvider records after its PUT: the rules it was given; the firewall must exist.
+        firewall_id = int(inputs["firewall_id"])
+        if firewall_id not in self._firewalls:
+            raise KeyError(f"lab.cloud: FirewallRules {name} for unknown firewall {firewall_id}")
+        self._firewalls[firewall_id] = list(inputs.get("inbounds") or [])
+        state = {k: v for k, v in inputs.items() if k != "__provider"}
+        state["rules_applied"] = len(state.get("inbounds") or [])
+        return str(firewall_id), state
 
     def _vpc_aws(self, name: str, inputs: dict) -> tuple[str, dict]:
         vpc_id = _hex_id("vpc", name)
@@ -272,17 +292,22 @@ class CloudMocks(pulumi.runtime.Mocks):
         return _hex_id("sgrule", name, 10), inputs
 
     def _vpc_linode(self, name: str, inputs: dict) -> tuple[str, dict]:
-        return str(self._linode_id()), {**inputs, "created": "2026-01-01T00:00:00", "updated": "2026-01-01T00:00:00"}
+        return str(self._linode_id("vpc", name)), {**inputs, "created": "2026-01-01T00:00:00",
+                                                   "updated": "2026-01-01T00:00:00"}
 
     def _vpcsubnet_linode(self, name: str, inputs: dict) -> tuple[str, dict]:
-        subnet_id = self._linode_id()
+        subnet_id = self._linode_id("subnet", name)
         self._subnets[subnet_id] = inputs.get("ipv4", "10.8.0.0/24")
         return str(subnet_id), {**inputs, "linodes": []}
 
     def _instance_linode(self, name: str, inputs: dict) -> tuple[str, dict]:
-        linode_id = self._linode_id()
+        linode_id = self._linode_id("instance", name)
         subnet_id = None
         for iface in inputs.get("linodeInterfaces") or []:
+            if iface.get("vlan") and iface.get("firewallId"):
+                raise ValueError(f"lab.cloud: {name}: a VLAN interface cannot carry a firewall (Linode API)")
+            if iface.get("firewallId") and int(iface["firewallId"]) not in self._firewalls:
+                raise KeyError(f"lab.cloud: {name}: firewall {iface['firewallId']} does not exist (yet)")
             if iface.get("vpc"):
                 subnet_id = int(iface["vpc"]["subnetId"])
         subnet = self._subnets.get(subnet_id or -1, "10.8.0.0/24")
@@ -294,7 +319,9 @@ class CloudMocks(pulumi.runtime.Mocks):
                                 "ipv6": "", "specs": [{"disk": 25600, "memory": 2048, "vcpus": 1, "transfer": 2000}]}
 
     def _firewall_linode(self, name: str, inputs: dict) -> tuple[str, dict]:
-        return str(self._linode_id()), {**inputs, "status": "enabled", "devices": []}
+        firewall_id = self._linode_id("firewall", name)
+        self._firewalls[firewall_id] = list(inputs.get("inbounds") or [])
+        return str(firewall_id), {**inputs, "status": "enabled", "devices": []}
 
     def _randompassword_random(self, name: str, inputs: dict) -> tuple[str, dict]:
         result = _password(name, inputs)
@@ -342,6 +369,11 @@ class RegisteredResource:
     dependencies: set[str]  # URNs
     id: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    # Resource options as the engine receives them (camelCase property names).
+    delete_before_replace: bool = False
+    ignore_changes: tuple[str, ...] = ()
+    replace_on_changes: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()  # alias URNs or names, as sent
 
 
 class SecretMarkingMonitor(pulumi_mocks.MockMonitor):
@@ -366,7 +398,9 @@ class SecretMarkingMonitor(pulumi_mocks.MockMonitor):
         state_plain = dict(registration.state) if registration else {}
         self.registrations.append(RegisteredResource(
             type=request.type, name=request.name, urn=response.urn, parent=request.parent, inputs=inputs,
-            secret_inputs=secret_inputs, dependencies=dependencies, id=response.id or None, state=state_plain))
+            secret_inputs=secret_inputs, dependencies=dependencies, id=response.id or None, state=state_plain,
+            delete_before_replace=bool(request.deleteBeforeReplace), ignore_changes=tuple(request.ignoreChanges),
+            replace_on_changes=tuple(request.replaceOnChanges), aliases=_alias_names(request)))
         # What the engine does: additionalSecretOutputs, plus every output whose input was secret.
         to_mark = set(request.additionalSecretOutputs) | {p.split(".")[0].split("[")[0] for p in secret_inputs}
         if not to_mark or not request.custom or not self.mark_engine_secrets:
@@ -480,6 +514,17 @@ def run_program(stack_config: Mapping[str, Any], project: str = "hybrid-vpn", st
         set_all_config({}, [])
     outputs, secret_paths = unwrap_secrets(_from_struct(monitor.stack_outputs or {}))
     return ProgramRun(outputs=outputs, secret_paths=secret_paths, resources=monitor.registrations)
+
+
+def _alias_names(request: Any) -> tuple[str, ...]:
+    """The aliases of a RegisterResource request: URNs (``aliasURNs``) or, for alias specs, their names."""
+    names = list(request.aliasURNs)
+    for alias in request.aliases:
+        if alias.urn:
+            names.append(alias.urn)
+        elif alias.spec.name:
+            names.append(alias.spec.name)
+    return tuple(names)
 
 
 def _from_struct(value: Any) -> Any:

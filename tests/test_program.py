@@ -43,6 +43,7 @@ T_LVPC = "linode:index/vpc:Vpc"
 T_SUBNET = "linode:index/vpcSubnet:VpcSubnet"
 T_INSTANCE = "linode:index/instance:Instance"
 T_FIREWALL = "linode:index/firewall:Firewall"
+T_RULES = "pulumi-python:dynamic/hybrid-vpn:FirewallRules"
 T_PASSWORD = "random:index/randomPassword:RandomPassword"
 T_HOSTKEY = "tls:index/privateKey:PrivateKey"
 
@@ -184,7 +185,7 @@ def test_every_resource_of_the_lab_stack(lab_run):
         "hybrid-vpn:linode:GatewayFirewall": 1,
         T_HOSTKEY: 1, T_PASSWORD: 2,
         T_LVPC: 1, T_SUBNET: 1, T_INSTANCE: 1, T_FIREWALL: 1,
-        T_VPC: 1, T_VGW: 1, T_ATTACH: 1, T_CGW: 1, T_VPN: 1, T_ROUTE: 1, T_PROP: 1,
+        T_VPC: 1, T_VGW: 1, T_ATTACH: 1, T_CGW: 1, T_VPN: 1, T_ROUTE: 1, T_PROP: 1, T_RULES: 1,
         "pulumi-python:dynamic/hybrid-vpn:GatewayConfig": 1,
     }
     # Children are parented to their component (names derive from it).
@@ -291,21 +292,36 @@ def test_customer_gateway_uses_the_gateway_public_ip(lab_run):
 def test_firewall_admits_ike_and_natt_from_the_tunnels_and_ssh_from_admins_only(lab_run):
     fw = lab_run.one(T_FIREWALL).inputs
     assert fw["inboundPolicy"] == "DROP" and fw["outboundPolicy"] == "ACCEPT"
-    rules = {(r["protocol"], r["ports"]): r for r in fw["inbounds"]}
+    rules_resource = lab_run.one(T_RULES)
+    assert rules_resource.inputs["firewall_id"] == int(lab_run.one(T_FIREWALL).id)
+    assert rules_resource.inputs["inbound_policy"] == "DROP" and rules_resource.inputs["outbound_policy"] == "ACCEPT"
+    inbounds = rules_resource.inputs["inbounds"]
+    rules = {(r["protocol"], r["ports"]): r for r in inbounds}
     assert set(rules) == {("UDP", "500"), ("UDP", "4500"), ("TCP", "22")}
     peers = ["198.51.100.1/32", "198.51.100.2/32"]
     assert rules[("UDP", "500")]["ipv4s"] == peers and rules[("UDP", "4500")]["ipv4s"] == peers
     assert rules[("TCP", "22")]["ipv4s"] == ["192.0.2.0/24"]
-    assert all(r["action"] == "ACCEPT" for r in fw["inbounds"])
-    assert not any(r["protocol"] in ("50", "ESP") for r in fw["inbounds"])  # not expressible: ESP rides UDP 4500
-    assert "ipv6s" not in str(fw["inbounds"])
+    assert all(r["action"] == "ACCEPT" for r in inbounds)
+    assert not any(r["protocol"] in ("50", "ESP") for r in inbounds)  # not expressible: ESP rides UDP 4500
+    assert "ipv6s" not in str(inbounds)
 
 
-def test_firewall_is_attached_to_the_vpc_interface(lab_run):
-    fw = lab_run.one(T_FIREWALL).inputs
+def test_firewall_exists_before_the_instance_and_guards_it_from_creation(lab_run):
+    """Issue 13.5: the VPC interface names the firewall in the create request (no unfiltered first minutes)."""
+    firewall = lab_run.one(T_FIREWALL)
     instance = lab_run.one(T_INSTANCE)
-    assert fw["interfaces"] == [int(instance.id) * 10 + 1]  # the VPC interface id getInstanceNetworking reports
-    assert "linodes" not in fw  # per-interface attachment (current generation), not per Linode
+    vpc_iface, vlan_iface = instance.inputs["linodeInterfaces"]
+    assert vpc_iface["firewallId"] == int(firewall.id)
+    assert "firewallId" not in vlan_iface  # Linode refuses a firewall on a VLAN interface
+    assert firewall.urn in instance.dependencies
+    # At creation: everything inbound dropped but SSH from the admin networks (the tunnel IPs do not exist yet).
+    assert firewall.inputs["inboundPolicy"] == "DROP"
+    assert [(r["protocol"], r["ports"], r["ipv4s"]) for r in firewall.inputs["inbounds"]] == [
+        ("TCP", "22", ["192.0.2.0/24"])]
+    # Later rule changes belong to FirewallRules; the attachment belongs to the instance.
+    assert set(firewall.ignore_changes) == {"inbounds", "interfaces", "linodes"}
+    assert "interfaces" not in firewall.inputs and "linodes" not in firewall.inputs
+    assert "firewallId" not in instance.inputs  # the legacy per-Linode attachment would be a second firewall
 
 
 def test_gateway_instance_interfaces_and_user_data(lab_run):
@@ -326,11 +342,13 @@ def test_gateway_instance_interfaces_and_user_data(lab_run):
     assert lab_run.one(T_HOSTKEY).inputs["algorithm"] == "ED25519"
 
 
-def test_dependency_order_instance_then_vpn_then_firewall(lab_run):
+def test_dependency_order_firewall_then_instance_then_vpn_then_rules(lab_run):
+    assert "gateway-firewall" in deps_of(lab_run, T_INSTANCE)
     assert "gateway-instance" in deps_of(lab_run, T_CGW)
     assert {"vpn-cgw", "vpn-vgw", "vpn-vgw-attachment"} <= deps_of(lab_run, T_VPN)
-    assert {"vpn-vpn", "gateway-instance"} <= deps_of(lab_run, T_FIREWALL)
+    assert {"vpn-vpn", "gateway-firewall"} <= deps_of(lab_run, T_RULES)
     assert "vpn-vpn" not in deps_of(lab_run, T_INSTANCE)  # no cycle: the instance needs nothing from AWS
+    assert not deps_of(lab_run, T_FIREWALL) & {"vpn-vpn", "gateway-instance"}  # created first
 
 
 def test_generated_psks_follow_aws_rules(lab_run):

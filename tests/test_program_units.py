@@ -44,6 +44,25 @@ def test_linode_instance_arguments_exist_in_the_sdk():
     vpc_addr = set(inspect.signature(linode.InstanceLinodeInterfaceVpcIpv4AddressArgs.__init__).parameters)
     assert {"address", "primary", "nat11_address"} <= vpc_addr
     assert "interfaces" in inspect.signature(linode.Firewall._internal_init).parameters
+    # The firewall attached at creation, per interface (current generation).
+    assert "firewall_id" in inspect.signature(linode.InstanceLinodeInterfaceArgs.__init__).parameters
+
+
+def test_ignore_changes_name_real_instance_arguments():
+    """The engine silently ignores an ignore_changes entry that names no input: a typo would bring replacements back."""
+    from infra.linode import INSTANCE_IGNORE_CHANGES
+
+    params = set(inspect.signature(linode.Instance._internal_init).parameters)
+    assert {name.split("[")[0] for name in INSTANCE_IGNORE_CHANGES} <= params | {"linodeInterfaces"}
+    firewall_params = set(inspect.signature(linode.Firewall._internal_init).parameters)
+    assert {"inbounds", "interfaces", "linodes"} <= firewall_params
+
+
+def test_dynamic_provider_configure_sees_the_stack_config():
+    """FirewallRules reads linode:token through ResourceProvider.configure (pulumi >= 3.1xx)."""
+    from pulumi.dynamic import ConfigureRequest, ResourceProvider
+
+    assert "configure" in vars(ResourceProvider) and "config" in inspect.signature(ConfigureRequest).parameters
 
 
 def test_aws_safe_psk():
