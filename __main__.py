@@ -8,6 +8,7 @@ Only loads the config, wires the components in the order the dependency cycle ne
   5. delivery of the rendered host config over SSH, once the VPN connection and those rules exist.
 """
 
+import infra  # noqa: F401, I001  (first: refuses Python < 3.11 before anything else loads)
 import pulumi
 import pulumi_aws as aws
 import pulumi_tls as tls

@@ -109,7 +109,7 @@ def changed(steps: dict[str, str]) -> dict[str, str]:
 def dev() -> dict[str, Any]:
     config = copy.deepcopy(stack_config_from_file(REPO / "stacks" / "Pulumi.lab.yaml"))
     config["hybrid-vpn:linode"]["authorized_keys"] = [
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF9uZWFyLXJlYWwtb3BlcmF0b3Ita2V5LWZvci10ZXN0cw ops@laptop"]
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAVxIhEPKLnSJDJbSWjsXaFcd3vWoJD9a38FGX/4KgnN ops@laptop"]
     config["hybrid-vpn:linode"]["vlan_cidrs"] = ["172.16.0.0/16", "192.168.50.0/24"]
     config["hybrid-vpn:linode"]["gateway_vlan_address"] = "172.16.1.1/24"
     return config
@@ -238,7 +238,7 @@ def test_aliases_are_only_right_for_the_order_the_stack_had(base_run):
 def test_adding_an_authorized_key_replaces_nothing(base_run):
     config = dev()
     config["hybrid-vpn:linode"]["authorized_keys"].append(
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNlY29uZC1vcGVyYXRvci1rZXktZm9yLXRoZS10ZXN0cw ops2@laptop")
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx2CXzp0xowL6/LgEeiGwIWHDIfLAG4aZBddpti4SFg ops2@laptop")
     new = run_program(config)
     assert new.one(T_INSTANCE).inputs["authorizedKeys"] != base_run.one(T_INSTANCE).inputs["authorizedKeys"]
     assert changed(plan(base_run, new)) == {}
@@ -284,7 +284,7 @@ def test_rebuild_switch_makes_a_user_data_edit_a_replacement(base_run, monkeypat
     keep their state value, even through a replacement)."""
     config = dev()
     config["hybrid-vpn:linode"]["authorized_keys"].append(
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNlY29uZC1vcGVyYXRvci1rZXktZm9yLXRoZS10ZXN0cw ops2@laptop")
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx2CXzp0xowL6/LgEeiGwIWHDIfLAG4aZBddpti4SFg ops2@laptop")
     monkeypatch.setenv("HYBRID_VPN_REBUILD_GATEWAY", "1")
     new = run_program(config)
     assert new.one(T_INSTANCE).ignore_changes == ()
