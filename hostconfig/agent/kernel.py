@@ -111,15 +111,21 @@ class Kernel:
         return {link.index: link.name for link in _dump(self.rtnl.dump_links)}
 
     def read_links(self, names: set[str] | tuple[str, ...]) -> dict[str, ActualLink]:
+        return self.link_snapshot(names)[1]
+
+    def link_snapshot(self, names: set[str] | tuple[str, ...]) -> tuple[dict[int, str], dict[str, ActualLink]]:
+        """One link dump: every index -> name, and the links named ``names`` in full."""
         result = {}
+        all_names = {}
         for link in _dump(self.rtnl.dump_links):
+            all_names[link.index] = link.name
             if link.name not in names:
                 continue
             local, remote, ikey, okey = link.vti or (None, None, None, None)
             result[link.name] = ActualLink(name=link.name, index=link.index, kind=link.kind, mtu=link.mtu or 0,
                                            up=link.up, local=_ip_or_none(local), remote=_ip_or_none(remote),
                                            ikey=ikey, okey=okey, alias=link.alias)
-        return result
+        return all_names, result
 
     def read_link_counters(self, names: tuple[str, ...]) -> dict[str, dict[str, int]]:
         result = {}
@@ -140,9 +146,9 @@ class Kernel:
                 result[name].append(IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}"))
         return {name: tuple(sorted(addrs)) for name, addrs in result.items()}
 
-    def read_routes(self, table: int) -> list[ActualRoute]:
+    def read_routes(self, table: int, names: dict[int, str] | None = None) -> list[ActualRoute]:
         raw = _dump(lambda: self.rtnl.dump_routes(table))
-        names = self.link_names()
+        names = names if names is not None else self.link_names()
         nexthop_oif: dict[int, int | None] = {}
         if any(r.nh_id is not None and r.oif is None for r in raw):
             # net.ipv4.nexthop_compat_mode=0: routes via a nexthop carry only its id; the link is the nexthop's.
@@ -157,8 +163,8 @@ class Kernel:
             ))
         return routes
 
-    def read_nexthops(self) -> list[ActualNexthop]:
-        names = self.link_names()
+    def read_nexthops(self, names: dict[int, str] | None = None) -> list[ActualNexthop]:
+        names = names if names is not None else self.link_names()
         return [_nexthop(n, names) for n in _dump(self.rtnl.dump_nexthops)]
 
     def read_rules(self, priority: int) -> list[ActualRule]:

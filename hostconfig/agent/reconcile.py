@@ -155,11 +155,12 @@ class Reconciler:
         2. add/replace routes that are missing or wrong (new role: its routes; leak-guard unreachable routes);
         3. delete our stray routes; 4. delete nexthops no role needs, which takes their routes with them.
         """
-        links = self._owned_links(desired)
+        names, tunnel_links = self.kernel.link_snapshot(tuple(s.name for s in desired.links))
+        links = owned_links(desired.links, tunnel_links, self.link_mode)
         usable = {name for name, link in links.items() if link.up}
-        nexthops = diff_nexthops(desired.nexthops, self.kernel.read_nexthops(), desired.protocol, usable)
+        nexthops = diff_nexthops(desired.nexthops, self.kernel.read_nexthops(names), desired.protocol, usable)
         result.problems.extend(nexthops.problems)
-        route_changes, route_problems = diff_routes(desired.routes, self.kernel.read_routes(desired.table),
+        route_changes, route_problems = diff_routes(desired.routes, self.kernel.read_routes(desired.table, names),
                                                     desired.protocol, nexthops.unavailable, nexthops.removed)
         result.problems.extend(route_problems)
         upserts = [c for c in nexthops.changes if c.action != "delete_nexthop"]

@@ -13,8 +13,8 @@ import errno
 import os
 import socket
 import struct
-from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import NamedTuple
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
@@ -53,8 +53,7 @@ class DumpInterrupted(RtnlError):
     """NLM_F_DUMP_INTR: the table changed during the dump; the caller retries."""
 
 
-@dataclass(frozen=True)
-class RawRoute:
+class RawRoute(NamedTuple):  # a tuple: built hundreds of times per switch
     dst: str
     dst_len: int
     table: int
@@ -66,8 +65,7 @@ class RawRoute:
     nh_id: int | None
 
 
-@dataclass(frozen=True)
-class RawLink:
+class RawLink(NamedTuple):  # a tuple: built hundreds of times per switch
     index: int
     name: str
     up: bool
@@ -78,8 +76,7 @@ class RawLink:
     vti: tuple[str | None, str | None, int | None, int | None] | None
 
 
-@dataclass(frozen=True)
-class RawNexthop:
+class RawNexthop(NamedTuple):  # a tuple: built hundreds of times per switch
     id: int
     protocol: int
     oif: int | None
