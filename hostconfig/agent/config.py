@@ -249,6 +249,13 @@ def parse_config(data: Any) -> AgentConfig:
         if len(set(values)) != len(values):
             raise ConfigError(f"tunnels[1].{attr}: must differ between tunnels (both are {values[0]}),"
                               f" e.g. {example}")
+    for i, t in enumerate(tunnels):
+        # The agent owns the tunnel links (it recreates them and sets their addresses): naming the public or the VLAN
+        # NIC here would strip the gateway's own address.
+        for key, nic in (("public_interface", public_interface), ("vlan_interface", vlan_interface)):
+            if t.interface == nic:
+                raise ConfigError(f"tunnels[{i}].interface: {t.interface!r} is the {key}; a tunnel needs its own"
+                                  f" VTI name the agent creates and owns, e.g. \"vti-aws{i + 1}\"")
     nets = [t.gateway_inside_cidr.network for t in tunnels]
     if len(nets) == 2 and nets[0].overlaps(nets[1]):
         raise ConfigError(f"tunnels[1].gateway_inside_cidr: overlaps tunnels[0] ({nets[0]}), e.g. \"169.254.11.2/30\"")

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import nft
 from .config import AgentConfig
 from .desired import (
+    ActualLink,
     Change,
     DesiredState,
     LinkMode,
@@ -23,9 +24,11 @@ from .desired import (
     desired_state,
     diff_addresses,
     diff_links,
+    diff_nexthops,
     diff_routes,
     diff_rule,
     diff_sysctls,
+    owned_links,
 )
 from .kernel import SYSCTL_ROOT, Kernel, KernelError, read_sysctls, write_sysctl
 from .state import NFT_RECORD
@@ -55,8 +58,10 @@ class Reconciler:
     def run(self, view: TunnelView, routes_only: bool = False, with_nft: bool = True) -> ReconcileResult:
         """Converge the kernel to the desired state for ``view``.
 
-        ``routes_only`` is the failover fast path. ``with_nft=False`` skips the ruleset (the daemon's fallback when
-        the file is refused: links, routes and leak protection must still be kept).
+        ``routes_only`` is the failover fast path: nexthops and routes only. A switch there is one nexthop replace
+        (plus one nexthop delete when the old tunnel is no standby), whatever the number of AWS CIDRs; the whole
+        table is still read and compared, so it repairs what it finds. ``with_nft=False`` skips the ruleset (the
+        daemon's fallback when the file is refused: links, routes and leak protection must still be kept).
         """
         started = time.perf_counter()
         desired = desired_state(self.config, view)
@@ -100,10 +105,13 @@ class Reconciler:
 
     def _links(self, desired: DesiredState, result: ReconcileResult) -> None:
         names = tuple(spec.name for spec in desired.links)
+        mark = self.link_mode == "vti"
         for change in diff_links(desired.links, self.kernel.read_links(names), self.link_mode):
             spec = change.spec
             if change.action == "missing_link":
                 result.problems.append(f"link {spec.name} is missing (link mode 'given': created by someone else)")
+            elif change.action == "foreign_link":
+                result.problems.append(change.target)
             elif change.action == "create_link":
                 self._apply(result, change, lambda s=spec: self.kernel.create_vti(s))
             elif change.action == "recreate_link":
@@ -112,11 +120,16 @@ class Reconciler:
                     self.kernel.create_vti(s)
                 self._apply(result, change, recreate)
             elif change.action == "set_link":
-                self._apply(result, change, lambda s=spec: self.kernel.set_link(s))
+                self._apply(result, change, lambda s=spec: self.kernel.set_link(s, mark))
+
+    def _owned_links(self, desired: DesiredState) -> dict[str, ActualLink]:
+        return owned_links(desired.links, self.kernel.read_links(tuple(s.name for s in desired.links)),
+                           self.link_mode)
 
     def _addresses(self, desired: DesiredState, result: ReconcileResult) -> None:
-        links = self.kernel.read_links(tuple(desired.addresses))
-        for change in diff_addresses(desired.addresses, self.kernel.read_addresses(links)):
+        links = self._owned_links(desired)  # never strip the addresses of a link that is not ours
+        wanted = {name: addrs for name, addrs in desired.addresses.items() if name in links}
+        for change in diff_addresses(wanted, self.kernel.read_addresses(links)):
             ifname, addr = change.spec
             if change.action == "add_address":
                 self._apply(result, change, lambda i=ifname, a=addr: self.kernel.add_address(i, a))
@@ -124,26 +137,49 @@ class Reconciler:
                 self._apply(result, change, lambda i=ifname, a=addr: self.kernel.delete_address(i, a))
 
     def _sysctls(self, desired: DesiredState, result: ReconcileResult) -> None:
-        actual = read_sysctls(list(desired.sysctls), self.sysctl_root)
+        links = self._owned_links(desired)
+        foreign = {spec.name for spec in desired.links} - set(links)
+        keys = [k for k in desired.sysctls if not any(f"/conf/{name}/" in k for name in foreign)]
+        actual = read_sysctls(keys, self.sysctl_root)
         for key, value in actual.items():
             if value is None and "/conf/all/" not in key and key.count("/") > 2:
                 result.problems.append(f"sysctl {key}: missing (interface absent)")
-        for change in diff_sysctls(desired.sysctls, actual):
+        for change in diff_sysctls({k: desired.sysctls[k] for k in keys}, actual):
             key, value = change.spec
             self._apply(result, change, lambda k=key, v=value: write_sysctl(k, v, self.sysctl_root))
 
     def _routes(self, desired: DesiredState, result: ReconcileResult) -> None:
-        names = tuple(spec.name for spec in desired.links)
-        usable = {name for name, link in self.kernel.read_links(names).items() if link.up}
-        changes, problems = diff_routes(desired.routes, self.kernel.read_routes(desired.table), desired.protocol,
-                                        usable)
-        result.problems.extend(problems)
-        for change in changes:
+        """Nexthops then routes, ordered so that no moment is without a route through a tunnel or the leak guard.
+
+        1. add/replace the role nexthops (a switch: the active one now points at the new tunnel, all routes follow);
+        2. add/replace routes that are missing or wrong (new role: its routes; leak-guard unreachable routes);
+        3. delete our stray routes; 4. delete nexthops no role needs, which takes their routes with them.
+        """
+        names, tunnel_links = self.kernel.link_snapshot(tuple(s.name for s in desired.links))
+        links = owned_links(desired.links, tunnel_links, self.link_mode)
+        usable = {name for name, link in links.items() if link.up}
+        nexthops = diff_nexthops(desired.nexthops, self.kernel.read_nexthops(names), desired.protocol, usable)
+        result.problems.extend(nexthops.problems)
+        route_changes, route_problems = diff_routes(desired.routes, self.kernel.read_routes(desired.table, names),
+                                                    desired.protocol, nexthops.unavailable, nexthops.removed)
+        result.problems.extend(route_problems)
+        upserts = [c for c in nexthops.changes if c.action != "delete_nexthop"]
+        for change in upserts:
+            index = links[change.spec.ifname].index
+            self._apply(result, change, lambda s=change.spec, i=index: self.kernel.replace_nexthop(s, desired.protocol,
+                                                                                                    i))
+        failed = {c.spec.id for c in upserts if c not in result.changes}
+        for change in route_changes:
             if change.action == "replace_route":
+                if change.spec.nhid in failed:
+                    continue  # its nexthop could not be made: that problem is reported already
                 self._apply(result, change,
                             lambda s=change.spec: self.kernel.replace_route(s, desired.table, desired.protocol))
             else:
                 self._apply(result, change, lambda r=change.spec: self.kernel.delete_route(r, desired.table))
+        for change in nexthops.changes:
+            if change.action == "delete_nexthop":
+                self._apply(result, change, lambda n=change.spec: self.kernel.delete_nexthop(n))
 
     def _rule(self, desired: DesiredState, result: ReconcileResult) -> None:
         for change in diff_rule(desired.rule, self.kernel.read_rules(desired.rule.priority)):

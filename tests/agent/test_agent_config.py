@@ -49,6 +49,9 @@ def test_contract_example_parses_into_typed_values():
         (("tunnels",), [], "tunnels: must be a list of 1 or 2 tunnels"),
         (("tunnels", 1, "mark"), 100, "tunnels[1].mark: must differ between tunnels"),
         (("tunnels", 1, "interface"), "vti-aws1", "tunnels[1].interface: must differ"),
+        (("tunnels", 0, "interface"), "eth0", "tunnels[0].interface: 'eth0' is the public_interface; a tunnel needs"
+                                              " its own VTI name the agent creates and owns, e.g. \"vti-aws1\""),
+        (("tunnels", 1, "interface"), "eth1", "tunnels[1].interface: 'eth1' is the vlan_interface"),
         (("tunnels", 0, "mark"), 0, "tunnels[0].mark: must be an integer 1..4294967295, e.g. 100"),
         (("tunnels", 0, "aws_inside_ip"), "169.254.99.1", "tunnels[0].aws_inside_ip: must be the other address"),
         (("tunnels", 1), dict(BASE_CONFIG["tunnels"][1], gateway_inside_cidr="169.254.10.6/29",

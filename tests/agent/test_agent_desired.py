@@ -10,18 +10,24 @@ from agent_testlib import BASE_CONFIG
 
 from hostconfig.agent.config import parse_config
 from hostconfig.agent.desired import (
+    ACTIVE_NEXTHOP,
+    NEXTHOP_IDS,
+    STANDBY_NEXTHOP,
     ActualLink,
+    ActualNexthop,
     ActualRoute,
     ActualRule,
-    RouteSpec,
+    NexthopSpec,
     RuleSpec,
     TunnelView,
     desired_state,
     diff_addresses,
     diff_links,
+    diff_nexthops,
     diff_routes,
     diff_rule,
     diff_sysctls,
+    owned_links,
 )
 
 CFG = parse_config(copy.deepcopy(BASE_CONFIG))
@@ -79,8 +85,9 @@ def test_view_rejects_active_that_is_not_up_and_unknown_names():
         desired_state(CFG, TunnelView(frozenset({"tunnel9"}), None))
 
 
-def vti(name="vti-aws1", key=100, mtu=1419, up=True, kind="vti", remote="198.51.100.1"):
-    return ActualLink(name, 5, kind, mtu, up, IPv4Address("10.8.0.2"), IPv4Address(remote), key, key)
+def vti(name="vti-aws1", key=100, mtu=1419, up=True, kind="vti", remote="198.51.100.1", alias="mark"):
+    alias = f"hybrid-vpn tunnel {name}" if alias == "mark" else alias
+    return ActualLink(name, 5, kind, mtu, up, IPv4Address("10.8.0.2"), IPv4Address(remote), key, key, alias)
 
 
 def test_diff_links_vti_mode():
@@ -92,8 +99,17 @@ def test_diff_links_vti_mode():
     actions = [(c.action, c.spec.name) for c in diff_links(desired, half, "vti")]
     assert actions == [("recreate_link", "vti-aws1"), ("set_link", "vti-aws2")]
     assert [c.action for c in diff_links(desired, {}, "vti")] == ["create_link", "create_link"]
+    # not ours: never recreated (that would delete it), only reported
     wrong_kind = {"vti-aws1": vti(kind="veth"), "vti-aws2": vti("vti-aws2", 200, remote="198.51.100.2")}
-    assert [c.action for c in diff_links(desired, wrong_kind, "vti")] == ["recreate_link"]
+    assert [c.action for c in diff_links(desired, wrong_kind, "vti")] == ["foreign_link"]
+    assert "vti-aws1 is a veth link, not a VTI the agent made" in diff_links(desired, wrong_kind, "vti")[0].target
+    others_vti = {"vti-aws1": vti(key=7, alias=None), "vti-aws2": vti("vti-aws2", 200, remote="198.51.100.2")}
+    assert [c.action for c in diff_links(desired, others_vti, "vti")] == ["foreign_link"]
+    # a VTI with the tunnel's key but no mark (made before the mark existed) is ours: adopted, marked in place
+    unmarked = {"vti-aws1": vti(alias=None), "vti-aws2": vti("vti-aws2", 200, remote="198.51.100.2")}
+    assert [c.action for c in diff_links(desired, unmarked, "vti")] == ["set_link"]
+    assert owned_links(desired, {**wrong_kind, **{"eth0": vti("eth0")}}, "vti") == {"vti-aws2": wrong_kind["vti-aws2"]}
+    assert set(owned_links(desired, wrong_kind, "given")) == {"vti-aws1", "vti-aws2"}
 
 
 def test_diff_links_given_mode_never_creates_and_ignores_kind():
@@ -118,42 +134,89 @@ def test_diff_sysctls():
         ("net/ipv4/ip_forward", "1")]
 
 
-def ours(metric, ifname=None, kind="unicast", proto=157, dst=NET, src=SRC):
-    return ActualRoute(dst, metric, proto, kind, ifname, src if kind == "unicast" else None)
+def ours(metric, ifname=None, kind="unicast", proto=157, dst=NET, src=SRC, nhid="role"):
+    if nhid == "role":
+        nhid = {100: ACTIVE_NEXTHOP, 200: STANDBY_NEXTHOP}.get(metric) if kind == "unicast" else None
+    return ActualRoute(dst, metric, proto, kind, ifname, src if kind == "unicast" else None, nhid)
 
 
 LINKS = {"vti-aws1", "vti-aws2"}
 
 
-def test_diff_routes_converged_is_empty_and_switch_is_one_replace():
-    desired = desired_state(CFG, TunnelView(BOTH, "tunnel1")).routes
-    actual = [ours(100, "vti-aws1"), ours(200, "vti-aws2"), ours(0xFFFFFFFF, kind="unreachable")]
-    assert diff_routes(desired, actual, 157, LINKS) == ([], [])
-    switched = desired_state(CFG, TunnelView(frozenset({"tunnel2"}), "tunnel2")).routes
-    changes, problems = diff_routes(switched, actual, 157, LINKS)
-    assert [c.action for c in changes] == ["replace_route", "delete_route"]
-    assert changes[0].spec == RouteSpec(NET, 100, "unicast", "vti-aws2", SRC)
-    assert changes[1].spec.metric == 200 and problems == []
+def nexthop(nh_id, ifname, proto=157, kind="dev"):
+    return ActualNexthop(nh_id, proto, ifname, kind)
 
 
-def test_diff_routes_strays_foreign_and_missing_links():
+def test_desired_routes_reference_one_nexthop_per_role():
+    state = desired_state(CFG, TunnelView(BOTH, "tunnel1"))
+    assert state.nexthops == (NexthopSpec(ACTIVE_NEXTHOP, "active", "vti-aws1"),
+                              NexthopSpec(STANDBY_NEXTHOP, "standby", "vti-aws2"))
+    assert {(r.metric, r.nhid) for r in state.routes} == {(100, ACTIVE_NEXTHOP), (200, STANDBY_NEXTHOP),
+                                                          (0xFFFFFFFF, None)}
+    assert desired_state(CFG, TunnelView(frozenset(), None)).nexthops == ()
+    assert ACTIVE_NEXTHOP in NEXTHOP_IDS and STANDBY_NEXTHOP in NEXTHOP_IDS
+
+
+def test_switch_is_one_nexthop_replace_and_one_delete_whatever_the_cidr_count():
+    data = copy.deepcopy(BASE_CONFIG)
+    data["aws_cidrs"] = [f"10.{i}.0.0/16" for i in range(100)]
+    cfg = parse_config(data)
+    before = desired_state(cfg, TunnelView(BOTH, "tunnel1"))
+    actual_nh = [nexthop(ACTIVE_NEXTHOP, "vti-aws1"), nexthop(STANDBY_NEXTHOP, "vti-aws2")]
+    # the kernel reports the link of the route's nexthop: after the replace the routes show the new link
+    actual_routes = [ours(r.metric, r.ifname, r.type, dst=r.dst) for r in before.routes]
+    after = desired_state(cfg, TunnelView(frozenset({"tunnel2"}), "tunnel2"))
+    nh = diff_nexthops(after.nexthops, actual_nh, 157, LINKS)
+    assert [str(c).split(" (")[0] for c in nh.changes] == [
+        f"replace_nexthop id {ACTIVE_NEXTHOP} dev vti-aws2",
+        f"delete_nexthop id {STANDBY_NEXTHOP} dev vti-aws2 proto 157"]
+    assert nh.removed == {STANDBY_NEXTHOP} and nh.unavailable == frozenset() and nh.problems == []
+    # no route changes at all: the active routes keep their nexthop id, the standby ones go with their nexthop
+    assert diff_routes(after.routes, actual_routes, 157, nh.unavailable, nh.removed) == ([], [])
+    # converged: nothing
+    assert diff_nexthops(before.nexthops, actual_nh, 157, LINKS).changes == []
+    assert diff_routes(before.routes, actual_routes, 157) == ([], [])
+
+
+def test_diff_nexthops_leaves_foreign_nexthops_alone_and_deletes_only_ours():
+    desired = desired_state(CFG, TunnelView(BOTH, "tunnel1")).nexthops
+    actual = [nexthop(ACTIVE_NEXTHOP, "vti-aws1", kind="blackhole"),  # ours, wrong: replaced
+              nexthop(STANDBY_NEXTHOP, "vti-aws2", proto=4),  # someone else's at our id: reported, left alone
+              nexthop(1_519_150, "vti-aws1"),  # our stray: deleted
+              nexthop(7, "vti-aws1"),  # outside our id range: not ours whatever its protocol
+              nexthop(1_519_160, "eth1", proto=12)]  # in the range, other protocol: not ours
+    nh = diff_nexthops(desired, actual, 157, LINKS)
+    assert [c.action for c in nh.changes] == ["replace_nexthop", "delete_nexthop"]
+    assert nh.changes[1].spec.id == 1_519_150
+    assert nh.unavailable == {STANDBY_NEXTHOP} and "protocol 4 (not the agent's)" in nh.problems[0]
+    missing_link = diff_nexthops(desired, [], 157, {"vti-aws1"})
+    assert [c.action for c in missing_link.changes] == ["add_nexthop"]
+    assert missing_link.unavailable == {STANDBY_NEXTHOP}
+    assert "link vti-aws2 is missing, down or not the agent's" in missing_link.problems[0]
+
+
+def test_diff_routes_strays_foreign_and_unavailable_nexthops():
     desired = desired_state(CFG, TunnelView(BOTH, "tunnel1")).routes
     stray = ours(100, "vti-aws1", dst=IPv4Network("192.0.2.0/24"))
     foreign = ours(50, "vti-aws1", proto=4, dst=IPv4Network("10.0.0.0/16"))
     wrong_src = ours(100, "vti-aws1", src=IPv4Address("169.254.10.2"))
-    changes, problems = diff_routes(desired, [stray, foreign, wrong_src], 157, {"vti-aws1"})
+    changes, problems = diff_routes(desired, [stray, foreign, wrong_src], 157, frozenset({STANDBY_NEXTHOP}))
     assert [str(c).split(" (")[0] for c in changes] == [
-        "replace_route 10.0.0.0/16 metric 100 dev vti-aws1 src 172.16.1.1",
+        f"replace_route 10.0.0.0/16 metric 100 nhid {ACTIVE_NEXTHOP} dev vti-aws1 src 172.16.1.1",
         "replace_route 10.0.0.0/16 metric 4294967295 unreachable",
         "delete_route 192.0.2.0/24 metric 100 unicast dev vti-aws1",
     ]
-    assert problems == ["route 10.0.0.0/16 metric 200 dev vti-aws2 src 172.16.1.1: link vti-aws2 is missing or down"]
+    assert problems == []
+    # a route of the old kind (dev, no nexthop) is replaced by one via the nexthop
+    old_kind = ours(100, "vti-aws1", nhid=None)
+    changes, _ = diff_routes(desired, [old_kind], 157)
+    assert changes[0].action == "replace_route" and changes[0].spec.nhid == ACTIVE_NEXTHOP
 
 
 def test_diff_routes_never_clobbers_a_foreign_route_with_our_key():
     desired = desired_state(CFG, TunnelView(BOTH, "tunnel1")).routes
     foreign = ours(0xFFFFFFFF, kind="blackhole", proto=4)
-    changes, problems = diff_routes(desired, [foreign], 157, LINKS)
+    changes, problems = diff_routes(desired, [foreign], 157)
     assert all(c.spec.metric != 0xFFFFFFFF for c in changes)
     assert "protocol 4 holds the same destination" in problems[0]
 

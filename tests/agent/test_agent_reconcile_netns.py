@@ -59,16 +59,21 @@ def test_switch_is_one_replace_and_both_down_never_leaks(gateway):
     gateway.reconcile(BOTH, "tunnel1")
     changes, problems = gateway.reconcile({"tunnel2"}, "tunnel2")
     assert problems == []
+    # the active nexthop now points at vti-aws2; deleting the standby nexthop takes its routes with it
     assert [c.split(" (")[0] for c in changes] == [
-        "replace_route 10.0.0.0/16 metric 100 dev vti-aws2 src 172.16.1.1",
-        "delete_route 10.0.0.0/16 metric 200 unicast dev vti-aws2",
+        "replace_nexthop id 1519101 dev vti-aws2",
+        "delete_nexthop id 1519102 dev vti-aws2 proto 157",
     ]
+    assert routes(gateway) == {
+        ("10.0.0.0/16", 100): "unicast vti-aws2 172.16.1.1 157",
+        ("10.0.0.0/16", 4294967295): "unreachable None None 157",
+    }
     get = gateway.ip("route", "get", "10.0.1.1")
     assert "dev vti-aws2" in get.stdout and "src 172.16.1.1" in get.stdout
     # both down: a default route in main would carry AWS traffic in clear text, the unreachable route stops it
     gateway.ip("route", "add", "default", "via", "172.16.1.254", "dev", "eth1")
     changes, _ = gateway.reconcile(set(), None)
-    assert [c.split(" (")[0] for c in changes] == ["delete_route 10.0.0.0/16 metric 100 unicast dev vti-aws2"]
+    assert [c.split(" (")[0] for c in changes] == ["delete_nexthop id 1519101 dev vti-aws2 proto 157"]
     assert routes(gateway) == {("10.0.0.0/16", 4294967295): "unreachable None None 157"}
     leak = gateway.ip("route", "get", "10.0.1.1", check=False)
     assert leak.returncode != 0 and "No route to host" in leak.stderr  # EHOSTUNREACH from our unreachable route

@@ -31,9 +31,9 @@ def ifindex(gw, dev: str) -> int:
 def test_up_events_route_and_repeated_up_changes_nothing(gateway):
     first = gateway.vpnctl("updown", "--tunnel-links", "given", env=ENV1)
     assert first.returncode == 0, first.stderr
-    assert "10.0.0.0/16 dev vti-aws1 proto 157 src 172.16.1.1 metric 100" in table(gateway)
+    assert "10.0.0.0/16 nhid 1519101 dev vti-aws1 proto 157 src 172.16.1.1 metric 100" in table(gateway)
     assert gateway.vpnctl("updown", "--tunnel-links", "given", env=ENV2).returncode == 0
-    assert "dev vti-aws2 proto 157 src 172.16.1.1 metric 200" in table(gateway)
+    assert "nhid 1519102 dev vti-aws2 proto 157 src 172.16.1.1 metric 200" in table(gateway)
     before, index = table(gateway), ifindex(gateway, "vti-aws1")
     again = gateway.vpnctl("updown", "--tunnel-links", "given", env=ENV1)
     assert again.returncode == 0
@@ -44,7 +44,7 @@ def test_up_events_route_and_repeated_up_changes_nothing(gateway):
     # the active tunnel goes down: traffic moves at once, the link stays (no VTI teardown)
     down = gateway.vpnctl("updown", "--tunnel-links", "given", env=dict(ENV1, PLUTO_VERB="down-client"))
     assert down.returncode == 0
-    assert "10.0.0.0/16 dev vti-aws2 proto 157 src 172.16.1.1 metric 100" in table(gateway)
+    assert "10.0.0.0/16 nhid 1519101 dev vti-aws2 proto 157 src 172.16.1.1 metric 100" in table(gateway)
     assert "vti-aws1" not in table(gateway) and ifindex(gateway, "vti-aws1") == index
 
 

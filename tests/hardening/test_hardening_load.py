@@ -75,9 +75,8 @@ def test_hundred_aws_and_ten_vlan_cidrs(netns, tmp_path):
 
     changes, problems = run_in_netns(gw, _reconcile, str(config), frozenset({"tunnel2"}), "tunnel2", True)
     assert problems == []
-    assert Counter(changes) == {"replace_route": 100, "delete_route": 100}
-    # make-before-break: the replaces come first, then the standby routes (now the active ones) are removed
-    assert changes[:100] == ["replace_route"] * 100
+    # one message moves all 100 active routes (their nexthop), then the standby nexthop goes with its 100 routes
+    assert changes == ["replace_nexthop", "delete_nexthop"]
     table = by_metric(gw)
     assert table[100] == {c: "vti-aws2" for c in LOAD_AWS_CIDRS} and 200 not in table
     assert len(table[4294967295]) == 100

@@ -54,6 +54,36 @@ class FaultyIPRoute:
             return wrapped
         return attr
 
+    def rtnl(self, real):
+        """The same fault plan over the raw rtnetlink client (nexthops, routes via a nexthop, the route dump)."""
+        return FaultyRtnl(real, self)
+
+
+class FaultyRtnl:
+    WRITES = {"replace_nexthop", "delete_nexthop", "replace_route_via_nexthop"}
+
+    def __init__(self, real, plan: FaultyIPRoute):
+        self.real = real
+        self.plan = plan
+
+    def __getattr__(self, name):
+        attr = getattr(self.real, name)
+        plan = self.plan
+
+        def wrapped(*args, **kwargs):
+            from hostconfig.agent.rtnl import RtnlError
+
+            if name in self.WRITES:
+                plan.writes += 1
+                if plan.writes == plan.fail_at:
+                    plan.failed = f"{name} {args[0] if args else ''}"
+                    raise RtnlError(plan.code, os.strerror(plan.code))
+            elif name == "dump_routes" and plan.fail_dump:
+                plan.fail_dump = False
+                raise RtnlError(plan.code, os.strerror(plan.code))
+            return attr(*args, **kwargs)
+        return wrapped if callable(attr) else attr
+
 
 def _reconcile(config: str, up: frozenset[str], active: str | None, fail_at: int | None = None,
                code: int = errno.EPERM, fail_dump: bool = False) -> dict:
@@ -63,9 +93,10 @@ def _reconcile(config: str, up: frozenset[str], active: str | None, fail_at: int
     from hostconfig.agent.desired import TunnelView
     from hostconfig.agent.kernel import Kernel
     from hostconfig.agent.reconcile import Reconciler
+    from hostconfig.agent.rtnl import Rtnl
 
     faulty = FaultyIPRoute(IPRoute(), fail_at, code, fail_dump)
-    with Kernel(faulty) as kernel:  # type: ignore[arg-type]
+    with Kernel(faulty, faulty.rtnl(Rtnl())) as kernel:  # type: ignore[arg-type]
         result = Reconciler(load_config(config), kernel, "given").run(TunnelView(up, active))
     return {"changes": [str(c) for c in result.changes], "problems": result.problems, "writes": faulty.writes,
             "failed": faulty.failed}
@@ -168,7 +199,7 @@ def test_a_refused_write_at_every_position_is_reported_and_the_next_run_converge
         problems = " | ".join(faulty["problems"])
         assert MESSAGES[code] in problems, (position, faulty)
         # the message says what was tried: the operation and its object
-        assert any(word in problems for word in ("route", "rule", "address", "link")), problems
+        assert any(word in problems for word in ("route", "rule", "address", "link", "nexthop")), problems
         if before is not None or our_rules(lab):
             assert_no_leak(lab)
         if before is not None:
@@ -211,6 +242,10 @@ def test_vpnctl_reports_a_netlink_refusal_in_one_line_and_exits_1(lab):
              "            raise NetlinkError(errno.EPERM)\n"
              "        return self.ipr.route(command, *a, **k)\n"
              "kernel.IPRoute = Refusing\n"
+             "class RefusingRtnl(kernel.Rtnl):\n"
+             "    def replace_route_via_nexthop(self, *a, **k):\n"
+             "        raise kernel.RtnlError(errno.EPERM, 'Operation not permitted')\n"
+             "kernel.Rtnl = RefusingRtnl\n"
              "from hostconfig.agent.cli import main\n"
              "sys.exit(main(sys.argv[1:]))\n")
     subprocess.run(["ip", "-n", lab.gw, "route", "del", "10.0.0.0/16", "table", "1519", "metric", "200"], check=True)
