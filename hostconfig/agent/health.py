@@ -4,8 +4,10 @@ commands (reconcile, updown) use when no daemon is running. Time is always passe
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from .config import DEFAULT_REPAIR_HOLD_SECONDS
 from .desired import TunnelView
 
 log = logging.getLogger(__name__)
@@ -175,7 +177,7 @@ class RepairPolicy:
     backoff reset 60 s: a tunnel that stayed healthy this long starts again at the short delay.
     """
 
-    hold_seconds: float = 5.0
+    hold_seconds: float = DEFAULT_REPAIR_HOLD_SECONDS
     backoff_min_seconds: float = 20.0
     backoff_max_seconds: float = 300.0
     settle_seconds: float = 20.0
@@ -197,7 +199,8 @@ class RepairState:
     attempts: int = 0  # repairs since the tunnel was last healthy for backoff_reset_seconds
     last_at: float | None = None
     total: int = 0
-    last: dict[str, object] | None = None  # the last repair as status shows it
+    by_kind: dict[str, int] = field(default_factory=dict)
+    last: dict[str, Any] | None = None  # the last repair as status shows it
 
     def observe(self, health: TunnelHealth, sas: TunnelSaFacts, now: float, policy: RepairPolicy) -> None:
         dead = not health.up and sas.child_installed
@@ -215,13 +218,19 @@ class RepairState:
         """A repair was made: count it, start its backoff, and look at the tunnel afresh (the hold starts again)."""
         self.attempts += 1
         self.total += 1
+        self.by_kind[action.kind] = self.by_kind.get(action.kind, 0) + 1
         self.last_at = now
         self.dead_since = None
         self.duplicated_since = None
-        self.last = {"at": wall, "kind": action.kind, "reason": action.reason}
+        self.last = {"at": wall, "kind": action.kind, "reason": action.reason,
+                     "deleted_ike_sas": list(action.delete_ike_ids), "deleted_child_sas": list(action.delete_child_ids),
+                     "initiated": action.initiate}
 
     def next_allowed(self, policy: RepairPolicy) -> float:
         return float("-inf") if self.last_at is None else self.last_at + policy.backoff(self.attempts)
+
+
+REPAIR_KINDS = ("reestablish", "dedupe")
 
 
 @dataclass(frozen=True)
