@@ -45,6 +45,7 @@ from .vici_client import (
     ViciCommandFailed,
     ViciEventStream,
     ViciUnavailable,
+    child_counters,
     connect_unix,
     initiate_child,
     installed_tunnels,
@@ -132,6 +133,7 @@ class Repairer:
         self.states = {t.name: RepairState() for t in config.tunnels}
         self.waiting: dict[str, str] = {}
         self.next_check = float("-inf")
+        self.counters: dict[int, tuple[int, int]] = {}  # CHILD_SA traffic at the last listing
 
     @property
     def total(self) -> int:
@@ -143,11 +145,13 @@ class Repairer:
         self.next_check = now + REPAIR_CHECK_SECONDS
         path = self.config.paths.vici_socket
         try:
-            facts = tunnel_sa_facts(self.config, list_sas(path, connect=self.connect), now)
+            sas = list_sas(path, connect=self.connect)
         except ViciUnavailable as exc:
             # No SA facts, no repair: charon's absence is the VICI reconnect's business, and it shows in status.
             log.debug("repair check skipped: %s", exc)
             return None
+        facts = tunnel_sa_facts(self.config, sas, now, self.counters)
+        self.counters = child_counters(sas)
         for name, state in self.states.items():
             state.observe(self.health[name], facts.get(name, TunnelSaFacts()), now, self.policy)
         plan = plan_repairs(self.config.tunnel_names, self.health, facts, self.states, active, now, self.policy)

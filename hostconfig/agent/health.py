@@ -136,6 +136,9 @@ def view_for_one_shot(tunnels: tuple[str, ...], primary: str, *, daemon_view: Tu
 class ChildSaFact:
     child_id: int
     installed_at: float | None  # on the daemon's clock; None when charon did not say
+    # Traffic since the previous listing (a second ago; the probes make some every 100 ms on a live tunnel):
+    receiving: bool = False  # bytes in grew: the peer sends on this SA, so the peer has it
+    sending: bool = False  # bytes out grew: the kernel sends on this SA
 
 
 @dataclass(frozen=True)
@@ -256,31 +259,29 @@ class RepairPlan:
     waiting: dict[str, str]  # tunnel -> why a seen fault is not repaired now (status shows it)
 
 
-def _newest(values: list[float | None]) -> float:
-    return max((v for v in values if v is not None), default=float("-inf"))
-
-
 def _dedupe(name: str, sas: TunnelSaFacts) -> RepairAction:
-    """Keep the IKE_SA with the most recently installed CHILD_SA, and in it only that CHILD_SA.
+    """Keep one CHILD_SA (and its IKE_SA), delete every other.
 
-    The kernel sends on the newest usable outbound SA of a (mark, destination) (xfrm_state_find prefers the latest
-    add time), so this is the SA that carries our traffic now; the tunnel answers probes (else it would be
-    re-established, not deduplicated), so the peer has it. Deleting the others over IKE makes the peer drop its copies.
+    Which one: the one the peer sends on (bytes in grew: the peer certainly has it), else the one the kernel sends on
+    (bytes out grew), else the most recently installed, else the highest id. Crossed initiations can leave us an SA
+    the peer destroyed silently (charon on the peer, answering our INITIAL_CONTACT, drops its duplicate without a
+    DELETE): once only the kept SA remains, the kernel sends on it, and the peer has it.
     """
-    def child_key(c: ChildSaFact) -> tuple[float, int]:
-        return (c.installed_at if c.installed_at is not None else float("-inf"), c.child_id)
+    def child_key(c: ChildSaFact) -> tuple[bool, bool, float, int]:
+        return (c.receiving, c.sending, c.installed_at if c.installed_at is not None else float("-inf"), c.child_id)
 
-    def ike_key(ike: IkeSaFact) -> tuple[float, float, int]:
-        return (_newest([c.installed_at for c in ike.children]) if ike.children else float("-inf"),
-                ike.established_at if ike.established_at is not None else float("-inf"), ike.ike_id)
-
-    keep = max(sas.ikes, key=ike_key)
-    kept_child = max(keep.children, key=child_key) if keep.children else None
+    children = [(child_key(c), c, ike) for ike in sas.ikes for c in ike.children]
+    if children:
+        _key, kept_child, keep = max(children, key=lambda x: x[0])
+    else:
+        kept_child, keep = None, max(sas.ikes, key=lambda i: (i.established_at or float("-inf"), i.ike_id))
     drop_ikes = tuple(sorted(i.ike_id for i in sas.ikes if i.ike_id != keep.ike_id))
     drop_children = tuple(sorted(c.child_id for c in keep.children if kept_child and c.child_id != kept_child.child_id))
+    why = ("the peer sends on it" if kept_child and kept_child.receiving else
+           "the kernel sends on it" if kept_child and kept_child.sending else "the newest")
     counts = f"{len(sas.ikes)} IKE_SAs, {sum(len(i.children) for i in sas.ikes)} CHILD_SAs"
     return RepairAction("dedupe", name, f"{counts} for one tunnel (crossed initiations): keeping IKE_SA #{keep.ike_id}"
-                        f"{f' CHILD_SA #{kept_child.child_id}' if kept_child else ''}, the one the kernel sends on",
+                        f"{f' CHILD_SA #{kept_child.child_id}' if kept_child else ''} ({why})",
                         drop_ikes, drop_children, keep.ike_id)
 
 
@@ -299,8 +300,8 @@ def plan_repairs(tunnels: tuple[str, ...], health: dict[str, TunnelHealth], sas:
     probe-up, a tunnel other than the one the kernel sends on (``active``) goes first, and the active one follows only
     once another has an installed CHILD_SA again (rule 4).
     Deduplicate T (several ESTABLISHED IKE_SAs or INSTALLED CHILD_SAs) when that has lasted ``hold_seconds`` (charon
-    resolves rekey collisions within one exchange) and T is not due for re-establishing; backoff and settling apply
-    the same way, rule 4 does not (a CHILD_SA stays).
+    resolves rekey collisions within one exchange) and T is not re-established; backoff and settling apply the same
+    way, rule 4 does not (one CHILD_SA stays: the last carrier is deduplicated, never rebuilt).
     """
     waiting: dict[str, str] = {}
     settling = [t for t in tunnels if repairs[t].settling(health[t], now, policy)]
@@ -323,11 +324,9 @@ def plan_repairs(tunnels: tuple[str, ...], health: dict[str, TunnelHealth], sas:
         if settling:
             waiting[t] = f"one repair at a time: {settling[0]} was repaired and does not answer probes yet"
             continue
-        if dead_for is not None and due:
-            others_up, others_installed = any_up - {t}, installed - {t}
-            if not others_up and not others_installed:
-                waiting[t] = "not repaired: the only tunnel with an installed CHILD_SA and no other answers probes"
-                continue
+        others_up, others_installed = any_up - {t}, installed - {t}
+        last_carrier = not others_up and not others_installed
+        if dead_for is not None and due and not last_carrier:
             cover = (f"{sorted(others_up)[0]} answers probes" if others_up
                      else f"{sorted(others_installed)[0]} keeps its CHILD_SA")
             reason = (f"probe-dead for {dead_for:.1f}s while its CHILD_SA is installed"
@@ -336,8 +335,10 @@ def plan_repairs(tunnels: tuple[str, ...], health: dict[str, TunnelHealth], sas:
             # Least repaired first (both dead: they take turns); then, with no other tunnel up, the kernel's active
             # tunnel last; then the longest dead.
             candidates.append(((0, st.attempts, int(t == active and not others_up), -dead_for), t, action))
-        elif duplicated_for is not None:
+        elif dup_due and duplicated_for is not None:
             candidates.append(((1, st.attempts, 0, -duplicated_for), t, _dedupe(t, facts)))
+        else:
+            waiting[t] = "not repaired: the only tunnel with an installed CHILD_SA and no other answers probes"
     if not candidates:
         return RepairPlan((), waiting)
     candidates.sort(key=lambda c: (c[0], c[1]))

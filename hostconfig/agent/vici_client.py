@@ -131,17 +131,32 @@ def installed_tunnels(config: AgentConfig, sas: list[IkeSa]) -> frozenset[str]:
     return frozenset(name for name, st in tunnel_sa_states(config, sas).items() if st.child_state == "INSTALLED")
 
 
-def tunnel_sa_facts(config: AgentConfig, sas: list[IkeSa], now: float) -> dict[str, TunnelSaFacts]:
+def child_counters(sas: list[IkeSa]) -> dict[int, tuple[int, int]]:
+    """child id -> (bytes in, bytes out), to tell at the next listing which SAs carry traffic."""
+    return {c.child_id: (c.bytes_in, c.bytes_out) for ike in sas for c in ike.children if c.child_id is not None}
+
+
+def tunnel_sa_facts(config: AgentConfig, sas: list[IkeSa], now: float,
+                    previous: dict[int, tuple[int, int]] | None = None) -> dict[str, TunnelSaFacts]:
     """Per tunnel its ESTABLISHED IKE_SAs and their INSTALLED CHILD_SAs, times on the caller's clock, for the repair
-    decision. SAs without charon's unique id cannot be terminated one by one and are left out."""
+    decision; ``previous`` (child_counters of the last listing) tells which CHILD_SAs carried traffic since. SAs
+    without charon's unique id cannot be terminated one by one and are left out."""
+    previous = previous or {}
+
+    def fact(c: ChildSa) -> ChildSaFact:
+        assert c.child_id is not None
+        before = previous.get(c.child_id)
+        return ChildSaFact(c.child_id, None if c.install_time is None else now - c.install_time,
+                           receiving=before is not None and c.bytes_in > before[0],
+                           sending=before is not None and c.bytes_out > before[1])
+
     found: dict[str, list[IkeSaFact]] = {}
     for ike in sas:
         name = tunnel_for_ike(config, ike)
         if name is None or ike.state != "ESTABLISHED" or ike.ike_id is None:
             continue
         mark = config.tunnel(name).mark
-        children = tuple(ChildSaFact(c.child_id, None if c.install_time is None else now - c.install_time)
-                         for c in ike.children
+        children = tuple(fact(c) for c in ike.children
                          if c.state == "INSTALLED" and c.mark_in in (None, mark) and c.child_id is not None)
         found.setdefault(name, []).append(
             IkeSaFact(ike.ike_id, None if ike.established is None else now - ike.established, children))

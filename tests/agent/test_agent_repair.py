@@ -166,3 +166,32 @@ def test_a_brief_duplicate_during_a_rekey_is_left_to_charon():
     w.tick(2.0)
     w.sas["tunnel1"] = TunnelSaFacts((IkeSaFact(1, 0.0, (ChildSaFact(10, 2.0),)),))
     assert w.run(60) == []
+
+
+def test_dedupe_keeps_the_sa_the_peer_sends_on_over_a_newer_one():
+    # What crossed initiations left on a real charon 5.9.8 (tests/agent/test_agent_repair_charon.py): two IKE_SAs
+    # installed within the same second, the peer had silently destroyed one (INITIAL_CONTACT) and answers on the other.
+    crossed = TunnelSaFacts((IkeSaFact(3, 100.0, (ChildSaFact(3, 100.0, receiving=True),)),
+                             IkeSaFact(4, 100.0, (ChildSaFact(4, 100.0, sending=True),))))
+    w = World({"tunnel1": True, "tunnel2": True}, sas={"tunnel1": crossed, "tunnel2": INSTALLED["tunnel2"]})
+    w.tick(100.0)
+    (action,) = w.tick(105.0).actions
+    assert (action.keep_ike_id, action.delete_ike_ids) == (3, (4,))
+    assert "(the peer sends on it)" in action.reason
+    # without traffic in, the one the kernel sends on wins over a newer install
+    quiet = TunnelSaFacts((IkeSaFact(3, 100.0, (ChildSaFact(3, 101.0),)),
+                           IkeSaFact(4, 100.0, (ChildSaFact(4, 100.0, sending=True),))))
+    w = World({"tunnel1": True, "tunnel2": True}, sas={"tunnel1": quiet, "tunnel2": INSTALLED["tunnel2"]})
+    w.tick(100.0)
+    (action,) = w.tick(105.0).actions
+    assert (action.keep_ike_id, action.delete_ike_ids) == (4, (3,)) and "(the kernel sends on it)" in action.reason
+
+
+def test_the_last_installed_tunnel_is_deduplicated_though_not_rebuilt():
+    # Both probe-dead, only tunnel1 has SAs, two of them: rebuilding it is refused (rule 4) but deleting the SA the
+    # peer lacks is not a teardown, and it is what makes the kernel send on the one the peer has.
+    crossed = TunnelSaFacts((IkeSaFact(3, 100.0, (ChildSaFact(3, 100.0, receiving=True),)),
+                             IkeSaFact(4, 100.0, (ChildSaFact(4, 100.0, sending=True),))))
+    w = World({"tunnel1": False, "tunnel2": False}, sas={"tunnel1": crossed}, active="tunnel1")
+    made = w.run(10.0)
+    assert made == [(5.0, "dedupe", "tunnel1")]
