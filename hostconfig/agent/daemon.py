@@ -170,7 +170,9 @@ class Repairer:
                  action.reason, ", ".join(steps))
         path, errors = self.config.paths.vici_socket, []
         calls: list[tuple[str, Callable[[], None]]] = [
-            *((f"IKE_SA #{i}", lambda i=i: terminate_ike(path, i, connect=self.connect))
+            # A rebuild's DELETE must reach the peer (that is what moves AWS's traffic): no force. A duplicate may be
+            # one the peer dropped silently: forced, so the kernel stops sending on it at once.
+            *((f"IKE_SA #{i}", lambda i=i: terminate_ike(path, i, force=action.kind == "dedupe", connect=self.connect))
               for i in action.delete_ike_ids),
             *((f"CHILD_SA #{i}", lambda i=i: terminate_child(path, i, connect=self.connect))
               for i in action.delete_child_ids),

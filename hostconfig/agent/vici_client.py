@@ -212,9 +212,18 @@ def _command(path: Path, command: str, message: dict[str, Any], timeout: float, 
 NO_WAIT = "-1"
 
 
-def terminate_ike(path: Path, ike_id: int, timeout: float = CONNECT_TIMEOUT, connect: Connector = connect_unix) -> None:
-    """Delete one IKE_SA (and its CHILD_SAs) with an IKE DELETE to the peer, without waiting for its answer."""
-    _command(path, "terminate", {"ike-id": str(ike_id), "timeout": NO_WAIT}, timeout, connect)
+def terminate_ike(path: Path, ike_id: int, force: bool = False, timeout: float = CONNECT_TIMEOUT,
+                  connect: Connector = connect_unix) -> None:
+    """Delete one IKE_SA (and its CHILD_SAs) with an IKE DELETE to the peer, without waiting for its answer.
+
+    ``force``: destroy it at once instead of after the peer's answer. For a duplicate the peer may no longer have
+    (measured: charon kept such an orphan and its CHILD_SA installed for the whole retransmission time, ~14 s, its
+    DELETE queued behind an unanswered DPD), so the kernel stops sending on it now.
+    """
+    message = {"ike-id": str(ike_id), "timeout": NO_WAIT}
+    if force:
+        message["force"] = "yes"
+    _command(path, "terminate", message, timeout, connect)
 
 
 def terminate_child(path: Path, child_id: int, timeout: float = CONNECT_TIMEOUT, connect: Connector = connect_unix

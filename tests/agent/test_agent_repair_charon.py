@@ -144,10 +144,10 @@ class Pair:
         """ESP of one tunnel dropped on its way into 'AWS' while IKE (non-ESP marker 0, UDP 4500) passes."""
         remote = str(self.config.tunnel(tunnel).remote_outside_ip)
         if on:
-            rule = f"ip daddr {remote} udp dport 4500 @th,64,32 != 0 drop"
+            ruleset = (f"table ip espcut {{\n chain input {{\n type filter hook input priority 0; policy accept;\n"
+                       f" ip daddr {remote} udp dport 4500 @th,64,32 != 0 drop\n }}\n}}\n")
             subprocess.run(["ip", "netns", "exec", self.aws.ns, "nft", "-f", "-"], check=True, text=True,
-                           input="table ip espcut {\n chain input {\n type filter hook input priority 0; policy accept;\n"
-                                 f" {rule}\n }}\n}}\n")
+                           input=ruleset)
         else:
             sh("ip", "netns", "exec", self.aws.ns, "nft", "delete", "table", "ip", "espcut")
 
@@ -286,8 +286,9 @@ def test_crossed_initiations_are_deduplicated_to_one_sa_the_peer_has(pair):
     because the crossing depends on timing; the dedupe must leave exactly one SA, present on both ends, that carries
     the probes."""
     pair.establish()
-    crossed = False
-    for attempt in range(1, 7):
+    crossed, attempt = False, 0
+    while attempt < 6:
+        attempt += 1
         for peer in (pair.gw, pair.aws):
             for ike in peer.sas("tunnel1"):
                 terminate_ike(peer.socket, ike.ike_id)
@@ -308,12 +309,13 @@ def test_crossed_initiations_are_deduplicated_to_one_sa_the_peer_has(pair):
             break
     if not crossed:
         pytest.skip("six crossed initiations all resolved to one SA on the gateway (timing): nothing to dedupe")
-    result = run_in_netns(pair.gw.ns, drive, pair.config, 15.0, None, 0.1, True)
+    result = run_in_netns(pair.gw.ns, drive, pair.config, 5.0, None, 0.1, True)
     kinds = [e for _t, e in result["events"] if e.startswith(("dedupe", "reestablish"))]
     assert kinds and kinds[0] == "dedupe tunnel1", result
     print(f"crossed on attempt {attempt}: {result['repairs']['tunnel1']['last']['reason']}; events {result['events']}")
-    gw_ids = [i.ike_id for i in pair.gw.installed("tunnel1")]
-    assert len(gw_ids) == 1 and len(pair.aws.installed("tunnel1")) == 1
+    # forced: the orphan is gone within the run (unforced, charon kept it ~14 s behind an unanswered DPD)
+    gw_ids = [i.ike_id for i in pair.gw.sas("tunnel1")]
+    assert len(gw_ids) == 1 and len(pair.aws.installed("tunnel1")) == 1, (gw_ids, pair.aws.sas("tunnel1"))
     gw_spi = pair.gw.installed("tunnel1")[0].children[0].spi_out
     aws_in = [c.spi_out for c in pair.aws.installed("tunnel1")[0].children]
     assert gw_spi and aws_in  # both ends have one CHILD_SA

@@ -83,7 +83,7 @@ def test_duplicates_of_a_healthy_tunnel_are_deleted_keeping_the_newest(config):
     newest.children[0].install_time = 5
     repairer, _ = setup(config, {"tunnel1": True, "tunnel2": True}, vici)
     run(repairer, 0.0, 10.0)
-    assert vici.commands == [("terminate", {"ike-id": str(older.ike_id), "timeout": "-1"})]
+    assert vici.commands == [("terminate", {"ike-id": str(older.ike_id), "timeout": "-1", "force": "yes"})]
     assert [i.ike_id for i in vici.tunnel_ikes("tunnel1")] == [newest.ike_id]
     assert repairer.snapshot("tunnel1", 10.0)["by_kind"] == {"dedupe": 1}
 
