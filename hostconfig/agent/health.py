@@ -207,7 +207,13 @@ class RepairState:
 
     def observe(self, health: TunnelHealth, sas: TunnelSaFacts, now: float, policy: RepairPolicy) -> None:
         dead = not health.up and sas.child_installed
-        self.dead_since = (self.dead_since if self.dead_since is not None else now) if dead else None
+        if not dead:
+            self.dead_since = None
+        else:
+            # Observed once a second: a tunnel that came up and went down again in between is dead since it went
+            # down (changed_at), not since our first look.
+            since = self.dead_since if self.dead_since is not None else now
+            self.dead_since = since if health.changed_at is None else max(since, min(health.changed_at, now))
         self.duplicated_since = ((self.duplicated_since if self.duplicated_since is not None else now)
                                  if sas.duplicated else None)
         if health.up and health.healthy_for(now) >= policy.backoff_reset_seconds:

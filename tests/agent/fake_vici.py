@@ -67,6 +67,24 @@ class FakeVici:
         self.threads.append(thread)
         return client
 
+    def serve_unix(self, path: Path) -> socket.socket:
+        """Listen on a unix socket path like charon's, for a daemon in another process; close the result to stop."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        listener.listen(16)
+
+        def accept() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                self.connections += 1
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        return listener
+
     def _serve(self, sock: socket.socket) -> None:
         transport = Transport(sock)
         try:

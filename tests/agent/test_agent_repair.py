@@ -195,3 +195,15 @@ def test_the_last_installed_tunnel_is_deduplicated_though_not_rebuilt():
     w = World({"tunnel1": False, "tunnel2": False}, sas={"tunnel1": crossed}, active="tunnel1")
     made = w.run(10.0)
     assert made == [(5.0, "dedupe", "tunnel1")]
+
+
+def test_an_up_and_down_between_two_looks_restarts_the_hold():
+    # The daemon looks once a second; the probes flip faster. Found by the daemon test: at start the tunnel is "not
+    # probed yet" (dead with a CHILD_SA), comes up 0.3 s later and goes down again, all between two looks.
+    w = World({"tunnel1": True, "tunnel2": False})
+    w.tick(0.0)
+    w.health["tunnel2"].presume_up(0.3, "answers")
+    w.health["tunnel2"].force_down(4.0, "down again")
+    assert w.tick(4.5).actions == ()  # dead since 4.0, not since 0.0
+    assert w.tick(8.5).actions == ()
+    assert [a.tunnel for a in w.tick(9.0).actions] == ["tunnel2"]
