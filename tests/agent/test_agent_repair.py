@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hostconfig.agent.health import (
     ChildSaFact,
     IkeSaFact,
@@ -207,3 +209,17 @@ def test_an_up_and_down_between_two_looks_restarts_the_hold():
     assert w.tick(4.5).actions == ()  # dead since 4.0, not since 0.0
     assert w.tick(8.5).actions == ()
     assert [a.tunnel for a in w.tick(9.0).actions] == ["tunnel2"]
+
+
+def test_repair_hold_is_optional_in_agent_json_and_checked(tmp_path):
+    from agent_testlib import config_dict, write_config
+
+    from hostconfig.agent.config import ConfigError, load_config
+
+    data = config_dict(tmp_path)
+    assert load_config(write_config(tmp_path, data)).probe.repair_hold_seconds == RepairPolicy().hold_seconds == 5
+    data["probe"]["repair_hold_seconds"] = 12
+    assert load_config(write_config(tmp_path, data)).probe.repair_hold_seconds == 12
+    data["probe"]["repair_hold_seconds"] = 0
+    with pytest.raises(ConfigError, match=r"probe\.repair_hold_seconds: must be an integer 1\.\.3600, e\.g\. 5"):
+        load_config(write_config(tmp_path, data))
