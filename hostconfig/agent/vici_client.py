@@ -42,6 +42,7 @@ class ChildSa:
     child_id: int | None = None  # charon's unique id (terminate child-id)
     install_time: int | None = None  # seconds since installed
     spi_out: str | None = None
+    spi_in: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def parse_ike_sas(message: dict[str, Any]) -> list[IkeSa]:
                 mark_in=_int(child.get("mark-in"), 16) if child.get("mark-in") else None,
                 bytes_in=_int(child.get("bytes-in")) or 0, bytes_out=_int(child.get("bytes-out")) or 0,
                 child_id=_int(child.get("uniqueid")), install_time=_int(child.get("install-time")),
-                spi_out=_text(child.get("spi-out")) or None,
+                spi_out=_text(child.get("spi-out")) or None, spi_in=_text(child.get("spi-in")) or None,
             ))
         result.append(IkeSa(name=_text(name), state=_text(ike.get("state")),
                             remote_host=_text(ike.get("remote-host")) or None, children=tuple(children),
