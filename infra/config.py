@@ -81,7 +81,9 @@ DEFAULTS: dict[str, Any] = {
         "rekey_fuzz_percent": 100,
         "replay_window": 1024,
         "dpd_timeout_seconds": 30,
-        "dpd_timeout_action": "restart",
+        # clear, not restart: with AWS restarting too, both ends re-initiate after a cut and the initiations cross
+        # (duplicate IKE_SAs, an orphan CHILD_SA the kernel may send on); see hostconfig/agent/README.md.
+        "dpd_timeout_action": "clear",
         "startup_action": "add",
     },
     "failover": {
@@ -734,7 +736,7 @@ def _parse_crypto(problems: list[str], raw: Any) -> CryptoProfile | None:
     replay = s.integer("replay_window", REPLAY_WINDOW[0], REPLAY_WINDOW[1], "64..2048 packets", "1024")
     dpd = s.integer("dpd_timeout_seconds", DPD_TIMEOUT_MIN, None, f">= {DPD_TIMEOUT_MIN} seconds", "30")
     action = s.string("dpd_timeout_action", re.compile("^(" + "|".join(AWS_DPD_ACTIONS) + ")$"),
-                      f"one of {', '.join(AWS_DPD_ACTIONS)} (AWS names)", "restart")
+                      f"one of {', '.join(AWS_DPD_ACTIONS)} (AWS names)", "clear")
     startup = s.string("startup_action", re.compile("^(" + "|".join(AWS_STARTUP_ACTIONS) + ")$"),
                        "add (the gateway initiates) or start (AWS initiates)", "add")
     values = (phase1, phase2, margin, fuzz, replay, dpd, action, startup)

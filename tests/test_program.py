@@ -211,7 +211,7 @@ def test_vpn_connection_carries_every_tunnel_option_of_the_crypto_profile(lab_ru
         assert vpn[f"{p}RekeyFuzzPercentage"] == 100
         assert vpn[f"{p}ReplayWindowSize"] == 1024
         assert vpn[f"{p}DpdTimeoutSeconds"] == 30
-        assert vpn[f"{p}DpdTimeoutAction"] == "restart"
+        assert vpn[f"{p}DpdTimeoutAction"] == "clear"
         assert vpn[f"{p}StartupAction"] == "add"
     assert vpn["tunnel1InsideCidr"] == "169.254.10.0/30" and vpn["tunnel2InsideCidr"] == "169.254.11.0/30"
 

@@ -60,10 +60,12 @@ log = logging.getLogger(__name__)
 
 # rtnetlink multicast groups (linux/rtnetlink.h): links, IPv4 addresses, IPv4 routes, IPv4 rules.
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE = 0x1, 0x10, 0x40, 0x80
+# RTNLGRP_NEXTHOP (32) as a bind() group mask: a nexthop replaced by hand sends no route notification.
+RTMGRP_NEXTHOP = 1 << (32 - 1)
 
 
 class KernelChangeWatch:
-    """A raw rtnetlink socket subscribed to link, IPv4 address, route and rule notifications.
+    """A raw rtnetlink socket subscribed to link, IPv4 address, route, rule and nexthop notifications.
 
     The messages are not parsed: any one means "the routing state may differ from ours", and a full reconcile (which
     reads everything and changes only what we own) is the answer. Our own changes notify too; the daemon discards what
@@ -71,7 +73,7 @@ class KernelChangeWatch:
     A plain socket rather than a pyroute2 handle: it lives as long as the daemon, and pyroute2 handles grow.
     """
 
-    GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE
+    GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE | RTMGRP_NEXTHOP
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,

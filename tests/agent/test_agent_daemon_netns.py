@@ -175,3 +175,20 @@ def test_changes_by_others_are_repaired_from_notifications_not_the_periodic_back
     finally:
         rc = stop(proc)
     assert rc == 0
+
+
+def test_a_nexthop_replaced_by_hand_is_repaired_without_the_periodic_backstop(fast_gateway):
+    """All AWS routes point at our active nexthop; an operator who re-points that one object moves every route at
+    once. With the periodic full reconcile an hour away, the daemon still puts it back within seconds."""
+    gw = fast_gateway
+    proc = start_daemon(gw, "--full-reconcile-seconds", "3600")
+    try:
+        wait_for(lambda: active_dev(gw) == "vti-aws1", what="tunnel1 active")
+        wait_for(lambda: "running: active" in (gw.tmp / "daemon-0.log").read_text(), what="the daemon's loop")
+        gw.ip("nexthop", "replace", "id", "1519101", "dev", "vti-aws2", "proto", "157")
+        wait_for(lambda: "dev vti-aws1" in gw.ip("nexthop", "show", "id", "1519101").stdout,
+                 what="our active nexthop re-pointed at tunnel1 without the periodic reconcile")
+        assert "changed by someone else: reconciling" in (gw.tmp / "daemon-0.log").read_text()
+    finally:
+        rc = stop(proc)
+    assert rc == 0
