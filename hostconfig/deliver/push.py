@@ -11,26 +11,25 @@ import binascii
 import errno
 import hashlib
 import io
+import json
 import logging
 import secrets as _random
 import shlex
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paramiko
 
 from hostconfig.deliver.changes import (
-    PREVIOUS_SUFFIX,
     Command,
     DesiredFile,
-    PlannedChange,
     RemoteFileState,
     RenderedFileLike,
     Scrubber,
     check_unique_paths,
-    parse_state_line,
     plan_changes,
     remote_path,
     temp_path,
@@ -52,52 +51,19 @@ _FIRST_BACKOFF_SECONDS = 0.25
 _MAX_BACKOFF_SECONDS = 8.0
 _MAX_ATTEMPT_SECONDS = 15.0
 
-# Reads each path's mode, owner and sha256 in one round trip. Paths arrive as positional arguments ($@).
-# It also creates missing parent directories: harmless when nothing changes, and saves a round trip otherwise.
-_STATE_SCRIPT = r"""
-for p in "$@"; do
-  d=${p%/*}; [ -z "$d" ] || [ -d "$d" ] || mkdir -p -- "$d" || echo "cannot create $d" >&2
-  if [ -f "$p" ] && [ ! -L "$p" ]; then
-    s=$(stat -c '%a %u %g' -- "$p") && h=$(sha256sum < "$p") && printf 'ok %s %s\n' "$s" "${h%% *}" || echo error
-  elif [ -e "$p" ] || [ -L "$p" ]; then echo notfile
-  else echo missing
-  fi
-done
-"""
-# Keeps the previous version (hard link: same inode, so same mode and owner) and renames the upload into place.
-# Arguments come in triples: temp path, final path, 1 if a previous file exists. Prints "done N" per installed file.
-_INSTALL_SCRIPT = r"""
-set -e
-i=0
-set -- "$@" --
-while [ "$1" != -- ]; do
-  if [ "$3" = 1 ]; then ln -f -- "$2" "$2@PREV@"; fi
-  mv -f -- "$1" "$2"
-  echo "done $i"
-  i=$((i+1))
-  set -- "$@" "$2" "${2%/*}/"
-  shift 3
-done
-shift
-# Flush the new files and their directory entries (only those, not every filesystem).
-sync -- "$@"
-""".replace("@PREV@", PREVIOUS_SUFFIX)
-# Puts back what _INSTALL_SCRIPT replaced. Pairs: final path, 1 to restore the previous version / 0 to remove.
-_RESTORE_SCRIPT = r"""
-rc=0
-while [ "$#" -ge 2 ]; do
-  if [ "$2" = 1 ]; then mv -f -- "$1@PREV@" "$1" || rc=1
-  else rm -f -- "$1" || rc=1
-  fi
-  sync -- "${1%/*}/" || true
-  shift 2
-done
-exit $rc
-""".replace("@PREV@", PREVIOUS_SUFFIX)
-
+# Where the gateway keeps delivery's own state: the lock, the activated record, manifests and results. Persistent
+# (the agent's state dir is /run): the record must survive a reboot between install and activation.
+DELIVERY_STATE_DIR = "/var/lib/hybrid-vpn-delivery"
+_REMOTE_PROGRAM = (Path(__file__).with_name("remote_txn.py")).read_text()
+# A push that finds the gateway changed under it (another push, an edit) plans again, this many times.
+_MAX_PLANS = 3
 
 class DeliveryError(Exception):
     """Base of every delivery failure; messages name the host and never carry file contents or secrets."""
+
+
+class TransportLost(DeliveryError):
+    """The SSH connection is gone (dropped, timed out, closed)."""
 
 
 class HostKeyMismatch(DeliveryError):
@@ -331,7 +297,7 @@ def run_remote(client: paramiko.SSHClient, argv: Sequence[str], timeout: float) 
     command_line = shlex.join(argv)
     transport = client.get_transport()
     if transport is None:
-        raise DeliveryError("SSH transport closed")
+        raise TransportLost("SSH transport closed")
     channel = transport.open_session(timeout=timeout)
     try:
         channel.settimeout(timeout)
@@ -347,42 +313,78 @@ def run_remote(client: paramiko.SSHClient, argv: Sequence[str], timeout: float) 
     return _Result(status, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"))
 
 
-def _sh(script: str, args: Iterable[str]) -> list[str]:
-    return ["sh", "-c", script, "sh", *args]
+def _remote(*args: str) -> list[str]:
+    """argv running remote_txn.py on the gateway (its source is in the command line: code and paths, no secrets)."""
+    return ["python3", "-c", _REMOTE_PROGRAM, *args]
 
 
-def read_remote_state(client: paramiko.SSHClient, paths: Sequence[str], timeout: float) -> list[RemoteFileState]:
-    result = run_remote(client, _sh(_STATE_SCRIPT, paths), timeout)
-    lines = result.stdout.splitlines()
-    if result.status != 0 or len(lines) != len(paths):
-        raise DeliveryError(
-            f"reading file state on the gateway failed (exit {result.status}, {len(lines)} of {len(paths)} lines): "
-            f"{result.stderr.strip()[:500]}"
-        )
+_TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, socket.timeout)
+
+
+@dataclass(frozen=True)
+class _GatewayState:
+    files: list[RemoteFileState]
+    activated: dict[str, dict]  # gateway path -> {sha256, mode, uid, gid} of the last activation that succeeded
+
+
+def read_remote_state(client: paramiko.SSHClient, paths: Sequence[str], state_dir: str,
+                      timeout: float) -> _GatewayState:
+    """Mode, owner and sha256 of each path, and the activated record, read once no transaction runs."""
+    result = run_remote(client, _remote("state", state_dir, str(timeout), *paths), timeout + 30)
+    data = _json_or_none(result.stdout)
+    if result.status != 0 or data is None or len(data.get("files", ())) != len(paths):
+        raise DeliveryError(f"reading file state on the gateway failed (exit {result.status}): "
+                            f"{result.stderr.strip()[-500:]}")
     states = []
-    for path, line in zip(paths, lines, strict=True):
-        if line.strip() == "notfile":
+    for path, raw in zip(paths, data["files"], strict=True):
+        if raw["kind"] == "notfile":
             raise DeliveryError(f"{path} exists on the gateway but is not a regular file; refusing to replace it")
-        if line.strip() == "error":
+        if raw["kind"] == "error":
             raise DeliveryError(f"{path}: cannot read its mode or content on the gateway (permissions?)")
-        states.append(parse_state_line(line))
-    return states
+        states.append(RemoteFileState(exists=False) if raw["kind"] == "missing" else RemoteFileState(
+            exists=True, mode=raw["mode"], uid=raw["uid"], gid=raw["gid"], sha256=raw["sha256"]))
+    return _GatewayState(states, dict((data.get("activated") or {}).get("files") or {}))
 
 
-def _upload(sftp: paramiko.SFTPClient, tmp: str, f: DesiredFile) -> None:
-    # Exclusive create, then owner and mode while still empty, then content: a secret is never readable by others,
-    # not even for a moment.
-    handle = sftp.open(tmp, "wx")
+def _json_or_none(text: str) -> dict | None:
+    # Parsed outside any `except` that could be chained to a later error: a result's text may hold secrets.
     try:
-        handle.chown(f.uid, f.gid)
-        handle.chmod(f.mode)
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _open_new(sftp: paramiko.SFTPClient, path: str, mode: int) -> paramiko.SFTPFile:
+    """Exclusive create WITH the mode in the SFTP OPEN request, so the server creates the file with it (paramiko's
+    open() sends no attributes: the file would exist with the server's umask until a later chmod)."""
+    attrs = paramiko.SFTPAttributes()
+    attrs.st_mode = mode & 0o777
+    flags = paramiko.sftp.SFTP_FLAG_WRITE | paramiko.sftp.SFTP_FLAG_CREATE | paramiko.sftp.SFTP_FLAG_EXCL
+    kind, msg = sftp._request(paramiko.sftp.CMD_OPEN, path, flags, attrs)
+    if kind != paramiko.sftp.CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    return paramiko.SFTPFile(sftp, msg.get_binary(), "wb", -1)
+
+
+def _upload(sftp: paramiko.SFTPClient, tmp: str, content: bytes, mode: int, uid: int = 0, gid: int = 0) -> None:
+    # Created with its final mode (or stricter), owner set while still empty, then the content: a secret is never
+    # readable by others, not even for a moment.
+    handle = _open_new(sftp, tmp, mode)
+    try:
+        handle.chown(uid, gid)
+        handle.chmod(mode)
         handle.set_pipelined(True)
-        handle.write(f.content)
+        handle.write(content)
     finally:
         handle.close()
     written = sftp.stat(tmp)
-    if written.st_size != len(f.content):
-        raise DeliveryError(f"upload of {f.path} is short ({written.st_size} of {len(f.content)} bytes)")
+    if written.st_size != len(content):
+        raise DeliveryError(f"upload of {tmp} is short ({written.st_size} of {len(content)} bytes)")
+
+
+def _needs_activation(f: DesiredFile, activated: dict[str, dict]) -> bool:
+    return activated.get(f.path) != {"sha256": f.sha256, "mode": f.mode, "uid": f.uid, "gid": f.gid}
 
 
 def push_files(
@@ -393,12 +395,18 @@ def push_files(
     activate: Sequence[Command | Sequence[str]] = (),
     remote_root: str = "/",
     secret_values: Iterable[str] = (),
+    on_step: Callable[[str, paramiko.SSHClient], None] | None = None,
+    stale_upload_seconds: float = 600.0,
 ) -> PushReport:
-    """Bring the gateway's files to `files`, changing only what differs; validate, activate, roll back on failure.
+    """Bring the gateway's files to `files`, validated and activated, or leave it as it was and raise.
 
-    `validate` runs after the changed files are in place and before `activate`; a failure of either restores the
-    previous files (activation of the old set is re-run if activation had started) and raises CommandFailed.
-    Command arguments may use "{root}" for `remote_root`. `secret_values` are extra strings to scrub from errors.
+    Files that differ on disk are uploaded beside their final path; files whose last activation on the gateway is
+    not this content (an earlier push cut after its install) are activated again. The install, `validate`, `activate`
+    and the rollback (restore the previous files, re-run activation if it had started) run on the gateway as one
+    transaction under a lock, detached from this SSH session (remote_txn.py), so losing the connection never leaves
+    a half-applied set. Command arguments may use "{root}" for `remote_root`. `secret_values`: extra strings scrubbed
+    from errors. `on_step(name, client)` is called after each remote step (tests cut the connection there);
+    `stale_upload_seconds`: uploads of pushes that never started their transaction are removed after this long.
     """
     started = time.monotonic()
     desired = [f if isinstance(f, DesiredFile) else DesiredFile.from_rendered(f) for f in files]
@@ -410,146 +418,145 @@ def push_files(
         if scrubber.contains_secret(shlex.join(cmd.argv_for_root(remote_root))):
             raise ValueError(f"command {cmd.argv[0]!r} contains secret material in its arguments; pass secrets in "
                              "files only")
-
     client = connect(target)
     connect_seconds = time.monotonic() - started
+    step = "connect"
+    lost: str | None = None
     try:
-        timeout = target.command_timeout_seconds
-        on_host = [remote_path(remote_root, f.path) for f in desired]
-        states = read_remote_state(client, on_host, timeout)
-        changes = plan_changes(desired, states)
-        unchanged = [f.path for f in desired if f.path not in {c.file.path for c in changes}]
-        if not changes:
-            logger.info("%s: all %d files up to date; nothing uploaded, nothing activated", target.address,
-                        len(desired))
-            return PushReport(target.address, [], unchanged, [], [], connect_seconds, time.monotonic() - started)
-        logger.info("%s: %d of %d files changed: %s", target.address, len(changes), len(desired),
-                    ", ".join(c.file.path for c in changes))
-        _install(client, target, changes, remote_root, timeout)
-        changed_paths = [c.file.path for c in changes]
-        validated = _run_stage(client, target, "validation", validate_cmds, changed_paths, changes, remote_root,
-                               scrubber, timeout, reactivate=None)
-        activated = _run_stage(client, target, "activation", activate_cmds, changed_paths, changes, remote_root,
-                               scrubber, timeout, reactivate=activate_cmds)
-        report = PushReport(
-            target=target.address,
-            changed=[
-                FileChange(c.file.path, c.file.sha256, c.file.mode, c.remote.sha256, c.reasons) for c in changes
-            ],
-            unchanged=unchanged,
-            validated=validated,
-            activated=activated,
-            connect_seconds=connect_seconds,
-            total_seconds=time.monotonic() - started,
-        )
-        logger.info("%s: pushed %d file(s), ran %d validation and %d activation command(s) in %.2fs",
-                    target.address, len(changes), len(validated), len(activated), report.total_seconds)
-        return report
+        try:
+            report = None
+            for _ in range(_MAX_PLANS):
+                report, step = _push_once(client, target, desired, validate_cmds, activate_cmds, remote_root,
+                                          scrubber, on_step, stale_upload_seconds, connect_seconds, started)
+                if report is not None:
+                    break
+            if report is None:
+                raise DeliveryError(f"{target.address}: the gateway's files changed under {_MAX_PLANS} plans in a "
+                                    "row (concurrent pushes or edits?); nothing was left half-applied, push again")
+            return report
+        except (TransportLost, *_TRANSPORT_ERRORS) as exc:
+            lost = f"{step}: {type(exc).__name__}"
     finally:
         client.close()
+    # Raised here, outside the except blocks: nothing chained, so no remote text can ride along in __context__.
+    raise DeliveryError(
+        f"{target.address}: connection lost during {lost}. Nothing is left half-applied: a transaction that had "
+        "started finishes or rolls back on the gateway on its own, and the next push waits for it and then "
+        "installs and activates whatever is still missing. Run the push again."
+    )
 
 
-def _install(client: paramiko.SSHClient, target: SshTarget, changes: Sequence[PlannedChange], remote_root: str,
-             timeout: float) -> None:
-    """Upload every changed file to a temp name beside it, then swap them in (keeping the previous versions)."""
+def _push_once(client, target: SshTarget, desired: list[DesiredFile], validate_cmds: list[Command],
+               activate_cmds: list[Command], remote_root: str, scrubber: Scrubber, on_step, stale_seconds: float,
+               connect_seconds: float, started: float) -> tuple[PushReport | None, str]:
+    """One plan + transaction. None when the transaction found the gateway changed since the plan (plan again)."""
+    timeout = target.command_timeout_seconds
+    state_dir = remote_path(remote_root, DELIVERY_STATE_DIR)
+
+    def done(name: str) -> None:
+        if on_step is not None:
+            on_step(name, client)
+
+    step = "reading the gateway's file state"
+    on_host = [remote_path(remote_root, f.path) for f in desired]
+    gateway = read_remote_state(client, on_host, state_dir, timeout)
+    done("state")
+    changes = plan_changes(desired, gateway.files)
+    to_install = {c.file.path for c in changes}
+    pending = [f.path for f in desired if f.path not in to_install and _needs_activation(f, gateway.activated)]
+    unchanged = [f.path for f in desired if f.path not in to_install]
+    if not changes and not pending:
+        logger.info("%s: all %d files up to date and activated; nothing uploaded, nothing activated",
+                    target.address, len(desired))
+        return PushReport(target.address, [], unchanged, [], [], connect_seconds, time.monotonic() - started), step
+    logger.info("%s: %d of %d files changed: %s%s", target.address, len(changes), len(desired),
+                ", ".join(c.file.path for c in changes) or "none",
+                f"; installed but never activated: {', '.join(pending)}" if pending else "")
     token = _random.token_hex(6)
-    placed = [(c, remote_path(remote_root, c.file.path)) for c in changes]
-    temps = [temp_path(path, token) for _, path in placed]
+    temps = {c.file.path: temp_path(remote_path(remote_root, c.file.path), token) for c in changes}
+    manifest_path = f"{state_dir}/txn-{token}.json"
+    manifest = {
+        "token": token, "state_dir": state_dir, "timeout": timeout, "result": f"{state_dir}/txn-{token}.result.json",
+        "stale_upload_seconds": stale_seconds,
+        "files": [{"path": f.path, "host_path": host, "sha256": f.sha256, "mode": f.mode, "uid": f.uid,
+                   "gid": f.gid, "secret": f.secret, "temp": temps.get(f.path)}
+                  for f, host in zip(desired, on_host, strict=True)],
+        "validate": [{"argv": c.argv_for_root(remote_root), "when_changed": list(c.when_changed)}
+                     for c in validate_cmds],
+        "activate": [{"argv": c.argv_for_root(remote_root), "when_changed": list(c.when_changed)}
+                     for c in activate_cmds],
+    }
     sftp = client.open_sftp()
     try:
-        try:
-            for (change, _), tmp in zip(placed, temps, strict=True):
-                logger.debug("uploading %s (%d bytes, mode %04o, sha256 %s)", change.file.path,
-                             len(change.file.content), change.file.mode, change.file.sha256)
-                _upload(sftp, tmp, change.file)
-        except (OSError, paramiko.SSHException, DeliveryError) as exc:
-            _remove_quietly(sftp, temps)
-            raise DeliveryError(f"{target.address}: upload failed, nothing replaced: {exc}") from None
+        for change in changes:
+            step = f"the upload of {change.file.path}"
+            logger.debug("uploading %s (%d bytes, mode %04o, sha256 %s)", change.file.path,
+                         len(change.file.content), change.file.mode, change.file.sha256)
+            _upload(sftp, temps[change.file.path], change.file.content, change.file.mode, change.file.uid,
+                    change.file.gid)
+            done(f"upload {change.file.path}")
+        step = "the upload of the transaction manifest"
+        _upload(sftp, manifest_path, json.dumps(manifest).encode(), 0o600)
+        done("manifest")
     finally:
         sftp.close()
-    args: list[str] = []
-    for (change, path), tmp in zip(placed, temps, strict=True):
-        args += [tmp, path, "1" if change.remote.exists else "0"]
-    result = run_remote(client, _sh(_INSTALL_SCRIPT, args), timeout)
-    if result.status != 0:
-        done = {int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("done ")}
-        installed = [c for i, c in enumerate(changes) if i in done]
-        problem = _restore(client, installed, remote_root, timeout)
-        cleanup = run_remote(client, ["rm", "-f", "--", *temps], timeout)
+    step = "the start of the transaction"
+    # setsid + stdio on /dev/null: the transaction is no child of this SSH session and outlives it.
+    launch = run_remote(client, ["sh", "-c", 'setsid "$@" </dev/null >/dev/null 2>&1 & echo $!', "sh",
+                                 *_remote("apply", manifest_path)], timeout)
+    pid = launch.stdout.strip()
+    if launch.status != 0 or not pid.isdigit():
+        raise DeliveryError(f"{target.address}: starting the transaction failed (exit {launch.status}): "
+                            f"{launch.stderr.strip()[-500:]}")
+    done("launch")
+    step = "the wait for the transaction's result (it goes on on the gateway)"
+    waited = run_remote(client, _remote("wait", manifest["result"], pid, str(timeout * 4)), timeout * 4 + 30)
+    done("result")
+    result = _json_or_none(waited.stdout)
+    if result is None:
+        raise DeliveryError(f"{target.address}: the transaction's result is unreadable (exit {waited.status})")
+    status = result.get("status")
+    if status == "stale":
+        logger.info("%s: %s changed on the gateway since it was read; planning again", target.address,
+                    result.get("path"))
+        return None, step
+    if status in ("gone", "timeout"):
         raise DeliveryError(
-            f"{target.address}: installing files failed after {len(installed)} of {len(changes)}: "
-            f"{result.stderr.strip()[:500]}; "
-            + ("previous files restored" if problem is None and cleanup.status == 0 else f"restore problem: {problem}")
-        )
+            f"{target.address}: the transaction on the gateway " + ("ended without a result (killed?)"
+                                                                   if status == "gone" else "did not finish in time")
+            + "; files it installed without activating are activated by the next push. Run the push again.")
+    for warning in result.get("warnings") or ():
+        logger.warning("%s: %s", target.address, warning)
+    if status != "ok":
+        _raise_failed(target, result, scrubber)
+    report = PushReport(
+        target=target.address,
+        changed=[FileChange(c.file.path, c.file.sha256, c.file.mode, c.remote.sha256, c.reasons) for c in changes],
+        unchanged=unchanged,
+        validated=[shlex.join(argv) for argv in result["validated"]],
+        activated=[shlex.join(argv) for argv in result["activated"]],
+        connect_seconds=connect_seconds,
+        total_seconds=time.monotonic() - started,
+    )
+    logger.info("%s: pushed %d file(s), ran %d validation and %d activation command(s) in %.2fs",
+                target.address, len(changes), len(report.validated), len(report.activated), report.total_seconds)
+    return report, step
 
 
-def _remove_quietly(sftp: paramiko.SFTPClient, paths: Iterable[str]) -> None:
-    for path in paths:
-        try:
-            sftp.remove(path)
-        except OSError:
-            pass
-
-
-def _restore(client: paramiko.SSHClient, changes: Sequence[PlannedChange], remote_root: str,
-             timeout: float) -> str | None:
-    """Put back the previous version of each changed file (remove files that were new). None when all went well."""
-    if not changes:
-        return None
-    args: list[str] = []
-    for c in changes:
-        args += [remote_path(remote_root, c.file.path), "1" if c.remote.exists else "0"]
-    result = run_remote(client, _sh(_RESTORE_SCRIPT, args), timeout)
-    if result.status != 0:
-        return f"restore exited {result.status}: {result.stderr.strip()[:500]}"
-    logger.info("restored the previous version of %d file(s): %s", len(changes),
-                ", ".join(c.file.path for c in changes))
-    return None
-
-
-def _run_stage(client: paramiko.SSHClient, target: SshTarget, stage: str, commands: Sequence[Command],
-               changed_paths: Sequence[str], changes: Sequence[PlannedChange], remote_root: str, scrubber: Scrubber,
-               timeout: float, *, reactivate: Sequence[Command] | None) -> list[str]:
-    ran: list[str] = []
-    for cmd in commands:
-        if not cmd.applies(changed_paths):
-            continue
-        argv = cmd.argv_for_root(remote_root)
-        shown = shlex.join(argv)
-        logger.info("%s: %s: %s", target.address, stage, shown)
-        result = run_remote(client, argv, timeout)
-        ran.append(shown)
-        if result.status == 0:
-            continue
-        stderr = scrubber.scrub(result.stderr.strip())[-2000:]
-        problem = _restore(client, changes, remote_root, timeout)
-        if problem is None and reactivate is not None:
-            # Activation may have loaded part of the new set: load the old set again so the gateway runs what is
-            # on disk. (A failed validation loaded nothing, so there is nothing to undo.)
-            problem = _reactivate(client, target, reactivate, changed_paths, remote_root, scrubber, timeout)
-        restored = problem is None
-        message = (
-            f"{target.address}: {stage} command `{shown}` failed with exit status {result.status}: "
-            f"{stderr or '(no stderr)'}. "
-            + ("The previous files were restored" + (" and re-activated." if reactivate is not None else ".")
-               if restored else f"ROLLBACK INCOMPLETE: {problem}")
-        )
-        logger.error("%s", message)
-        raise CommandFailed(message, stage=stage, argv=argv, exit_status=result.status, stderr=stderr,
-                            rolled_back=restored, rollback_problem=problem)
-    return ran
-
-
-def _reactivate(client: paramiko.SSHClient, target: SshTarget, commands: Sequence[Command],
-                changed_paths: Sequence[str], remote_root: str, scrubber: Scrubber, timeout: float) -> str | None:
-    for cmd in commands:
-        if not cmd.applies(changed_paths):
-            continue
-        argv = cmd.argv_for_root(remote_root)
-        result = run_remote(client, argv, timeout)
-        logger.info("%s: re-activation of the previous files: %s -> exit %d", target.address, shlex.join(argv),
-                    result.status)
-        if result.status != 0:
-            return (f"re-activating the previous files: `{shlex.join(argv)}` exited {result.status}: "
-                    f"{scrubber.scrub(result.stderr.strip())[-500:]}")
-    return None
+def _raise_failed(target: SshTarget, result: dict, scrubber: Scrubber) -> None:
+    stage = str(result.get("stage"))
+    argv = [str(a) for a in result.get("argv") or ()]
+    shown = shlex.join(argv) if argv else stage
+    stderr = scrubber.scrub(str(result.get("stderr") or "").strip())[-2000:]
+    problem = result.get("rollback_problem")
+    problem = scrubber.scrub(str(problem)) if problem else None
+    restored = bool(result.get("rolled_back"))
+    message = (
+        f"{target.address}: {stage} command `{shown}` failed with exit status {result.get('exit_status')}: "
+        f"{stderr or '(no stderr)'}. "
+        + ("The previous files were restored" + (" and re-activated." if stage == "activation" else ".")
+           if restored else f"ROLLBACK INCOMPLETE: {problem}")
+    )
+    logger.error("%s", message)
+    raise CommandFailed(message, stage=stage, argv=argv, exit_status=int(result.get("exit_status") or 1),
+                        stderr=stderr, rolled_back=restored, rollback_problem=problem)
