@@ -476,7 +476,8 @@ def _push_once(client, target: SshTarget, desired: list[DesiredFile], validate_c
     temps = {c.file.path: temp_path(remote_path(remote_root, c.file.path), token) for c in changes}
     manifest_path = f"{state_dir}/txn-{token}.json"
     manifest = {
-        "token": token, "state_dir": state_dir, "timeout": timeout, "result": f"{state_dir}/txn-{token}.result.json",
+        "token": token, "state_dir": state_dir, "manifest": manifest_path, "timeout": timeout,
+        "result": f"{state_dir}/txn-{token}.result.json",
         "stale_upload_seconds": stale_seconds,
         "files": [{"path": f.path, "host_path": host, "sha256": f.sha256, "mode": f.mode, "uid": f.uid,
                    "gid": f.gid, "secret": f.secret, "temp": temps.get(f.path)}
@@ -486,7 +487,10 @@ def _push_once(client, target: SshTarget, desired: list[DesiredFile], validate_c
         "activate": [{"argv": c.argv_for_root(remote_root), "when_changed": list(c.when_changed)}
                      for c in activate_cmds],
     }
-    sftp = client.open_sftp()
+    transport = client.get_transport()
+    if transport is None or not transport.is_active():
+        raise TransportLost("SSH transport closed")
+    sftp = transport.open_sftp_client()
     try:
         for change in changes:
             step = f"the upload of {change.file.path}"

@@ -203,18 +203,21 @@ def _restore(installed: list[dict]) -> str | None:
     return "; ".join(problems) or None
 
 
-def _remove_stale_temps(manifest: dict, own: set[str]) -> None:
-    """Uploads of pushes that never started their transaction (client gone mid-upload), older than the limit."""
+def _remove_stale_uploads(manifest: dict, own: set[str]) -> None:
+    """What pushes whose client went away left, older than the limit: uploads and manifests of transactions that
+    never started, results nobody read."""
     limit = float(manifest.get("stale_upload_seconds", 600))
     now = time.time()
-    for directory in {os.path.dirname(e["host_path"]) for e in manifest["files"]}:
+    state_dir = manifest["state_dir"]
+    for directory in {os.path.dirname(e["host_path"]) for e in manifest["files"]} | {state_dir}:
         try:
             names = os.listdir(directory)
         except OSError:
             continue
         for name in names:
             path = os.path.join(directory, name)
-            if TEMP_MARKER not in name or path in own:
+            ours = TEMP_MARKER in name if directory != state_dir else name.startswith("txn-")
+            if not ours or path in own:
                 continue
             try:
                 if now - os.lstat(path).st_mtime >= limit:
@@ -234,7 +237,7 @@ def transaction(manifest: dict) -> dict:
     record = (read_record(state_dir) or {}).get("files", {})
     files = manifest["files"]
     own_temps = {e["temp"] for e in files if e.get("temp")}
-    _remove_stale_temps(manifest, own_temps)
+    _remove_stale_uploads(manifest, own_temps | {manifest["manifest"], manifest["result"]})
     to_install, changed = [], set()
     for entry in files:
         if not _matches(file_state(entry["host_path"]), entry):
@@ -308,7 +311,8 @@ def cmd_apply(manifest_path: str) -> int:
                       "stderr": f"{type(exc).__name__}", "rolled_back": False,
                       "rollback_problem": "the transaction stopped on an internal error; push again"}
         _write_atomic(result_path, result)
-        os.unlink(manifest_path)
+        if os.path.exists(manifest_path):
+            os.unlink(manifest_path)
     finally:
         os.close(fd)
     return 0

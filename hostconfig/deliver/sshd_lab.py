@@ -126,7 +126,18 @@ class SshdLab:
         self.link.delete()
 
 
-def _sshd_config(workdir: Path, listen: str, port: int) -> str:
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+
+
+def _sshd_config(workdir: Path, listen: str, port: int, sftp_log: Path | None = None) -> str:
+    # internal-sftp logs to syslog only; with sftp_log the external sftp-server writes its log (every OPEN with the
+    # mode it asked for) to that file, with umask 0 so the mode in the request alone decides the created file's mode.
+    sftp = "Subsystem sftp internal-sftp -l DEBUG3"
+    if sftp_log is not None:
+        wrapper = workdir / "sftp-server-logged"  # sshd_config cannot quote a shell command line
+        wrapper.write_text(f'#!/bin/sh\numask 0\nexec {SFTP_SERVER} -e -l DEBUG3 2>>"{sftp_log}"\n')
+        wrapper.chmod(0o755)
+        sftp = f"Subsystem sftp {wrapper}"
     return "\n".join([
         f"Port {port}",
         f"ListenAddress {listen}",
@@ -140,12 +151,13 @@ def _sshd_config(workdir: Path, listen: str, port: int) -> str:
         "KbdInteractiveAuthentication no",
         # The most verbose level, so the log test sees everything sshd could ever write about a session.
         "LogLevel DEBUG3",
-        "Subsystem sftp internal-sftp -l DEBUG3",
+        sftp,
         "",
     ])
 
 
-def prepare_sshd(netns: str, workdir: Path, port: int = 2222, link: VethLink | None = None) -> SshdLab:
+def prepare_sshd(netns: str, workdir: Path, port: int = 2222, link: VethLink | None = None,
+                 sftp_log: Path | None = None) -> SshdLab:
     """Keys, authorized_keys, config and the veth link, without starting sshd (a test can start it later)."""
     if not Path(SSHD).exists():
         raise FileNotFoundError(f"{SSHD} not installed (Debian package openssh-server)")
@@ -155,7 +167,7 @@ def prepare_sshd(netns: str, workdir: Path, port: int = 2222, link: VethLink | N
     client_private, client_public = make_keypair(workdir / "client_key")
     (workdir / "authorized_keys").write_text(client_public + "\n")
     (workdir / "client_key").unlink()  # the test holds the key in memory only, like the Pulumi config does
-    (workdir / "sshd_config").write_text(_sshd_config(workdir, link.ns_ip, port))
+    (workdir / "sshd_config").write_text(_sshd_config(workdir, link.ns_ip, port, sftp_log))
     (workdir / "run").mkdir(exist_ok=True)
     return SshdLab(netns, link, workdir, port, host_public, client_private, workdir / "sshd.log")
 
