@@ -537,8 +537,8 @@ def _push_once(client, target: SshTarget, desired: list[DesiredFile], validate_c
         target=target.address,
         changed=[FileChange(c.file.path, c.file.sha256, c.file.mode, c.remote.sha256, c.reasons) for c in changes],
         unchanged=unchanged,
-        validated=[shlex.join(argv) for argv in result["validated"]],
-        activated=[shlex.join(argv) for argv in result["activated"]],
+        validated=[_shown(argv) for argv in result["validated"]],
+        activated=[_shown(argv) for argv in result["activated"]],
         connect_seconds=connect_seconds,
         total_seconds=time.monotonic() - started,
     )
@@ -547,10 +547,15 @@ def _push_once(client, target: SshTarget, desired: list[DesiredFile], validate_c
     return report, step
 
 
+def _shown(argv: Sequence[str]) -> str:
+    """A command line for messages: inline scripts (`python3 -c`, `sh -c`) shortened to their first line."""
+    return shlex.join(a if "\n" not in a else a.strip().splitlines()[0] + " ..." for a in argv)
+
+
 def _raise_failed(target: SshTarget, result: dict, scrubber: Scrubber) -> None:
     stage = str(result.get("stage"))
     argv = [str(a) for a in result.get("argv") or ()]
-    shown = shlex.join(argv) if argv else stage
+    shown = _shown(argv) if argv else stage
     stderr = scrubber.scrub(str(result.get("stderr") or "").strip())[-2000:]
     problem = result.get("rollback_problem")
     problem = scrubber.scrub(str(problem)) if problem else None
