@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 T_GATEWAY_CONFIG = "pulumi-python:dynamic/hybrid-vpn:GatewayConfig"
 T_VPN = "aws:ec2/vpnConnection:VpnConnection"
 T_FIREWALL = "linode:index/firewall:Firewall"
+T_INSTANCE = "linode:index/instance:Instance"
 FAKE_PSKS = ["FAKE_psk_tunnel1_deliver_test", "FAKE_psk_tunnel2_deliver_test"]
 def _private_key(tmp_path: Path) -> str:
     path = tmp_path / "operator_key"
@@ -77,3 +78,12 @@ def test_delivery_disabled_creates_no_gateway_config(tmp_path):
     run = _run(_dev_config(tmp_path, enabled=False))
     assert run.of_type(T_GATEWAY_CONFIG) == []
     assert run.of_type(T_VPN)  # the rest of the program is unaffected
+
+
+def test_gateway_config_is_keyed_on_the_instance_id(tmp_path):
+    run = _run(_dev_config(tmp_path, ssh_private_key=_private_key(tmp_path)))
+
+    resource = run.one(T_GATEWAY_CONFIG)
+    instance = run.one(T_INSTANCE)
+    assert instance.id and resource.inputs["instance_id"] == str(instance.id)
+    assert "instance_id" not in {p.split(".")[0] for p in resource.secret_inputs}  # shown in the diff

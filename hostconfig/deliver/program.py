@@ -27,8 +27,9 @@ def render_for_delivery(host_config: dict[str, Any], vpnctl: Any | None) -> list
 
 
 def gateway_config(name: str, host_config: pulumi.Output, delivery: Any, depends_on: Sequence[pulumi.Resource],
-                   *, include_vpnctl: bool = True) -> GatewayConfig:
-    """The resource that pushes the rendered files over SSH. `delivery`: infra.config.DeliveryConfig."""
+                   *, include_vpnctl: bool = True, instance_id: pulumi.Input[str] | None = None) -> GatewayConfig:
+    """The resource that pushes the rendered files over SSH. `delivery`: infra.config.DeliveryConfig.
+    `instance_id`: the gateway instance's id; a rebuilt instance (same address, same host key) is pushed anew."""
     vpnctl = vpnctl_file() if include_vpnctl else None  # independent of the stack: built once, outside apply
     key = delivery.ssh_private_key.reveal() if delivery.ssh_private_key is not None else None
     args = GatewayConfigArgs(
@@ -42,5 +43,6 @@ def gateway_config(name: str, host_config: pulumi.Output, delivery: Any, depends
         validate=validation_commands(),
         activate=activation_commands(),
         scrub=host_config.apply(lambda hc: [t["psk"] for t in hc["tunnels"]]),
+        instance_id=pulumi.Output.from_input(instance_id).apply(str) if instance_id is not None else None,
     )
     return GatewayConfig(name, args, pulumi.ResourceOptions(depends_on=list(depends_on)))

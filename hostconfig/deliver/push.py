@@ -397,6 +397,7 @@ def push_files(
     secret_values: Iterable[str] = (),
     on_step: Callable[[str, paramiko.SSHClient], None] | None = None,
     stale_upload_seconds: float = 600.0,
+    cloud_init: str = "cloud-init",
 ) -> PushReport:
     """Bring the gateway's files to `files`, validated and activated, or leave it as it was and raise.
 
@@ -407,6 +408,7 @@ def push_files(
     a half-applied set. Command arguments may use "{root}" for `remote_root`. `secret_values`: extra strings scrubbed
     from errors. `on_step(name, client)` is called after each remote step (tests cut the connection there);
     `stale_upload_seconds`: uploads of pushes that never started their transaction are removed after this long.
+    `cloud_init`: the program whose first boot the transaction waits for before it installs (skipped when missing).
     """
     started = time.monotonic()
     desired = [f if isinstance(f, DesiredFile) else DesiredFile.from_rendered(f) for f in files]
@@ -427,7 +429,8 @@ def push_files(
             report = None
             for _ in range(_MAX_PLANS):
                 report, step = _push_once(client, target, desired, validate_cmds, activate_cmds, remote_root,
-                                          scrubber, on_step, stale_upload_seconds, connect_seconds, started)
+                                          scrubber, on_step, {"stale_upload_seconds": stale_upload_seconds,
+                                                              "cloud_init": cloud_init}, connect_seconds, started)
                 if report is not None:
                     break
             if report is None:
@@ -447,7 +450,7 @@ def push_files(
 
 
 def _push_once(client, target: SshTarget, desired: list[DesiredFile], validate_cmds: list[Command],
-               activate_cmds: list[Command], remote_root: str, scrubber: Scrubber, on_step, stale_seconds: float,
+               activate_cmds: list[Command], remote_root: str, scrubber: Scrubber, on_step, options: dict,
                connect_seconds: float, started: float) -> tuple[PushReport | None, str]:
     """One plan + transaction. None when the transaction found the gateway changed since the plan (plan again)."""
     timeout = target.command_timeout_seconds
@@ -478,7 +481,7 @@ def _push_once(client, target: SshTarget, desired: list[DesiredFile], validate_c
     manifest = {
         "token": token, "state_dir": state_dir, "manifest": manifest_path, "timeout": timeout,
         "result": f"{state_dir}/txn-{token}.result.json",
-        "stale_upload_seconds": stale_seconds,
+        **options,
         "files": [{"path": f.path, "host_path": host, "sha256": f.sha256, "mode": f.mode, "uid": f.uid,
                    "gid": f.gid, "secret": f.secret, "temp": temps.get(f.path)}
                   for f, host in zip(desired, on_host, strict=True)],
@@ -569,3 +572,25 @@ def _raise_failed(target: SshTarget, result: dict, scrubber: Scrubber) -> None:
     logger.error("%s", message)
     raise CommandFailed(message, stage=stage, argv=argv, exit_status=int(result.get("exit_status") or 1),
                         stderr=stderr, rolled_back=restored, rollback_problem=problem)
+
+
+def gateway_file_hashes(target: SshTarget, paths: Sequence[str], remote_root: str = "/") -> dict[str, str]:
+    """path -> what the gateway holds now, in provider.file_hashes' form ("sha256:<hex> mode:<octal>"), "missing",
+    or that form + " not-activated" when the last activation on the gateway was of other content."""
+    client = connect(target)
+    try:
+        on_host = [remote_path(remote_root, p) for p in paths]
+        gateway = read_remote_state(client, on_host, remote_path(remote_root, DELIVERY_STATE_DIR),
+                                    target.command_timeout_seconds)
+    finally:
+        client.close()
+    found = {}
+    for path, state in zip(paths, gateway.files, strict=True):
+        if not state.exists:
+            found[path] = "missing"
+            continue
+        found[path] = f"sha256:{state.sha256} mode:{state.mode:04o}"
+        record = gateway.activated.get(path) or {}
+        if (record.get("sha256"), record.get("mode")) != (state.sha256, state.mode):
+            found[path] += " not-activated"
+    return found

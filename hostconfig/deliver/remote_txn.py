@@ -153,14 +153,15 @@ def _applies(command: dict, changed: set[str]) -> bool:
     return not command.get("when_changed") or bool(set(command["when_changed"]) & changed)
 
 
-def wait_for_cloud_init(timeout: float) -> str | None:
-    """Wait until cloud-init's first boot is over (it installs the packages validation needs); None or a warning."""
-    if shutil.which("cloud-init") is None:
+def wait_for_cloud_init(program: str, timeout: float) -> str | None:
+    """Wait until cloud-init's first boot is over (it installs the packages validation needs); None or a warning.
+    Hosts without cloud-init (`command -v cloud-init` finds nothing), or where it never ran, do not wait."""
+    if shutil.which(program) is None:
         return None
-    status, _ = _run_out(["cloud-init", "status"], timeout)
+    status, _ = _run_out([program, "status"], timeout)
     if any(marker in status for marker in CLOUD_INIT_NEVER_RAN):
         return None
-    status, rc = _run_out(["cloud-init", "status", "--wait"], timeout)
+    status, rc = _run_out([program, "status", "--wait"], timeout)
     # 0 done, 2 done with recoverable errors; 1: cloud-init failed. Validation decides whether the host is usable.
     return None if rc in (0, 2) else f"cloud-init status --wait exited {rc}: {status.strip()[-300:]}"
 
@@ -231,7 +232,7 @@ def transaction(manifest: dict) -> dict:
     timeout = float(manifest["timeout"])
     state_dir = manifest["state_dir"]
     result: dict = {"status": "ok", "installed": [], "validated": [], "activated": [], "warnings": []}
-    warning = wait_for_cloud_init(timeout)
+    warning = wait_for_cloud_init(manifest.get("cloud_init") or "cloud-init", timeout)
     if warning:
         result["warnings"].append(warning)
     record = (read_record(state_dir) or {}).get("files", {})
