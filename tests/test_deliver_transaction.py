@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,44 @@ def test_failing_pushes_never_chain_a_secret(lab: SshdLab, root: Path):
             text = f"{exc!s} {exc.args!r} {getattr(exc, 'stderr', '')}"
             assert secret not in text, f"{type(exc).__name__} in the chain of {type(top).__name__} holds the PSK"
         assert top.__cause__ is None and top.__context__ is None
+
+
+# A cloud-init in its first boot: `status` says running, `status --wait` returns once the boot is over (a flag file).
+# (This host's real cloud-init says "not run": every other push here shows that case does not wait.)
+CLOUD_INIT = """#!/bin/sh
+if [ "$2" = --wait ]; then while [ ! -e "$(dirname "$0")/boot-done" ]; do sleep 0.1; done; echo "status: done"
+elif [ -e "$(dirname "$0")/boot-done" ]; then echo "status: done"; else echo "status: running"; fi
+"""
+
+
+def test_push_waits_for_cloud_init_before_installing(lab: SshdLab, root: Path, psk: str):
+    stand_in = root / "bin" / "cloud-init"
+    stand_in.parent.mkdir()
+    stand_in.write_text(CLOUD_INIT)
+    stand_in.chmod(0o755)
+    validated = root / "validated"
+    validate = [["sh", "-c", 'touch "$1"', "sh", str(validated)]]
+    result: dict = {}
+
+    def run():
+        try:
+            result["report"] = push_files(lab.target(), gateway_files(psk), validate=validate, activate=ACTIVATE,
+                                          remote_root=str(root), cloud_init=str(stand_in))
+        except Exception as exc:  # handed to the main thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        manifest_dir = on_gateway(root, DELIVERY_STATE_DIR)
+        deadline = time.monotonic() + 120
+        while not list(manifest_dir.glob("txn-*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(manifest_dir.glob("txn-*.json")), "the transaction never started"
+        time.sleep(1.0)  # give a transaction that would not wait the time to install and validate
+        assert not on_gateway(root, AGENT).exists() and not validated.exists(), "installed during cloud-init's boot"
+    finally:
+        (stand_in.parent / "boot-done").touch()
+        worker.join(120)
+    assert "error" not in result, result.get("error")
+    assert validated.exists() and activations(root)[-1] == expected_activation(gateway_files(psk))
