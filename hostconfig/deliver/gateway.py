@@ -17,6 +17,10 @@ AGENT_CONFIG = "/etc/hybrid-vpn/agent.json"
 NFT_RULESET = "/etc/hybrid-vpn/nftables.nft"
 VPNCTL = "/usr/local/sbin/vpnctl"
 FAILOVER_UNIT = "/etc/systemd/system/hybrid-vpn-failover.service"
+# The host key sshd uses from the first push on. The one in user data (readable by anyone who can read the instance
+# through the API, and by the metadata service) is only the bootstrap key the first push connects with.
+SSH_HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
+SSH_HOST_PUBLIC_KEY = SSH_HOST_KEY + ".pub"
 
 
 # The agent's daemon rewrites this file every few seconds (hostconfig.agent.state): proof that it runs.
@@ -89,6 +93,16 @@ def activation_commands(strongswan_unit: str = "strongswan", agent_unit: str = "
         # charon reads strongswan.d (install_routes, the VICI socket) only when it starts.
         Command(("systemctl", "restart", strongswan_unit), when_changed=(CHARON_CONF,)),
         Command(("swanctl", "--load-all"), when_changed=(SWANCTL_CONF, CHARON_CONF)),
+        # sshd re-reads its host keys on reload; the push's own connection stays up, the next one pins the new key.
+        Command(("systemctl", "reload", "ssh"), when_changed=(SSH_HOST_KEY,)),
+    ]
+
+
+def host_key_files(private_openssh: str, public_openssh: str) -> list[DesiredFile]:
+    """The delivered SSH host key (an ed25519 key the program made, a Pulumi secret) as the files sshd reads."""
+    return [
+        DesiredFile(SSH_HOST_KEY, private_openssh.encode(), 0o600, secret=True),
+        DesiredFile(SSH_HOST_PUBLIC_KEY, public_openssh.strip().encode() + b"\n", 0o644),
     ]
 
 

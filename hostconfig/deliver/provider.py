@@ -14,7 +14,7 @@ import base64
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pulumi
@@ -112,6 +112,15 @@ def changed_files(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[str]
     return sorted(p for p in old.keys() | new.keys() if old.get(p) != new.get(p))
 
 
+def replaced_host_key(olds: Mapping[str, Any], news: Mapping[str, Any]) -> str | None:
+    """The key an update may find instead of the pinned one: the previously installed key during a rotation, the
+    bootstrap key when no push has installed one yet (state from before host keys were delivered). None otherwise."""
+    if olds.get("host_key_installed"):
+        previous = olds.get("host_public_key")
+        return previous if previous != news.get("host_public_key") else None
+    return news.get("bootstrap_host_public_key") or None
+
+
 def changed_target(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[str]:
     return [k for k in _TARGET_KEYS if olds.get(k) != news.get(k)]
 
@@ -166,11 +175,13 @@ class GatewayConfigProvider(ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         props = _plain(props)
-        outs = self._push(props)
+        # A new instance presents the bootstrap key from its user data until this push installs the pinned one.
+        outs = self._push(props, fallback=props.get("bootstrap_host_public_key"))
         return CreateResult(f"{props['host']}:{int(props.get('port', 22))}", outs)
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(self._push(_plain(news)))
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        olds, news = _plain(olds), _plain(news)
+        return UpdateResult(self._push(news, fallback=replaced_host_key(olds, news)))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         """`pulumi refresh`: the hashes the gateway holds now, so files edited there (or installed but never
@@ -208,8 +219,8 @@ class GatewayConfigProvider(ResourceProvider):
             connect_deadline_seconds=float(props.get("connect_timeout_seconds", 300)),
         )
 
-    def _push(self, props: Mapping[str, Any]) -> dict[str, Any]:
-        target = self._target(props)
+    def _push(self, props: Mapping[str, Any], fallback: str | None) -> dict[str, Any]:
+        target = replace(self._target(props), fallback_public_key=fallback)
         report = push_files(
             target,
             decode_files(props["files"]),
@@ -225,6 +236,9 @@ class GatewayConfigProvider(ResourceProvider):
             "user": target.user,
             "host_public_key": props["host_public_key"],
             "instance_id": props.get("instance_id"),
+            "bootstrap_host_public_key": props.get("bootstrap_host_public_key"),
+            # host_public_key is now what the gateway presents: later pushes accept no other key.
+            "host_key_installed": bool(props.get("bootstrap_host_public_key")),
             "remote_root": props.get("remote_root") or "/",
             "connect_timeout_seconds": props.get("connect_timeout_seconds", 300),
             # For read() (`pulumi refresh` gets only the state): a secret output, like the input it comes from.
@@ -251,6 +265,8 @@ class GatewayConfigArgs:
     remote_root: str = "/"
     scrub: pulumi.Input[list] | None = None  # secret values to scrub from error output (the PSKs)
     instance_id: pulumi.Input[str] | None = None  # the gateway instance: a new one (rebuilt) is pushed anew
+    # The host key from user data: accepted (pinned) only until a push has installed host_public_key.
+    bootstrap_host_public_key: pulumi.Input[str] | None = None
 
 
 class GatewayConfig(pulumi.dynamic.Resource, module="hybrid-vpn", name="GatewayConfig"):
@@ -267,6 +283,7 @@ class GatewayConfig(pulumi.dynamic.Resource, module="hybrid-vpn", name="GatewayC
             "user": args.user,
             "host_public_key": args.host_public_key,
             "instance_id": args.instance_id,
+            "bootstrap_host_public_key": args.bootstrap_host_public_key,
             "connect_timeout_seconds": args.connect_timeout_seconds,
             "private_key": pulumi.Output.secret(args.private_key) if args.private_key is not None else None,
             "files": files,

@@ -18,7 +18,7 @@ import shlex
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import paramiko
@@ -67,7 +67,13 @@ class TransportLost(DeliveryError):
 
 
 class HostKeyMismatch(DeliveryError):
-    pass
+    presented: paramiko.PKey | None = None  # the key the server showed, when it showed one
+
+    @classmethod
+    def of(cls, presented: paramiko.PKey, message: str) -> HostKeyMismatch:
+        error = cls(message)
+        error.presented = presented
+        return error
 
 
 class GatewayUnreachable(DeliveryError):
@@ -103,6 +109,9 @@ class SshTarget:
     private_key: str | None = field(default=None, repr=False)
     connect_deadline_seconds: float = 300.0
     command_timeout_seconds: float = 300.0
+    # Accepted only when the gateway does not present host_public_key: the key a push is about to replace (the
+    # bootstrap key from user data, or the previously delivered key during a rotation). Also pinned, never TOFU.
+    fallback_public_key: str | None = None
 
     @property
     def address(self) -> str:
@@ -205,6 +214,27 @@ def _is_retryable(exc: BaseException) -> bool:
 
 
 def connect(target: SshTarget, *, clock=time.monotonic, sleep=time.sleep) -> paramiko.SSHClient:
+    """Connect with the pinned host key (or, if the gateway presents exactly the fallback key, with that one)."""
+    try:
+        return _connect_pinned(target, clock=clock, sleep=sleep)
+    except HostKeyMismatch as mismatch:
+        if target.fallback_public_key is None:
+            raise
+        presented = mismatch.presented
+    fallback = parse_public_key(target.fallback_public_key)
+    if presented is None or presented.asbytes() != fallback.asbytes():
+        pinned = fingerprint(parse_public_key(target.host_public_key))
+        raise HostKeyMismatch(
+            f"host key of {target.address} is neither the pinned key ({pinned}) nor the key it replaces "
+            f"({fingerprint(fallback)}); refusing to connect (possible interception)"
+        )
+    logger.info("%s presents the key this push replaces (%s); connecting with it to install the pinned key",
+                target.address, fingerprint(fallback))
+    return _connect_pinned(replace(target, host_public_key=target.fallback_public_key, fallback_public_key=None),
+                           clock=clock, sleep=sleep)
+
+
+def _connect_pinned(target: SshTarget, *, clock=time.monotonic, sleep=time.sleep) -> paramiko.SSHClient:
     """Connect with the pinned host key, retrying with exponential backoff until the deadline."""
     pinned = parse_public_key(target.host_public_key)
     pkey = load_private_key(target.private_key) if target.private_key is not None else None
@@ -238,7 +268,8 @@ def connect(target: SshTarget, *, clock=time.monotonic, sleep=time.sleep) -> par
             return client
         except paramiko.BadHostKeyException as exc:
             client.close()
-            raise HostKeyMismatch(
+            raise HostKeyMismatch.of(
+                exc.key,
                 f"host key of {target.address} does not match the pinned key: expected {exc.expected_key.get_name()} "
                 f"{fingerprint(exc.expected_key)}, the server presented {exc.key.get_name()} {fingerprint(exc.key)}. "
                 "Refusing to connect (no trust on first use): if the gateway was rebuilt, update the pinned "
