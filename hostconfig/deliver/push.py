@@ -30,10 +30,12 @@ from hostconfig.deliver.changes import (
     RenderedFileLike,
     Scrubber,
     check_unique_paths,
+    parse_state_line,
     plan_changes,
     remote_path,
     temp_path,
 )
+from hostconfig.deliver.remote_txn import ACTIVATED_RECORD, RESULT_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -358,23 +360,55 @@ class _GatewayState:
     activated: dict[str, dict]  # gateway path -> {sha256, mode, uid, gid} of the last activation that succeeded
 
 
+# The steps around the transaction are shell, not python3: on a slow host (the lab's TCG VM) every interpreter start
+# costs seconds. STATE: under a shared flock on the lock (so it waits for a running transaction), each path's mode,
+# owner and sha256 (creating missing parent directories for the uploads), then the activated record.
+_STATE_SCRIPT = r"""
+d=$1; w=$2; shift 2
+(umask 077; mkdir -p -- "$d") || exit 1
+exec 9>>"$d/lock"
+flock -s -w "$w" 9 || { echo "another push holds $d/lock for more than ${w}s" >&2; exit 1; }
+for p in "$@"; do
+  q=${p%/*}; [ -z "$q" ] || [ -d "$q" ] || mkdir -p -- "$q" || echo "cannot create $q" >&2
+  if [ -f "$p" ] && [ ! -L "$p" ]; then
+    s=$(stat -c '%a %u %g' -- "$p") && h=$(sha256sum < "$p") && printf 'ok %s %s\n' "$s" "${h%% *}" || echo error
+  elif [ -e "$p" ] || [ -L "$p" ]; then echo notfile
+  else echo missing
+  fi
+done
+echo activated
+cat -- "$d/@RECORD@" 2>/dev/null || true
+""".replace("@RECORD@", ACTIVATED_RECORD)
+# WAIT: until the transaction's result exists (then print and remove it), its process is gone, or the deadline.
+_WAIT_SCRIPT = r"""
+r=$1; pid=$2; end=$(( $(date +%s) + $3 ))
+while [ ! -e "$r" ]; do
+  if ! kill -0 "$pid" 2>/dev/null && [ ! -e "$r" ]; then echo '{"status": "gone"}'; exit 0; fi
+  [ "$(date +%s)" -lt "$end" ] || { echo '{"status": "timeout"}'; exit 0; }
+  sleep 0.1
+done
+cat -- "$r" && rm -f -- "$r"
+"""
+
+
 def read_remote_state(client: paramiko.SSHClient, paths: Sequence[str], state_dir: str,
                       timeout: float) -> _GatewayState:
     """Mode, owner and sha256 of each path, and the activated record, read once no transaction runs."""
-    result = run_remote(client, _remote("state", state_dir, str(timeout), *paths), timeout + 30)
-    data = _json_or_none(result.stdout)
-    if result.status != 0 or data is None or len(data.get("files", ())) != len(paths):
-        raise DeliveryError(f"reading file state on the gateway failed (exit {result.status}): "
-                            f"{result.stderr.strip()[-500:]}")
+    result = run_remote(client, ["sh", "-c", _STATE_SCRIPT, "sh", state_dir, str(int(timeout)), *paths], timeout + 30)
+    lines, _, record_text = result.stdout.partition("activated\n")
+    lines = lines.splitlines()
+    if result.status != 0 or len(lines) != len(paths):
+        raise DeliveryError(f"reading file state on the gateway failed (exit {result.status}, {len(lines)} of "
+                            f"{len(paths)} lines): {result.stderr.strip()[-500:]}")
     states = []
-    for path, raw in zip(paths, data["files"], strict=True):
-        if raw["kind"] == "notfile":
+    for path, line in zip(paths, lines, strict=True):
+        if line.strip() == "notfile":
             raise DeliveryError(f"{path} exists on the gateway but is not a regular file; refusing to replace it")
-        if raw["kind"] == "error":
+        if line.strip() == "error":
             raise DeliveryError(f"{path}: cannot read its mode or content on the gateway (permissions?)")
-        states.append(RemoteFileState(exists=False) if raw["kind"] == "missing" else RemoteFileState(
-            exists=True, mode=raw["mode"], uid=raw["uid"], gid=raw["gid"], sha256=raw["sha256"]))
-    return _GatewayState(states, dict((data.get("activated") or {}).get("files") or {}))
+        states.append(parse_state_line(line))
+    record = _json_or_none(record_text) or {}  # missing or corrupt: nothing counts as activated
+    return _GatewayState(states, dict(record.get("files") or {}))
 
 
 def _json_or_none(text: str) -> dict | None:
@@ -511,7 +545,7 @@ def _push_once(client, target: SshTarget, desired: list[DesiredFile], validate_c
     manifest_path = f"{state_dir}/txn-{token}.json"
     manifest = {
         "token": token, "state_dir": state_dir, "manifest": manifest_path, "timeout": timeout,
-        "result": f"{state_dir}/txn-{token}.result.json",
+        "result": f"{state_dir}/txn-{token}{RESULT_SUFFIX}",
         **options,
         "files": [{"path": f.path, "host_path": host, "sha256": f.sha256, "mode": f.mode, "uid": f.uid,
                    "gid": f.gid, "secret": f.secret, "temp": temps.get(f.path)}
@@ -548,7 +582,8 @@ def _push_once(client, target: SshTarget, desired: list[DesiredFile], validate_c
                             f"{launch.stderr.strip()[-500:]}")
     done("launch")
     step = "the wait for the transaction's result (it goes on on the gateway)"
-    waited = run_remote(client, _remote("wait", manifest["result"], pid, str(timeout * 4)), timeout * 4 + 30)
+    waited = run_remote(client, ["sh", "-c", _WAIT_SCRIPT, "sh", manifest["result"], pid, str(int(timeout * 4))],
+                        timeout * 4 + 30)
     done("result")
     result = _json_or_none(waited.stdout)
     if result is None:

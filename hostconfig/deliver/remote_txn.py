@@ -12,10 +12,9 @@ that result and, if it went away, the next push waits on the same lock and then 
 The gateway records what was last ACTIVATED (activated.json, written only after every activation command succeeded),
 not only what is on disk: files that are on disk but whose activation never finished are activated by the next push.
 
-Commands (all paths are on the gateway, already under the push's remote root):
-  state STATE_DIR LOCK_WAIT PATH...   JSON: the mode, owner and sha256 of each path, and the activated record
-  apply MANIFEST                      the transaction; writes MANIFEST's result file, then removes MANIFEST
-  wait RESULT PID TIMEOUT             prints RESULT once it exists ("gone" if PID died without writing it)
+Command: `apply MANIFEST` (paths on the gateway, under the push's remote root): the transaction; it writes the
+manifest's result file, then removes the manifest. Reading the state and waiting for the result are shell scripts in
+push.py (an interpreter start costs seconds on a slow host).
 """
 
 from __future__ import annotations
@@ -110,22 +109,6 @@ def _sync_dir(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def cmd_state(state_dir: str, lock_wait: str, paths: list[str]) -> int:
-    # A shared lock: wait for a running transaction (maybe left by a client that went away) before reading.
-    fd = _lock(state_dir, exclusive=False, wait_seconds=float(lock_wait))
-    try:
-        states = []
-        for path in paths:
-            directory = os.path.dirname(path)
-            if directory and not os.path.isdir(directory):
-                os.makedirs(directory, exist_ok=True)  # the upload's temp file goes beside the final file
-            states.append(file_state(path))
-        print(json.dumps({"files": states, "activated": read_record(state_dir)}))
-    finally:
-        os.close(fd)
-    return 0
 
 
 # -- the transaction ---------------------------------------------------------------------------------------------------
@@ -300,13 +283,18 @@ def cmd_apply(manifest_path: str) -> int:
     # Detached from the SSH session already; also ignore the hang-up a dying session could still send.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    with open(manifest_path, encoding="utf-8") as handle:
-        manifest = json.load(handle)
-    result_path = manifest["result"]
-    fd = _lock(manifest["state_dir"], exclusive=True, wait_seconds=None)
+    # Named after the manifest (push.py: txn-<token>.json -> txn-<token>.result.json), so that a manifest removed
+    # under us (a transaction ahead in the queue cleaning stale uploads) still gets an answer: plan again.
+    result_path = manifest_path[: -len(".json")] + RESULT_SUFFIX
+    fd = _lock(os.path.dirname(manifest_path), exclusive=True, wait_seconds=None)
     try:
         try:
-            result = transaction(manifest)
+            with open(manifest_path, encoding="utf-8") as handle:
+                manifest = json.load(handle)
+        except (OSError, ValueError):
+            manifest = None
+        try:
+            result = transaction(manifest) if manifest is not None else {"status": "stale", "path": "(manifest)"}
         except Exception as exc:  # noqa: BLE001 - the client must get a result, not wait for its deadline
             result = {"status": "failed", "stage": "internal", "argv": [], "exit_status": 1,
                       "stderr": f"{type(exc).__name__}", "rolled_back": False,
@@ -319,35 +307,10 @@ def cmd_apply(manifest_path: str) -> int:
     return 0
 
 
-def cmd_wait(result_path: str, pid: str, timeout: str) -> int:
-    deadline = time.monotonic() + float(timeout)
-    while time.monotonic() < deadline:
-        if os.path.exists(result_path):
-            break
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            if not os.path.exists(result_path):
-                print(json.dumps({"status": "gone"}))
-                return 0
-        time.sleep(0.05)
-    else:
-        print(json.dumps({"status": "timeout"}))
-        return 0
-    with open(result_path, encoding="utf-8") as handle:
-        sys.stdout.write(handle.read())
-    os.unlink(result_path)
-    return 0
-
-
 def main(argv: list[str]) -> int:
     command, args = argv[0], argv[1:]
-    if command == "state":
-        return cmd_state(args[0], args[1], args[2:])
     if command == "apply":
         return cmd_apply(args[0])
-    if command == "wait":
-        return cmd_wait(*args)
     raise SystemExit(f"unknown command {command!r}")
 
 
