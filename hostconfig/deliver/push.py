@@ -35,7 +35,7 @@ from hostconfig.deliver.changes import (
     remote_path,
     temp_path,
 )
-from hostconfig.deliver.remote_txn import ACTIVATED_RECORD, RESULT_SUFFIX
+from hostconfig.deliver.remote_txn import ACTIVATED_RECORD, CLOUD_INIT_DONE, RESULT_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -495,7 +495,10 @@ def push_files(
             for _ in range(_MAX_PLANS):
                 report, step = _push_once(client, target, desired, validate_cmds, activate_cmds, remote_root,
                                           scrubber, on_step, {"stale_upload_seconds": stale_upload_seconds,
-                                                              "cloud_init": cloud_init}, connect_seconds, started)
+                                                              "cloud_init": cloud_init,
+                                                              "cloud_init_done": remote_path(remote_root,
+                                                                                             CLOUD_INIT_DONE)},
+                                          connect_seconds, started)
                 if report is not None:
                     break
             if report is None:

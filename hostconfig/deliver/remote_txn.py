@@ -38,6 +38,9 @@ RESULT_SUFFIX = ".result.json"
 STDERR_LIMIT = 4000
 # cloud-init's `status` says this when it never ran (lab VMs, containers): `status --wait` would then wait forever.
 CLOUD_INIT_NEVER_RAN = ("not run", "disabled")
+# Written by cloud-init's last stage when the boot is over: checked first, because `cloud-init status` itself is a
+# Python program that takes a second or more to start (every push would pay it).
+CLOUD_INIT_DONE = "/var/lib/cloud/instance/boot-finished"
 
 
 def _sha256(path: str) -> str:
@@ -136,10 +139,10 @@ def _applies(command: dict, changed: set[str]) -> bool:
     return not command.get("when_changed") or bool(set(command["when_changed"]) & changed)
 
 
-def wait_for_cloud_init(program: str, timeout: float) -> str | None:
+def wait_for_cloud_init(program: str, done_marker: str, timeout: float) -> str | None:
     """Wait until cloud-init's first boot is over (it installs the packages validation needs); None or a warning.
     Hosts without cloud-init (`command -v cloud-init` finds nothing), or where it never ran, do not wait."""
-    if shutil.which(program) is None:
+    if shutil.which(program) is None or os.path.exists(done_marker):
         return None
     status, _ = _run_out([program, "status"], timeout)
     if any(marker in status for marker in CLOUD_INIT_NEVER_RAN):
@@ -215,7 +218,8 @@ def transaction(manifest: dict) -> dict:
     timeout = float(manifest["timeout"])
     state_dir = manifest["state_dir"]
     result: dict = {"status": "ok", "installed": [], "validated": [], "activated": [], "warnings": []}
-    warning = wait_for_cloud_init(manifest.get("cloud_init") or "cloud-init", timeout)
+    warning = wait_for_cloud_init(manifest.get("cloud_init") or "cloud-init",
+                                  manifest.get("cloud_init_done") or CLOUD_INIT_DONE, timeout)
     if warning:
         result["warnings"].append(warning)
     record = (read_record(state_dir) or {}).get("files", {})
