@@ -106,4 +106,5 @@ pulumi.export("host_config", host_config)  # docs/contracts.md §1; secret as a 
 if config.delivery.enabled:
     from hostconfig.deliver.program import gateway_config
 
-    gateway_config("gateway-config", host_config, config.delivery, depends_on=[connection, firewall, firewall_rules])
+    gateway_config("gateway-config", host_config, config.delivery, depends_on=[connection, firewall, firewall_rules],
+                   instance_id=gateway.instance.id)

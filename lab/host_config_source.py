@@ -55,7 +55,7 @@ def program_host_config(plan: LabAddressPlan) -> ProgramResult:
     run = cloud.run_program(cloud.stack_config_from_file(STACK_CONFIG), stack="lab", address_plan=plan)
     if "host_config" not in run.outputs:
         raise RuntimeError(f"the program exported no host_config (outputs: {', '.join(sorted(run.outputs))})")
-    keys = run.of_type("tls:index/privateKey:PrivateKey")
+    keys = [k for k in run.of_type("tls:index/privateKey:PrivateKey") if k.name == "gateway-ssh-host-key"]
     if len(keys) != 1 or "privateKeyOpenssh" not in keys[0].state:
         raise RuntimeError("expected one tls PrivateKey (the gateway's SSH host key) with privateKeyOpenssh state")
     state = keys[0].state

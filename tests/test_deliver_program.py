@@ -3,6 +3,7 @@ connection and the firewall, carries contents and keys only as secrets, and disa
 
 from __future__ import annotations
 
+import base64
 import copy
 import subprocess
 from pathlib import Path
@@ -18,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 T_GATEWAY_CONFIG = "pulumi-python:dynamic/hybrid-vpn:GatewayConfig"
 T_VPN = "aws:ec2/vpnConnection:VpnConnection"
 T_FIREWALL = "linode:index/firewall:Firewall"
+T_INSTANCE = "linode:index/instance:Instance"
 FAKE_PSKS = ["FAKE_psk_tunnel1_deliver_test", "FAKE_psk_tunnel2_deliver_test"]
 def _private_key(tmp_path: Path) -> str:
     path = tmp_path / "operator_key"
@@ -62,9 +64,10 @@ def test_gateway_config_inputs_keep_contents_and_keys_secret(tmp_path):
     secret_roots = {p.split(".")[0].split("[")[0] for p in resource.secret_inputs}
     assert {"files", "private_key", "scrub", "secret_hashes"} <= secret_roots
     assert "hashes" not in secret_roots and "host" not in secret_roots
-    expected_public = {gw.CHARON_CONF, gw.AGENT_CONFIG, gw.NFT_RULESET, gw.VPNCTL, gw.FAILOVER_UNIT}
+    expected_public = {gw.CHARON_CONF, gw.AGENT_CONFIG, gw.NFT_RULESET, gw.VPNCTL, gw.FAILOVER_UNIT,
+                       gw.SSH_HOST_PUBLIC_KEY}
     assert set(inputs["hashes"]) == expected_public
-    assert set(inputs["secret_hashes"]) == {gw.SWANCTL_CONF}
+    assert set(inputs["secret_hashes"]) == {gw.SWANCTL_CONF, gw.SSH_HOST_KEY}
     assert {f["path"]: f["mode"] for f in inputs["files"]}[gw.SWANCTL_CONF] == 0o600
     assert inputs["host"] == run.outputs["gateway_public_ip"]
     assert inputs["host_public_key"].startswith("ssh-ed25519 ")
@@ -77,3 +80,31 @@ def test_delivery_disabled_creates_no_gateway_config(tmp_path):
     run = _run(_dev_config(tmp_path, enabled=False))
     assert run.of_type(T_GATEWAY_CONFIG) == []
     assert run.of_type(T_VPN)  # the rest of the program is unaffected
+
+
+def test_gateway_config_is_keyed_on_the_instance_id(tmp_path):
+    run = _run(_dev_config(tmp_path, ssh_private_key=_private_key(tmp_path)))
+
+    resource = run.one(T_GATEWAY_CONFIG)
+    instance = run.one(T_INSTANCE)
+    assert instance.id and resource.inputs["instance_id"] == str(instance.id)
+    assert "instance_id" not in {p.split(".")[0] for p in resource.secret_inputs}  # shown in the diff
+
+
+def test_the_pinned_host_key_is_delivered_and_never_in_user_data(tmp_path):
+    run = _run(_dev_config(tmp_path, ssh_private_key=_private_key(tmp_path)))
+
+    inputs = run.one(T_GATEWAY_CONFIG).inputs
+    instance = run.one(T_INSTANCE)
+    user_data = base64.b64decode(instance.inputs["metadatas"][0]["userData"]).decode()
+    delivered = next(f for f in inputs["files"] if f["path"] == gw.SSH_HOST_KEY)
+    delivered_private = base64.b64decode(delivered["content_b64"]).decode()
+    assert delivered["secret"] and delivered["mode"] == 0o600
+    assert inputs["host_public_key"].startswith("ssh-ed25519 ")
+    assert inputs["host_public_key"] != inputs["bootstrap_host_public_key"]
+    # The bootstrap key is the one in user data; the delivered one (public or private) never is.
+    assert inputs["bootstrap_host_public_key"].split()[1] in user_data
+    assert inputs["host_public_key"].split()[1] not in user_data
+    body = "".join(delivered_private.strip().splitlines()[1:-1])
+    flat_user_data = "".join(user_data.split())
+    assert body[-60:] not in flat_user_data  # (the first bytes are the same header in every OpenSSH key)

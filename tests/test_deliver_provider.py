@@ -21,6 +21,7 @@ from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
 from hostconfig.deliver import DesiredFile
 from hostconfig.deliver.provider import (
+    _SECRET_OUTPUTS,
     UNKNOWN,
     GatewayConfigProvider,
     changed_files,
@@ -184,12 +185,63 @@ def test_engine_create_pushes_and_state_holds_no_contents(dynamic_server, netns,
         assert created.id == f"{lab.link.ns_ip}:{lab.port}"
         assert state["changed_paths"] == [f.path for f in files()]
         assert (root / "etc/swanctl/conf.d/hybrid-vpn.conf").read_text().count(psk) == 1
-        flat = repr({k: v for k, v in state.items() if k != "__provider"})
+        # The SSH key is kept for `pulumi refresh` (read() gets only the state) as a secret output, encrypted in the
+        # state like the secret input it comes from; nothing else holds a key, a PSK or a file's content.
+        assert "private_key" in _SECRET_OUTPUTS
+        flat = repr({k: v for k, v in state.items() if k not in ("__provider", "private_key")})
         assert psk not in flat and "PRIVATE KEY" not in flat and "content_b64" not in flat
         # The next `pulumi up` with the same files: the engine's diff over (state, inputs) finds nothing.
         again = dynamic_server.Diff(provider_pb2.DiffRequest(id=created.id, urn=URN, olds=created.properties,
                                                              news=_serialize(new)))
         assert again.changes == provider_pb2.DiffResponse.DIFF_NONE
         assert (root / "activated").read_text().splitlines() == ["ok"]
+    finally:
+        lab.stop()
+
+
+# -- drift: instance id and refresh ------------------------------------------------------------------------------------
+
+def test_a_rebuilt_instance_with_the_same_ip_and_host_key_is_replaced():
+    provider = GatewayConfigProvider()
+    diff = provider.diff("id", props(instance_id="111"), props(instance_id="222"))
+    assert diff.changes is True and diff.replaces == ["instance_id"]
+    assert provider.diff("id", props(instance_id="111"), props(instance_id="111")).changes is False
+    # State written before the instance id was an input: an update records it, no replacement.
+    legacy = provider.diff("id", props(), props(instance_id="111"))
+    assert legacy.changes is True and not legacy.replaces
+    # Preview while the instance is being replaced: the new id is unknown, the replacement is announced.
+    assert provider.diff("id", props(instance_id="111"), props(instance_id=UNKNOWN)).replaces == ["instance_id"]
+
+
+@pytest.mark.root
+def test_refresh_reads_the_hashes_the_gateway_holds(netns, tmp_path):
+    if os.geteuid() != 0 or shutil.which("/usr/sbin/sshd") is None:
+        pytest.skip("needs root and openssh-server")
+    from hostconfig.deliver.sshd_lab import start_sshd
+
+    lab = start_sshd(netns("hvd"), tmp_path / "sshd")
+    root = tmp_path / "gateway-root"
+    root.mkdir()
+    agent, swanctl = "/etc/hybrid-vpn/agent.json", "/etc/swanctl/conf.d/hybrid-vpn.conf"
+    try:
+        inputs = props(host=lab.link.ns_ip, port=lab.port, host_public_key=lab.host_public_key,
+                       private_key=lab.client_private_key, remote_root=str(root), instance_id="111")
+        provider = GatewayConfigProvider()
+        state = provider.create(inputs).outs
+        refreshed = provider.read("id", state).outs
+        assert refreshed["hashes"] == state["hashes"] and refreshed["secret_hashes"] == state["secret_hashes"]
+        assert provider.diff("id", refreshed, inputs).changes is False
+
+        (root / agent.lstrip("/")).write_text('{"edited": "on the gateway"}\n')  # an edit by hand
+        (root / swanctl.lstrip("/")).chmod(0o644)
+
+        refreshed = provider.read("id", state).outs
+        assert refreshed["hashes"][agent] != state["hashes"][agent]
+        assert refreshed["secret_hashes"][swanctl].endswith("mode:0644 not-activated")
+        assert changed_files(refreshed, inputs) == [agent, swanctl]
+        # the next `pulumi up` pushes both again, and a refresh then finds the gateway as pushed
+        provider.update("id", refreshed, inputs)
+        again = provider.read("id", state).outs
+        assert again["hashes"] == state["hashes"] and again["secret_hashes"] == state["secret_hashes"]
     finally:
         lab.stop()

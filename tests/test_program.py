@@ -106,8 +106,8 @@ def test_every_psk_output_and_host_config_are_secret(dev_run, lab_run):
 
 def secret_values(run: ProgramRun) -> list[str]:
     psks = [t["psk"] for t in run.outputs["tunnels"]]
-    host_key = run.one(T_HOSTKEY).state["privateKeyOpenssh"]
-    return psks + [host_key.strip().splitlines()[1]]  # a line of the private key body is enough to spot it
+    host_keys = [r.state["privateKeyOpenssh"] for r in run.of_type(T_HOSTKEY)]  # bootstrap + delivered host key
+    return psks + [k.strip().splitlines()[1] for k in host_keys]  # a line of the private key body is enough to spot it
 
 
 def test_no_secret_value_in_any_plain_output_or_resource_input(dev_run, lab_run):
@@ -183,7 +183,7 @@ def test_every_resource_of_the_lab_stack(lab_run):
         "pulumi:providers:aws": 1,
         "hybrid-vpn:linode:LinodeGatewaySide": 1, "hybrid-vpn:aws:AwsVpnSide": 1,
         "hybrid-vpn:linode:GatewayFirewall": 1,
-        T_HOSTKEY: 1, T_PASSWORD: 2,
+        T_HOSTKEY: 2, T_PASSWORD: 2,
         T_LVPC: 1, T_SUBNET: 1, T_INSTANCE: 1, T_FIREWALL: 1,
         T_VPC: 1, T_VGW: 1, T_ATTACH: 1, T_CGW: 1, T_VPN: 1, T_ROUTE: 1, T_PROP: 1, T_RULES: 1,
         "pulumi-python:dynamic/hybrid-vpn:GatewayConfig": 1,
@@ -335,11 +335,12 @@ def test_gateway_instance_interfaces_and_user_data(lab_run):
     assert instance["label"] == "hybrid-vpn-lab-gw" and instance["region"] == "us-ord"
     user_data = base64.b64decode(instance["metadatas"][0]["userData"]).decode()
     assert user_data.startswith("#cloud-config")
-    public_key = lab_run.one(T_HOSTKEY).state["publicKeyOpenssh"].split()[1]
+    bootstrap_key = next(r for r in lab_run.of_type(T_HOSTKEY) if r.name == "gateway-ssh-host-key")
+    public_key = bootstrap_key.state["publicKeyOpenssh"].split()[1]
     assert public_key in user_data
     assert not any(t["psk"] in user_data for t in lab_run.outputs["tunnels"])
     assert lab_run.one(T_SUBNET).inputs["ipv4"] == "10.8.0.0/24"
-    assert lab_run.one(T_HOSTKEY).inputs["algorithm"] == "ED25519"
+    assert bootstrap_key.inputs["algorithm"] == "ED25519"
 
 
 def test_dependency_order_firewall_then_instance_then_vpn_then_rules(lab_run):

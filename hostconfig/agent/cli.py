@@ -170,6 +170,17 @@ def cmd_doctor(config: AgentConfig, args: argparse.Namespace) -> int:
     return run(config, args)
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Parse FILE with the reader the daemon uses at start (delivery validates agent.json with this)."""
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"vpnctl check-config: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: ok ({len(config.tunnels)} tunnels, primary {config.primary_tunnel})")
+    return 0
+
+
 def build_parser(doctor_options: bool = True) -> argparse.ArgumentParser:
     """All sub-commands. doctor_options=False leaves the doctor's own options out, and its 1000-line module unloaded:
     the updown hook, which charon waits for, parses its arguments with that (0.5 s of 1.9 s in the lab's VM)."""
@@ -201,6 +212,9 @@ def build_parser(doctor_options: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("metrics", parents=[common], help="Prometheus textfile metrics (stdout, or --write)")
     p.add_argument("--write", action="store_true", help="write paths.metrics_file atomically instead")
     p.set_defaults(func=cmd_metrics)
+    p = sub.add_parser("check-config", help="validate an agent configuration file the way the daemon reads it")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.set_defaults(func=None)
     p = sub.add_parser("doctor", parents=[common, links], help="read-only checks of everything the design needs "
                        "(--tunnel-links given: the links are not VTIs, their kind/ends/key are not checked)")
     if doctor_options:
@@ -214,6 +228,8 @@ def build_parser(doctor_options: bool = True) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(doctor_options=argv[:1] != ["updown"]).parse_args(argv)
+    if args.command == "check-config":
+        return cmd_check_config(args)
     setup_logging(args.verbose)
     try:
         config = load_config(args.config)

@@ -7,7 +7,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from hostconfig.agent.state import DAEMON_STATE
 from hostconfig.deliver.changes import Command, DesiredFile
+from hostconfig.plan import STATE_DIR
 
 SWANCTL_CONF = "/etc/swanctl/conf.d/hybrid-vpn.conf"
 CHARON_CONF = "/etc/strongswan.d/charon-hybrid-vpn.conf"
@@ -15,15 +17,66 @@ AGENT_CONFIG = "/etc/hybrid-vpn/agent.json"
 NFT_RULESET = "/etc/hybrid-vpn/nftables.nft"
 VPNCTL = "/usr/local/sbin/vpnctl"
 FAILOVER_UNIT = "/etc/systemd/system/hybrid-vpn-failover.service"
+# The host key sshd uses from the first push on. The one in user data (readable by anyone who can read the instance
+# through the API, and by the metadata service) is only the bootstrap key the first push connects with.
+SSH_HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
+SSH_HOST_PUBLIC_KEY = SSH_HOST_KEY + ".pub"
+
+
+# The agent's daemon rewrites this file every few seconds (hostconfig.agent.state): proof that it runs.
+DAEMON_STATE_FILE = f"{STATE_DIR}/{DAEMON_STATE}"
+AGENT_READY_SECONDS = 120.0
+
+# `systemctl restart` of a Type=simple unit returns once the process forked, even if the daemon then refuses its
+# config and crash-loops (failover off). This restarts the unit and returns only when the daemon is ready: the unit
+# active and the state file rewritten, after the restart, by the unit's current main process. Runs on the gateway.
+_RESTART_AND_WAIT_READY = r"""
+import json, subprocess, sys, time
+unit, state_file, deadline = sys.argv[1], sys.argv[2], float(sys.argv[3])
+started = time.time()
+rc = subprocess.run(["systemctl", "restart", unit]).returncode
+if rc != 0:
+    sys.exit(rc)
+end = time.monotonic() + deadline
+seen = "no state file"
+while time.monotonic() < end:
+    active = subprocess.run(["systemctl", "is-active", "--quiet", unit]).returncode == 0
+    main_pid = subprocess.run(["systemctl", "show", "--property=MainPID", "--value", unit], capture_output=True,
+                              text=True).stdout.strip()
+    try:
+        with open(state_file) as handle:
+            state = json.load(handle)
+    except (OSError, ValueError):
+        state = {}
+    if state:
+        seen = f"state file by pid {state.get('pid')} at {state.get('updated_at')}, unit main pid {main_pid}"
+    if active and float(state.get("updated_at") or 0) >= started and str(state.get("pid")) == main_pid:
+        print(f"{unit} ready: main pid {main_pid} wrote {state_file}")
+        sys.exit(0)
+    time.sleep(0.5)
+log = subprocess.run(["journalctl", "-u", unit, "-n", "15", "--no-pager", "-o", "cat"], capture_output=True,
+                     text=True).stdout
+print(f"{unit} not ready {deadline:g}s after its restart ({seen}); its last log lines:\n{log}", file=sys.stderr)
+sys.exit(1)
+"""
 
 
 def validation_commands() -> list[Command]:
-    """Checks run after the files are in place and before anything reloads them (paths under {root})."""
+    """Checks run after the files are in place and before anything reloads them (paths under {root}).
+
+    agent.json is checked by the agent's own reader (`vpnctl check-config`, the delivered vpnctl), so a config the
+    daemon would refuse at start fails here and is rolled back, instead of a crash-looping daemon after the push.
+    """
     return [
         Command(("nft", "-c", "-f", "{root}" + NFT_RULESET), when_changed=(NFT_RULESET,)),
-        Command(("python3", "-m", "json.tool", "{root}" + AGENT_CONFIG, "/dev/null"), when_changed=(AGENT_CONFIG,)),
-        Command(("{root}" + VPNCTL, "--help"), when_changed=(VPNCTL,)),
+        Command(("{root}" + VPNCTL, "check-config", "{root}" + AGENT_CONFIG), when_changed=(AGENT_CONFIG, VPNCTL)),
     ]
+
+
+def agent_restart_command(agent_unit: str = "hybrid-vpn-failover", state_file: str = "{root}" + DAEMON_STATE_FILE,
+                          ready_seconds: float = AGENT_READY_SECONDS) -> tuple[str, ...]:
+    """argv restarting the agent's unit and waiting until the daemon reports ready (see _RESTART_AND_WAIT_READY)."""
+    return ("python3", "-c", _RESTART_AND_WAIT_READY, agent_unit, state_file, f"{ready_seconds:g}")
 
 
 def activation_commands(strongswan_unit: str = "strongswan", agent_unit: str = "hybrid-vpn-failover") -> list[Command]:
@@ -35,11 +88,21 @@ def activation_commands(strongswan_unit: str = "strongswan", agent_unit: str = "
     """
     return [
         Command(("systemctl", "daemon-reload"), when_changed=(FAILOVER_UNIT,)),
-        Command(("systemctl", "restart", agent_unit),
+        Command(agent_restart_command(agent_unit),
                 when_changed=(AGENT_CONFIG, NFT_RULESET, VPNCTL, FAILOVER_UNIT, SWANCTL_CONF)),
         # charon reads strongswan.d (install_routes, the VICI socket) only when it starts.
         Command(("systemctl", "restart", strongswan_unit), when_changed=(CHARON_CONF,)),
         Command(("swanctl", "--load-all"), when_changed=(SWANCTL_CONF, CHARON_CONF)),
+        # sshd re-reads its host keys on reload; the push's own connection stays up, the next one pins the new key.
+        Command(("systemctl", "reload", "ssh"), when_changed=(SSH_HOST_KEY,)),
+    ]
+
+
+def host_key_files(private_openssh: str, public_openssh: str) -> list[DesiredFile]:
+    """The delivered SSH host key (an ed25519 key the program made, a Pulumi secret) as the files sshd reads."""
+    return [
+        DesiredFile(SSH_HOST_KEY, private_openssh.encode(), 0o600, secret=True),
+        DesiredFile(SSH_HOST_PUBLIC_KEY, public_openssh.strip().encode() + b"\n", 0o644),
     ]
 
 

@@ -14,21 +14,31 @@ import base64
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ResourceProvider, UpdateResult
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    ResourceProvider,
+    UpdateResult,
+)
 
 from hostconfig.deliver.changes import Command, DesiredFile
-from hostconfig.deliver.push import SshTarget, parse_public_key, push_files
+from hostconfig.deliver.push import GatewayUnreachable, SshTarget, gateway_file_hashes, parse_public_key, push_files
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN: a value known only after apply
 _SECRET_SIG = "4dabf18193072939515e22adb298388d"  # wire signature of a secret value (if the engine sends one)
 # Properties whose change means the files must go (again) to a host: content/mode, or a different host.
-_TARGET_KEYS = ("host", "port", "host_public_key")
+_TARGET_KEYS = ("host", "port", "host_public_key", "instance_id")
+# A rebuilt instance (same IP, same host key from the same user data) is a new machine: replace, i.e. push anew.
+_REPLACE_KEYS = ("instance_id",)
 _SECRET_OUTPUTS = ["files", "private_key", "scrub", "secret_hashes"]
 
 
@@ -102,6 +112,15 @@ def changed_files(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[str]
     return sorted(p for p in old.keys() | new.keys() if old.get(p) != new.get(p))
 
 
+def replaced_host_key(olds: Mapping[str, Any], news: Mapping[str, Any]) -> str | None:
+    """The key an update may find instead of the pinned one: the previously installed key during a rotation, the
+    bootstrap key when no push has installed one yet (state from before host keys were delivered). None otherwise."""
+    if olds.get("host_key_installed"):
+        previous = olds.get("host_public_key")
+        return previous if previous != news.get("host_public_key") else None
+    return news.get("bootstrap_host_public_key") or None
+
+
 def changed_target(olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[str]:
     return [k for k in _TARGET_KEYS if olds.get(k) != news.get(k)]
 
@@ -137,11 +156,17 @@ class GatewayConfigProvider(ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         olds, news = _plain(olds), _plain(news)
+        # State written before the instance id was an input has none: record it by an update, do not replace.
+        replaces = [k for k in _REPLACE_KEYS if olds.get(k) and olds.get(k) != news.get(k)]
         if any(_contains_unknown(news.get(k)) for k in ("hashes", "secret_hashes", *_TARGET_KEYS)):
-            # Preview before the VPN connection exists: the files will be known at apply time.
-            return DiffResult(changes=True)
+            # Preview before the VPN connection exists (or while the instance is replaced): known at apply time.
+            return DiffResult(changes=True, replaces=replaces)
         files = changed_files(olds, news)
         target = changed_target(olds, news)
+        if replaces:
+            logger.info("gateway instance changed (%s -> %s): pushing every file to the new instance",
+                        olds.get("instance_id"), news.get("instance_id"))
+            return DiffResult(changes=True, replaces=replaces, delete_before_replace=False)
         if files or target:
             logger.info("gateway files to push: %s%s", ", ".join(files) or "none changed",
                         f" (target changed: {', '.join(target)})" if target else "")
@@ -150,19 +175,42 @@ class GatewayConfigProvider(ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         props = _plain(props)
-        outs = self._push(props)
+        # A new instance presents the bootstrap key from its user data until this push installs the pinned one.
+        outs = self._push(props, fallback=props.get("bootstrap_host_public_key"))
         return CreateResult(f"{props['host']}:{int(props.get('port', 22))}", outs)
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(self._push(_plain(news)))
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        olds, news = _plain(olds), _plain(news)
+        return UpdateResult(self._push(news, fallback=replaced_host_key(olds, news)))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """`pulumi refresh`: the hashes the gateway holds now, so files edited there (or installed but never
+        activated) show as a diff and the next `pulumi up` pushes them again."""
+        props = _plain(props)
+        recorded = {**(props.get("hashes") or {}), **(props.get("secret_hashes") or {})}
+        if not props.get("host") or not recorded:
+            return ReadResult(id_, props)
+        try:
+            found = gateway_file_hashes(self._target(props), sorted(recorded), props.get("remote_root") or "/")
+        except GatewayUnreachable as exc:
+            # A gateway that is gone must not block `pulumi refresh`/`destroy`; its files are then unknown.
+            logger.warning("refresh: %s; keeping the recorded file hashes", exc)
+            return ReadResult(id_, props)
+        drifted = sorted(p for p in recorded if found[p] != recorded[p])
+        if drifted:
+            logger.warning("refresh: files on the gateway differ from the last push: %s", ", ".join(drifted))
+        outs = dict(props)
+        outs["hashes"] = {p: found[p] for p in props.get("hashes") or {}}
+        outs["secret_hashes"] = {p: found[p] for p in props.get("secret_hashes") or {}}
+        return ReadResult(id_, outs)
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         # No SSH on purpose: the instance is usually deleted in the same `pulumi destroy`, maybe already gone.
         logger.info("GatewayConfig deleted from the stack; the files stay on the gateway (if it still exists)")
 
     @staticmethod
-    def _push(props: Mapping[str, Any]) -> dict[str, Any]:
-        target = SshTarget(
+    def _target(props: Mapping[str, Any]) -> SshTarget:
+        return SshTarget(
             host=props["host"],
             port=int(props.get("port", 22)),
             user=props.get("user") or "root",
@@ -170,6 +218,9 @@ class GatewayConfigProvider(ResourceProvider):
             private_key=props.get("private_key") or None,
             connect_deadline_seconds=float(props.get("connect_timeout_seconds", 300)),
         )
+
+    def _push(self, props: Mapping[str, Any], fallback: str | None) -> dict[str, Any]:
+        target = replace(self._target(props), fallback_public_key=fallback)
         report = push_files(
             target,
             decode_files(props["files"]),
@@ -184,6 +235,14 @@ class GatewayConfigProvider(ResourceProvider):
             "port": target.port,
             "user": target.user,
             "host_public_key": props["host_public_key"],
+            "instance_id": props.get("instance_id"),
+            "bootstrap_host_public_key": props.get("bootstrap_host_public_key"),
+            # host_public_key is now what the gateway presents: later pushes accept no other key.
+            "host_key_installed": bool(props.get("bootstrap_host_public_key")),
+            "remote_root": props.get("remote_root") or "/",
+            "connect_timeout_seconds": props.get("connect_timeout_seconds", 300),
+            # For read() (`pulumi refresh` gets only the state): a secret output, like the input it comes from.
+            "private_key": props.get("private_key") or None,
             "hashes": dict(props.get("hashes") or {}),
             "secret_hashes": dict(props.get("secret_hashes") or {}),
             "changed_paths": report.changed_paths,
@@ -205,6 +264,9 @@ class GatewayConfigArgs:
     activate: Sequence[Command | Sequence[str]] = ()
     remote_root: str = "/"
     scrub: pulumi.Input[list] | None = None  # secret values to scrub from error output (the PSKs)
+    instance_id: pulumi.Input[str] | None = None  # the gateway instance: a new one (rebuilt) is pushed anew
+    # The host key from user data: accepted (pinned) only until a push has installed host_public_key.
+    bootstrap_host_public_key: pulumi.Input[str] | None = None
 
 
 class GatewayConfig(pulumi.dynamic.Resource, module="hybrid-vpn", name="GatewayConfig"):
@@ -220,6 +282,8 @@ class GatewayConfig(pulumi.dynamic.Resource, module="hybrid-vpn", name="GatewayC
             "port": args.port,
             "user": args.user,
             "host_public_key": args.host_public_key,
+            "instance_id": args.instance_id,
+            "bootstrap_host_public_key": args.bootstrap_host_public_key,
             "connect_timeout_seconds": args.connect_timeout_seconds,
             "private_key": pulumi.Output.secret(args.private_key) if args.private_key is not None else None,
             "files": files,

@@ -11,21 +11,21 @@ import binascii
 import errno
 import hashlib
 import io
+import json
 import logging
 import secrets as _random
 import shlex
 import socket
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import paramiko
 
 from hostconfig.deliver.changes import (
-    PREVIOUS_SUFFIX,
     Command,
     DesiredFile,
-    PlannedChange,
     RemoteFileState,
     RenderedFileLike,
     Scrubber,
@@ -35,6 +35,7 @@ from hostconfig.deliver.changes import (
     remote_path,
     temp_path,
 )
+from hostconfig.deliver.remote_txn import ACTIVATED_RECORD, CLOUD_INIT_DONE, RESULT_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -52,56 +53,29 @@ _FIRST_BACKOFF_SECONDS = 0.25
 _MAX_BACKOFF_SECONDS = 8.0
 _MAX_ATTEMPT_SECONDS = 15.0
 
-# Reads each path's mode, owner and sha256 in one round trip. Paths arrive as positional arguments ($@).
-# It also creates missing parent directories: harmless when nothing changes, and saves a round trip otherwise.
-_STATE_SCRIPT = r"""
-for p in "$@"; do
-  d=${p%/*}; [ -z "$d" ] || [ -d "$d" ] || mkdir -p -- "$d" || echo "cannot create $d" >&2
-  if [ -f "$p" ] && [ ! -L "$p" ]; then
-    s=$(stat -c '%a %u %g' -- "$p") && h=$(sha256sum < "$p") && printf 'ok %s %s\n' "$s" "${h%% *}" || echo error
-  elif [ -e "$p" ] || [ -L "$p" ]; then echo notfile
-  else echo missing
-  fi
-done
-"""
-# Keeps the previous version (hard link: same inode, so same mode and owner) and renames the upload into place.
-# Arguments come in triples: temp path, final path, 1 if a previous file exists. Prints "done N" per installed file.
-_INSTALL_SCRIPT = r"""
-set -e
-i=0
-set -- "$@" --
-while [ "$1" != -- ]; do
-  if [ "$3" = 1 ]; then ln -f -- "$2" "$2@PREV@"; fi
-  mv -f -- "$1" "$2"
-  echo "done $i"
-  i=$((i+1))
-  set -- "$@" "$2" "${2%/*}/"
-  shift 3
-done
-shift
-# Flush the new files and their directory entries (only those, not every filesystem).
-sync -- "$@"
-""".replace("@PREV@", PREVIOUS_SUFFIX)
-# Puts back what _INSTALL_SCRIPT replaced. Pairs: final path, 1 to restore the previous version / 0 to remove.
-_RESTORE_SCRIPT = r"""
-rc=0
-while [ "$#" -ge 2 ]; do
-  if [ "$2" = 1 ]; then mv -f -- "$1@PREV@" "$1" || rc=1
-  else rm -f -- "$1" || rc=1
-  fi
-  sync -- "${1%/*}/" || true
-  shift 2
-done
-exit $rc
-""".replace("@PREV@", PREVIOUS_SUFFIX)
-
+# Where the gateway keeps delivery's own state: the lock, the activated record, manifests and results. Persistent
+# (the agent's state dir is /run): the record must survive a reboot between install and activation.
+DELIVERY_STATE_DIR = "/var/lib/hybrid-vpn-delivery"
+_REMOTE_PROGRAM = (Path(__file__).with_name("remote_txn.py")).read_text()
+# A push that finds the gateway changed under it (another push, an edit) plans again, this many times.
+_MAX_PLANS = 3
 
 class DeliveryError(Exception):
     """Base of every delivery failure; messages name the host and never carry file contents or secrets."""
 
 
+class TransportLost(DeliveryError):
+    """The SSH connection is gone (dropped, timed out, closed)."""
+
+
 class HostKeyMismatch(DeliveryError):
-    pass
+    presented: paramiko.PKey | None = None  # the key the server showed, when it showed one
+
+    @classmethod
+    def of(cls, presented: paramiko.PKey, message: str) -> HostKeyMismatch:
+        error = cls(message)
+        error.presented = presented
+        return error
 
 
 class GatewayUnreachable(DeliveryError):
@@ -137,6 +111,9 @@ class SshTarget:
     private_key: str | None = field(default=None, repr=False)
     connect_deadline_seconds: float = 300.0
     command_timeout_seconds: float = 300.0
+    # Accepted only when the gateway does not present host_public_key: the key a push is about to replace (the
+    # bootstrap key from user data, or the previously delivered key during a rotation). Also pinned, never TOFU.
+    fallback_public_key: str | None = None
 
     @property
     def address(self) -> str:
@@ -239,6 +216,27 @@ def _is_retryable(exc: BaseException) -> bool:
 
 
 def connect(target: SshTarget, *, clock=time.monotonic, sleep=time.sleep) -> paramiko.SSHClient:
+    """Connect with the pinned host key (or, if the gateway presents exactly the fallback key, with that one)."""
+    try:
+        return _connect_pinned(target, clock=clock, sleep=sleep)
+    except HostKeyMismatch as mismatch:
+        if target.fallback_public_key is None:
+            raise
+        presented = mismatch.presented
+    fallback = parse_public_key(target.fallback_public_key)
+    if presented is None or presented.asbytes() != fallback.asbytes():
+        pinned = fingerprint(parse_public_key(target.host_public_key))
+        raise HostKeyMismatch(
+            f"host key of {target.address} is neither the pinned key ({pinned}) nor the key it replaces "
+            f"({fingerprint(fallback)}); refusing to connect (possible interception)"
+        )
+    logger.info("%s presents the key this push replaces (%s); connecting with it to install the pinned key",
+                target.address, fingerprint(fallback))
+    return _connect_pinned(replace(target, host_public_key=target.fallback_public_key, fallback_public_key=None),
+                           clock=clock, sleep=sleep)
+
+
+def _connect_pinned(target: SshTarget, *, clock=time.monotonic, sleep=time.sleep) -> paramiko.SSHClient:
     """Connect with the pinned host key, retrying with exponential backoff until the deadline."""
     pinned = parse_public_key(target.host_public_key)
     pkey = load_private_key(target.private_key) if target.private_key is not None else None
@@ -272,7 +270,8 @@ def connect(target: SshTarget, *, clock=time.monotonic, sleep=time.sleep) -> par
             return client
         except paramiko.BadHostKeyException as exc:
             client.close()
-            raise HostKeyMismatch(
+            raise HostKeyMismatch.of(
+                exc.key,
                 f"host key of {target.address} does not match the pinned key: expected {exc.expected_key.get_name()} "
                 f"{fingerprint(exc.expected_key)}, the server presented {exc.key.get_name()} {fingerprint(exc.key)}. "
                 "Refusing to connect (no trust on first use): if the gateway was rebuilt, update the pinned "
@@ -331,7 +330,7 @@ def run_remote(client: paramiko.SSHClient, argv: Sequence[str], timeout: float) 
     command_line = shlex.join(argv)
     transport = client.get_transport()
     if transport is None:
-        raise DeliveryError("SSH transport closed")
+        raise TransportLost("SSH transport closed")
     channel = transport.open_session(timeout=timeout)
     try:
         channel.settimeout(timeout)
@@ -347,18 +346,60 @@ def run_remote(client: paramiko.SSHClient, argv: Sequence[str], timeout: float) 
     return _Result(status, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"))
 
 
-def _sh(script: str, args: Iterable[str]) -> list[str]:
-    return ["sh", "-c", script, "sh", *args]
+def _remote(*args: str) -> list[str]:
+    """argv running remote_txn.py on the gateway (its source is in the command line: code and paths, no secrets)."""
+    return ["python3", "-c", _REMOTE_PROGRAM, *args]
 
 
-def read_remote_state(client: paramiko.SSHClient, paths: Sequence[str], timeout: float) -> list[RemoteFileState]:
-    result = run_remote(client, _sh(_STATE_SCRIPT, paths), timeout)
-    lines = result.stdout.splitlines()
+_TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, socket.timeout)
+
+
+@dataclass(frozen=True)
+class _GatewayState:
+    files: list[RemoteFileState]
+    activated: dict[str, dict]  # gateway path -> {sha256, mode, uid, gid} of the last activation that succeeded
+
+
+# The steps around the transaction are shell, not python3: on a slow host (the lab's TCG VM) every interpreter start
+# costs seconds. STATE: under a shared flock on the lock (so it waits for a running transaction), each path's mode,
+# owner and sha256 (creating missing parent directories for the uploads), then the activated record.
+_STATE_SCRIPT = r"""
+d=$1; w=$2; shift 2
+(umask 077; mkdir -p -- "$d") || exit 1
+exec 9>>"$d/lock"
+flock -s -w "$w" 9 || { echo "another push holds $d/lock for more than ${w}s" >&2; exit 1; }
+for p in "$@"; do
+  q=${p%/*}; [ -z "$q" ] || [ -d "$q" ] || mkdir -p -- "$q" || echo "cannot create $q" >&2
+  if [ -f "$p" ] && [ ! -L "$p" ]; then
+    s=$(stat -c '%a %u %g' -- "$p") && h=$(sha256sum < "$p") && printf 'ok %s %s\n' "$s" "${h%% *}" || echo error
+  elif [ -e "$p" ] || [ -L "$p" ]; then echo notfile
+  else echo missing
+  fi
+done
+echo activated
+cat -- "$d/@RECORD@" 2>/dev/null || true
+""".replace("@RECORD@", ACTIVATED_RECORD)
+# WAIT: until the transaction's result exists (then print and remove it), its process is gone, or the deadline.
+_WAIT_SCRIPT = r"""
+r=$1; pid=$2; end=$(( $(date +%s) + $3 ))
+while [ ! -e "$r" ]; do
+  if ! kill -0 "$pid" 2>/dev/null && [ ! -e "$r" ]; then echo '{"status": "gone"}'; exit 0; fi
+  [ "$(date +%s)" -lt "$end" ] || { echo '{"status": "timeout"}'; exit 0; }
+  sleep 0.1
+done
+cat -- "$r" && rm -f -- "$r"
+"""
+
+
+def read_remote_state(client: paramiko.SSHClient, paths: Sequence[str], state_dir: str,
+                      timeout: float) -> _GatewayState:
+    """Mode, owner and sha256 of each path, and the activated record, read once no transaction runs."""
+    result = run_remote(client, ["sh", "-c", _STATE_SCRIPT, "sh", state_dir, str(int(timeout)), *paths], timeout + 30)
+    lines, _, record_text = result.stdout.partition("activated\n")
+    lines = lines.splitlines()
     if result.status != 0 or len(lines) != len(paths):
-        raise DeliveryError(
-            f"reading file state on the gateway failed (exit {result.status}, {len(lines)} of {len(paths)} lines): "
-            f"{result.stderr.strip()[:500]}"
-        )
+        raise DeliveryError(f"reading file state on the gateway failed (exit {result.status}, {len(lines)} of "
+                            f"{len(paths)} lines): {result.stderr.strip()[-500:]}")
     states = []
     for path, line in zip(paths, lines, strict=True):
         if line.strip() == "notfile":
@@ -366,23 +407,49 @@ def read_remote_state(client: paramiko.SSHClient, paths: Sequence[str], timeout:
         if line.strip() == "error":
             raise DeliveryError(f"{path}: cannot read its mode or content on the gateway (permissions?)")
         states.append(parse_state_line(line))
-    return states
+    record = _json_or_none(record_text) or {}  # missing or corrupt: nothing counts as activated
+    return _GatewayState(states, dict(record.get("files") or {}))
 
 
-def _upload(sftp: paramiko.SFTPClient, tmp: str, f: DesiredFile) -> None:
-    # Exclusive create, then owner and mode while still empty, then content: a secret is never readable by others,
-    # not even for a moment.
-    handle = sftp.open(tmp, "wx")
+def _json_or_none(text: str) -> dict | None:
+    # Parsed outside any `except` that could be chained to a later error: a result's text may hold secrets.
     try:
-        handle.chown(f.uid, f.gid)
-        handle.chmod(f.mode)
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _open_new(sftp: paramiko.SFTPClient, path: str, mode: int) -> paramiko.SFTPFile:
+    """Exclusive create WITH the mode in the SFTP OPEN request, so the server creates the file with it (paramiko's
+    open() sends no attributes: the file would exist with the server's umask until a later chmod)."""
+    attrs = paramiko.SFTPAttributes()
+    attrs.st_mode = mode & 0o777
+    flags = paramiko.sftp.SFTP_FLAG_WRITE | paramiko.sftp.SFTP_FLAG_CREATE | paramiko.sftp.SFTP_FLAG_EXCL
+    kind, msg = sftp._request(paramiko.sftp.CMD_OPEN, path, flags, attrs)
+    if kind != paramiko.sftp.CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    return paramiko.SFTPFile(sftp, msg.get_binary(), "wb", -1)
+
+
+def _upload(sftp: paramiko.SFTPClient, tmp: str, content: bytes, mode: int, uid: int = 0, gid: int = 0) -> None:
+    # Created with its final mode (or stricter), owner set while still empty, then the content: a secret is never
+    # readable by others, not even for a moment.
+    handle = _open_new(sftp, tmp, mode)
+    try:
+        handle.chown(uid, gid)
+        handle.chmod(mode)
         handle.set_pipelined(True)
-        handle.write(f.content)
+        handle.write(content)
     finally:
         handle.close()
     written = sftp.stat(tmp)
-    if written.st_size != len(f.content):
-        raise DeliveryError(f"upload of {f.path} is short ({written.st_size} of {len(f.content)} bytes)")
+    if written.st_size != len(content):
+        raise DeliveryError(f"upload of {tmp} is short ({written.st_size} of {len(content)} bytes)")
+
+
+def _needs_activation(f: DesiredFile, activated: dict[str, dict]) -> bool:
+    return activated.get(f.path) != {"sha256": f.sha256, "mode": f.mode, "uid": f.uid, "gid": f.gid}
 
 
 def push_files(
@@ -393,12 +460,20 @@ def push_files(
     activate: Sequence[Command | Sequence[str]] = (),
     remote_root: str = "/",
     secret_values: Iterable[str] = (),
+    on_step: Callable[[str, paramiko.SSHClient], None] | None = None,
+    stale_upload_seconds: float = 600.0,
+    cloud_init: str = "cloud-init",
 ) -> PushReport:
-    """Bring the gateway's files to `files`, changing only what differs; validate, activate, roll back on failure.
+    """Bring the gateway's files to `files`, validated and activated, or leave it as it was and raise.
 
-    `validate` runs after the changed files are in place and before `activate`; a failure of either restores the
-    previous files (activation of the old set is re-run if activation had started) and raises CommandFailed.
-    Command arguments may use "{root}" for `remote_root`. `secret_values` are extra strings to scrub from errors.
+    Files that differ on disk are uploaded beside their final path; files whose last activation on the gateway is
+    not this content (an earlier push cut after its install) are activated again. The install, `validate`, `activate`
+    and the rollback (restore the previous files, re-run activation if it had started) run on the gateway as one
+    transaction under a lock, detached from this SSH session (remote_txn.py), so losing the connection never leaves
+    a half-applied set. Command arguments may use "{root}" for `remote_root`. `secret_values`: extra strings scrubbed
+    from errors. `on_step(name, client)` is called after each remote step (tests cut the connection there);
+    `stale_upload_seconds`: uploads of pushes that never started their transaction are removed after this long.
+    `cloud_init`: the program whose first boot the transaction waits for before it installs (skipped when missing).
     """
     started = time.monotonic()
     desired = [f if isinstance(f, DesiredFile) else DesiredFile.from_rendered(f) for f in files]
@@ -410,146 +485,181 @@ def push_files(
         if scrubber.contains_secret(shlex.join(cmd.argv_for_root(remote_root))):
             raise ValueError(f"command {cmd.argv[0]!r} contains secret material in its arguments; pass secrets in "
                              "files only")
-
     client = connect(target)
     connect_seconds = time.monotonic() - started
+    step = "connect"
+    lost: str | None = None
     try:
-        timeout = target.command_timeout_seconds
-        on_host = [remote_path(remote_root, f.path) for f in desired]
-        states = read_remote_state(client, on_host, timeout)
-        changes = plan_changes(desired, states)
-        unchanged = [f.path for f in desired if f.path not in {c.file.path for c in changes}]
-        if not changes:
-            logger.info("%s: all %d files up to date; nothing uploaded, nothing activated", target.address,
-                        len(desired))
-            return PushReport(target.address, [], unchanged, [], [], connect_seconds, time.monotonic() - started)
-        logger.info("%s: %d of %d files changed: %s", target.address, len(changes), len(desired),
-                    ", ".join(c.file.path for c in changes))
-        _install(client, target, changes, remote_root, timeout)
-        changed_paths = [c.file.path for c in changes]
-        validated = _run_stage(client, target, "validation", validate_cmds, changed_paths, changes, remote_root,
-                               scrubber, timeout, reactivate=None)
-        activated = _run_stage(client, target, "activation", activate_cmds, changed_paths, changes, remote_root,
-                               scrubber, timeout, reactivate=activate_cmds)
-        report = PushReport(
-            target=target.address,
-            changed=[
-                FileChange(c.file.path, c.file.sha256, c.file.mode, c.remote.sha256, c.reasons) for c in changes
-            ],
-            unchanged=unchanged,
-            validated=validated,
-            activated=activated,
-            connect_seconds=connect_seconds,
-            total_seconds=time.monotonic() - started,
-        )
-        logger.info("%s: pushed %d file(s), ran %d validation and %d activation command(s) in %.2fs",
-                    target.address, len(changes), len(validated), len(activated), report.total_seconds)
-        return report
+        try:
+            report = None
+            for _ in range(_MAX_PLANS):
+                report, step = _push_once(client, target, desired, validate_cmds, activate_cmds, remote_root,
+                                          scrubber, on_step, {"stale_upload_seconds": stale_upload_seconds,
+                                                              "cloud_init": cloud_init,
+                                                              "cloud_init_done": remote_path(remote_root,
+                                                                                             CLOUD_INIT_DONE)},
+                                          connect_seconds, started)
+                if report is not None:
+                    break
+            if report is None:
+                raise DeliveryError(f"{target.address}: the gateway's files changed under {_MAX_PLANS} plans in a "
+                                    "row (concurrent pushes or edits?); nothing was left half-applied, push again")
+            return report
+        except (TransportLost, *_TRANSPORT_ERRORS) as exc:
+            lost = f"{step}: {type(exc).__name__}"
     finally:
         client.close()
+    # Raised here, outside the except blocks: nothing chained, so no remote text can ride along in __context__.
+    raise DeliveryError(
+        f"{target.address}: connection lost during {lost}. Nothing is left half-applied: a transaction that had "
+        "started finishes or rolls back on the gateway on its own, and the next push waits for it and then "
+        "installs and activates whatever is still missing. Run the push again."
+    )
 
 
-def _install(client: paramiko.SSHClient, target: SshTarget, changes: Sequence[PlannedChange], remote_root: str,
-             timeout: float) -> None:
-    """Upload every changed file to a temp name beside it, then swap them in (keeping the previous versions)."""
+def _push_once(client, target: SshTarget, desired: list[DesiredFile], validate_cmds: list[Command],
+               activate_cmds: list[Command], remote_root: str, scrubber: Scrubber, on_step, options: dict,
+               connect_seconds: float, started: float) -> tuple[PushReport | None, str]:
+    """One plan + transaction. None when the transaction found the gateway changed since the plan (plan again)."""
+    timeout = target.command_timeout_seconds
+    state_dir = remote_path(remote_root, DELIVERY_STATE_DIR)
+
+    def done(name: str) -> None:
+        if on_step is not None:
+            on_step(name, client)
+
+    step = "reading the gateway's file state"
+    on_host = [remote_path(remote_root, f.path) for f in desired]
+    gateway = read_remote_state(client, on_host, state_dir, timeout)
+    done("state")
+    changes = plan_changes(desired, gateway.files)
+    to_install = {c.file.path for c in changes}
+    pending = [f.path for f in desired if f.path not in to_install and _needs_activation(f, gateway.activated)]
+    unchanged = [f.path for f in desired if f.path not in to_install]
+    if not changes and not pending:
+        logger.info("%s: all %d files up to date and activated; nothing uploaded, nothing activated",
+                    target.address, len(desired))
+        return PushReport(target.address, [], unchanged, [], [], connect_seconds, time.monotonic() - started), step
+    logger.info("%s: %d of %d files changed: %s%s", target.address, len(changes), len(desired),
+                ", ".join(c.file.path for c in changes) or "none",
+                f"; installed but never activated: {', '.join(pending)}" if pending else "")
     token = _random.token_hex(6)
-    placed = [(c, remote_path(remote_root, c.file.path)) for c in changes]
-    temps = [temp_path(path, token) for _, path in placed]
-    sftp = client.open_sftp()
+    temps = {c.file.path: temp_path(remote_path(remote_root, c.file.path), token) for c in changes}
+    manifest_path = f"{state_dir}/txn-{token}.json"
+    manifest = {
+        "token": token, "state_dir": state_dir, "manifest": manifest_path, "timeout": timeout,
+        "result": f"{state_dir}/txn-{token}{RESULT_SUFFIX}",
+        **options,
+        "files": [{"path": f.path, "host_path": host, "sha256": f.sha256, "mode": f.mode, "uid": f.uid,
+                   "gid": f.gid, "secret": f.secret, "temp": temps.get(f.path)}
+                  for f, host in zip(desired, on_host, strict=True)],
+        "validate": [{"argv": c.argv_for_root(remote_root), "when_changed": list(c.when_changed)}
+                     for c in validate_cmds],
+        "activate": [{"argv": c.argv_for_root(remote_root), "when_changed": list(c.when_changed)}
+                     for c in activate_cmds],
+    }
+    transport = client.get_transport()
+    if transport is None or not transport.is_active():
+        raise TransportLost("SSH transport closed")
+    sftp = transport.open_sftp_client()
     try:
-        try:
-            for (change, _), tmp in zip(placed, temps, strict=True):
-                logger.debug("uploading %s (%d bytes, mode %04o, sha256 %s)", change.file.path,
-                             len(change.file.content), change.file.mode, change.file.sha256)
-                _upload(sftp, tmp, change.file)
-        except (OSError, paramiko.SSHException, DeliveryError) as exc:
-            _remove_quietly(sftp, temps)
-            raise DeliveryError(f"{target.address}: upload failed, nothing replaced: {exc}") from None
+        for change in changes:
+            step = f"the upload of {change.file.path}"
+            logger.debug("uploading %s (%d bytes, mode %04o, sha256 %s)", change.file.path,
+                         len(change.file.content), change.file.mode, change.file.sha256)
+            _upload(sftp, temps[change.file.path], change.file.content, change.file.mode, change.file.uid,
+                    change.file.gid)
+            done(f"upload {change.file.path}")
+        step = "the upload of the transaction manifest"
+        _upload(sftp, manifest_path, json.dumps(manifest).encode(), 0o600)
+        done("manifest")
     finally:
         sftp.close()
-    args: list[str] = []
-    for (change, path), tmp in zip(placed, temps, strict=True):
-        args += [tmp, path, "1" if change.remote.exists else "0"]
-    result = run_remote(client, _sh(_INSTALL_SCRIPT, args), timeout)
-    if result.status != 0:
-        done = {int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("done ")}
-        installed = [c for i, c in enumerate(changes) if i in done]
-        problem = _restore(client, installed, remote_root, timeout)
-        cleanup = run_remote(client, ["rm", "-f", "--", *temps], timeout)
+    step = "the start of the transaction"
+    # setsid + stdio on /dev/null: the transaction is no child of this SSH session and outlives it.
+    launch = run_remote(client, ["sh", "-c", 'setsid "$@" </dev/null >/dev/null 2>&1 & echo $!', "sh",
+                                 *_remote("apply", manifest_path)], timeout)
+    pid = launch.stdout.strip()
+    if launch.status != 0 or not pid.isdigit():
+        raise DeliveryError(f"{target.address}: starting the transaction failed (exit {launch.status}): "
+                            f"{launch.stderr.strip()[-500:]}")
+    done("launch")
+    step = "the wait for the transaction's result (it goes on on the gateway)"
+    waited = run_remote(client, ["sh", "-c", _WAIT_SCRIPT, "sh", manifest["result"], pid, str(int(timeout * 4))],
+                        timeout * 4 + 30)
+    done("result")
+    result = _json_or_none(waited.stdout)
+    if result is None:
+        raise DeliveryError(f"{target.address}: the transaction's result is unreadable (exit {waited.status})")
+    status = result.get("status")
+    if status == "stale":
+        logger.info("%s: %s changed on the gateway since it was read; planning again", target.address,
+                    result.get("path"))
+        return None, step
+    if status in ("gone", "timeout"):
         raise DeliveryError(
-            f"{target.address}: installing files failed after {len(installed)} of {len(changes)}: "
-            f"{result.stderr.strip()[:500]}; "
-            + ("previous files restored" if problem is None and cleanup.status == 0 else f"restore problem: {problem}")
-        )
+            f"{target.address}: the transaction on the gateway " + ("ended without a result (killed?)"
+                                                                   if status == "gone" else "did not finish in time")
+            + "; files it installed without activating are activated by the next push. Run the push again.")
+    for warning in result.get("warnings") or ():
+        logger.warning("%s: %s", target.address, warning)
+    if status != "ok":
+        _raise_failed(target, result, scrubber)
+    report = PushReport(
+        target=target.address,
+        changed=[FileChange(c.file.path, c.file.sha256, c.file.mode, c.remote.sha256, c.reasons) for c in changes],
+        unchanged=unchanged,
+        validated=[_shown(argv) for argv in result["validated"]],
+        activated=[_shown(argv) for argv in result["activated"]],
+        connect_seconds=connect_seconds,
+        total_seconds=time.monotonic() - started,
+    )
+    logger.info("%s: pushed %d file(s), ran %d validation and %d activation command(s) in %.2fs",
+                target.address, len(changes), len(report.validated), len(report.activated), report.total_seconds)
+    return report, step
 
 
-def _remove_quietly(sftp: paramiko.SFTPClient, paths: Iterable[str]) -> None:
-    for path in paths:
-        try:
-            sftp.remove(path)
-        except OSError:
-            pass
+def _shown(argv: Sequence[str]) -> str:
+    """A command line for messages: inline scripts (`python3 -c`, `sh -c`) shortened to their first line."""
+    return shlex.join(a if "\n" not in a else a.strip().splitlines()[0] + " ..." for a in argv)
 
 
-def _restore(client: paramiko.SSHClient, changes: Sequence[PlannedChange], remote_root: str,
-             timeout: float) -> str | None:
-    """Put back the previous version of each changed file (remove files that were new). None when all went well."""
-    if not changes:
-        return None
-    args: list[str] = []
-    for c in changes:
-        args += [remote_path(remote_root, c.file.path), "1" if c.remote.exists else "0"]
-    result = run_remote(client, _sh(_RESTORE_SCRIPT, args), timeout)
-    if result.status != 0:
-        return f"restore exited {result.status}: {result.stderr.strip()[:500]}"
-    logger.info("restored the previous version of %d file(s): %s", len(changes),
-                ", ".join(c.file.path for c in changes))
-    return None
+def _raise_failed(target: SshTarget, result: dict, scrubber: Scrubber) -> None:
+    stage = str(result.get("stage"))
+    argv = [str(a) for a in result.get("argv") or ()]
+    shown = _shown(argv) if argv else stage
+    stderr = scrubber.scrub(str(result.get("stderr") or "").strip())[-2000:]
+    problem = result.get("rollback_problem")
+    problem = scrubber.scrub(str(problem)) if problem else None
+    restored = bool(result.get("rolled_back"))
+    message = (
+        f"{target.address}: {stage} command `{shown}` failed with exit status {result.get('exit_status')}: "
+        f"{stderr or '(no stderr)'}. "
+        + ("The previous files were restored" + (" and re-activated." if stage == "activation" else ".")
+           if restored else f"ROLLBACK INCOMPLETE: {problem}")
+    )
+    logger.error("%s", message)
+    raise CommandFailed(message, stage=stage, argv=argv, exit_status=int(result.get("exit_status") or 1),
+                        stderr=stderr, rolled_back=restored, rollback_problem=problem)
 
 
-def _run_stage(client: paramiko.SSHClient, target: SshTarget, stage: str, commands: Sequence[Command],
-               changed_paths: Sequence[str], changes: Sequence[PlannedChange], remote_root: str, scrubber: Scrubber,
-               timeout: float, *, reactivate: Sequence[Command] | None) -> list[str]:
-    ran: list[str] = []
-    for cmd in commands:
-        if not cmd.applies(changed_paths):
+def gateway_file_hashes(target: SshTarget, paths: Sequence[str], remote_root: str = "/") -> dict[str, str]:
+    """path -> what the gateway holds now, in provider.file_hashes' form ("sha256:<hex> mode:<octal>"), "missing",
+    or that form + " not-activated" when the last activation on the gateway was of other content."""
+    client = connect(target)
+    try:
+        on_host = [remote_path(remote_root, p) for p in paths]
+        gateway = read_remote_state(client, on_host, remote_path(remote_root, DELIVERY_STATE_DIR),
+                                    target.command_timeout_seconds)
+    finally:
+        client.close()
+    found = {}
+    for path, state in zip(paths, gateway.files, strict=True):
+        if not state.exists:
+            found[path] = "missing"
             continue
-        argv = cmd.argv_for_root(remote_root)
-        shown = shlex.join(argv)
-        logger.info("%s: %s: %s", target.address, stage, shown)
-        result = run_remote(client, argv, timeout)
-        ran.append(shown)
-        if result.status == 0:
-            continue
-        stderr = scrubber.scrub(result.stderr.strip())[-2000:]
-        problem = _restore(client, changes, remote_root, timeout)
-        if problem is None and reactivate is not None:
-            # Activation may have loaded part of the new set: load the old set again so the gateway runs what is
-            # on disk. (A failed validation loaded nothing, so there is nothing to undo.)
-            problem = _reactivate(client, target, reactivate, changed_paths, remote_root, scrubber, timeout)
-        restored = problem is None
-        message = (
-            f"{target.address}: {stage} command `{shown}` failed with exit status {result.status}: "
-            f"{stderr or '(no stderr)'}. "
-            + ("The previous files were restored" + (" and re-activated." if reactivate is not None else ".")
-               if restored else f"ROLLBACK INCOMPLETE: {problem}")
-        )
-        logger.error("%s", message)
-        raise CommandFailed(message, stage=stage, argv=argv, exit_status=result.status, stderr=stderr,
-                            rolled_back=restored, rollback_problem=problem)
-    return ran
-
-
-def _reactivate(client: paramiko.SSHClient, target: SshTarget, commands: Sequence[Command],
-                changed_paths: Sequence[str], remote_root: str, scrubber: Scrubber, timeout: float) -> str | None:
-    for cmd in commands:
-        if not cmd.applies(changed_paths):
-            continue
-        argv = cmd.argv_for_root(remote_root)
-        result = run_remote(client, argv, timeout)
-        logger.info("%s: re-activation of the previous files: %s -> exit %d", target.address, shlex.join(argv),
-                    result.status)
-        if result.status != 0:
-            return (f"re-activating the previous files: `{shlex.join(argv)}` exited {result.status}: "
-                    f"{scrubber.scrub(result.stderr.strip())[-500:]}")
-    return None
+        found[path] = f"sha256:{state.sha256} mode:{state.mode:04o}"
+        record = gateway.activated.get(path) or {}
+        if (record.get("sha256"), record.get("mode")) != (state.sha256, state.mode):
+            found[path] += " not-activated"
+    return found

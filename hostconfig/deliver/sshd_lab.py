@@ -109,6 +109,10 @@ class SshdLab:
         values.update(overrides)
         return SshTarget(**values)
 
+    def reload_command(self) -> list[str]:
+        """What `systemctl reload ssh` does, for this sshd: SIGHUP (sshd re-executes itself and re-reads its keys)."""
+        return ["sh", "-c", 'kill -HUP "$(cat "$1")"', "sh", str(self.workdir / "sshd.pid")]
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -126,11 +130,23 @@ class SshdLab:
         self.link.delete()
 
 
-def _sshd_config(workdir: Path, listen: str, port: int) -> str:
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+
+
+def _sshd_config(workdir: Path, listen: str, port: int, sftp_log: Path | None = None,
+                 host_key: Path | None = None) -> str:
+    # internal-sftp logs to syslog only; with sftp_log the external sftp-server writes its log (every OPEN with the
+    # mode it asked for) to that file, with umask 0 so the mode in the request alone decides the created file's mode.
+    sftp = "Subsystem sftp internal-sftp -l DEBUG3"
+    if sftp_log is not None:
+        wrapper = workdir / "sftp-server-logged"  # sshd_config cannot quote a shell command line
+        wrapper.write_text(f'#!/bin/sh\numask 0\nexec {SFTP_SERVER} -e -l DEBUG3 2>>"{sftp_log}"\n')
+        wrapper.chmod(0o755)
+        sftp = f"Subsystem sftp {wrapper}"
     return "\n".join([
         f"Port {port}",
         f"ListenAddress {listen}",
-        f"HostKey {workdir / 'ssh_host_ed25519_key'}",
+        f"HostKey {host_key or workdir / 'ssh_host_ed25519_key'}",
         f"PidFile {workdir / 'sshd.pid'}",
         f"AuthorizedKeysFile {workdir / 'authorized_keys'}",
         "UsePAM no",
@@ -140,22 +156,26 @@ def _sshd_config(workdir: Path, listen: str, port: int) -> str:
         "KbdInteractiveAuthentication no",
         # The most verbose level, so the log test sees everything sshd could ever write about a session.
         "LogLevel DEBUG3",
-        "Subsystem sftp internal-sftp -l DEBUG3",
+        sftp,
         "",
     ])
 
 
-def prepare_sshd(netns: str, workdir: Path, port: int = 2222, link: VethLink | None = None) -> SshdLab:
-    """Keys, authorized_keys, config and the veth link, without starting sshd (a test can start it later)."""
+def prepare_sshd(netns: str, workdir: Path, port: int = 2222, link: VethLink | None = None,
+                 sftp_log: Path | None = None, host_key: Path | None = None) -> SshdLab:
+    """Keys, authorized_keys, config and the veth link, without starting sshd (a test can start it later).
+    `host_key`: where the host key lives (a test that replaces it, as delivery does); default in workdir."""
     if not Path(SSHD).exists():
         raise FileNotFoundError(f"{SSHD} not installed (Debian package openssh-server)")
     workdir.mkdir(parents=True, exist_ok=True)
     link = link or link_netns(netns)
-    _, host_public = make_keypair(workdir / "ssh_host_ed25519_key")
+    if host_key is not None:
+        host_key.parent.mkdir(parents=True, exist_ok=True)
+    _, host_public = make_keypair(host_key or workdir / "ssh_host_ed25519_key")
     client_private, client_public = make_keypair(workdir / "client_key")
     (workdir / "authorized_keys").write_text(client_public + "\n")
     (workdir / "client_key").unlink()  # the test holds the key in memory only, like the Pulumi config does
-    (workdir / "sshd_config").write_text(_sshd_config(workdir, link.ns_ip, port))
+    (workdir / "sshd_config").write_text(_sshd_config(workdir, link.ns_ip, port, sftp_log, host_key))
     (workdir / "run").mkdir(exist_ok=True)
     return SshdLab(netns, link, workdir, port, host_public, client_private, workdir / "sshd.log")
 
