@@ -106,5 +106,7 @@ pulumi.export("host_config", host_config)  # docs/contracts.md §1; secret as a 
 if config.delivery.enabled:
     from hostconfig.deliver.program import gateway_config
 
-    gateway_config("gateway-config", host_config, config.delivery, depends_on=[connection, firewall, firewall_rules],
-                   instance_id=gateway.instance.id)
+    delivered = gateway_config("gateway-config", host_config, config.delivery,
+                               depends_on=[connection, firewall, firewall_rules], instance_id=gateway.instance.id)
+    # hostconfig.__main__.DELIVERED_HOST_KEY_OUTPUT: the key `python -m hostconfig status` pins after the first push
+    pulumi.export("gateway_ssh_host_public_key", delivered.pinned_host_public_key)

@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from hostconfig.plan import GatewayPlan, PlanError
 from hostconfig.render import RenderedFile, RenderError, render_gateway_files, render_legacy_files
@@ -26,6 +27,18 @@ from hostconfig.render import RenderedFile, RenderError, render_gateway_files, r
 log = logging.getLogger(__name__)
 
 OUTPUT_KEY = "host_config"
+# The host key the gateway presents once delivery has installed it (host_config's key is the user-data bootstrap key,
+# replaced by the first push): whoever pins the gateway's key from the stack outputs pins this one when it exists.
+DELIVERED_HOST_KEY_OUTPUT = "gateway_ssh_host_public_key"
+
+
+def host_config_of_outputs(data: dict) -> Any:
+    """host_config from `pulumi stack output --json --show-secrets`, pinned to the delivered host key if any."""
+    value = data[OUTPUT_KEY]
+    delivered = data.get(DELIVERED_HOST_KEY_OUTPUT)
+    if isinstance(value, dict) and isinstance(value.get("gateway"), dict) and isinstance(delivered, str):
+        value = {**value, "gateway": {**value["gateway"], "ssh_host_public_key": delivered}}
+    return value
 
 
 class InputError(ValueError):
@@ -58,7 +71,7 @@ def load_host_config(source: str) -> dict:
             f"--outputs {where}: no '{OUTPUT_KEY}' key (found: {keys}); expected the output of "
             "`pulumi stack output --json --show-secrets` of a hybrid-vpn stack"
         )
-    value = data[OUTPUT_KEY]
+    value = host_config_of_outputs(data)
     if value == "[secret]":
         raise InputError(
             f"--outputs {where}: '{OUTPUT_KEY}' is masked as [secret]; run `pulumi stack output --json --show-secrets`"

@@ -245,14 +245,14 @@ def stack_outputs(stack: str, cwd: Path | None = None) -> dict[str, Any]:
 
 
 def load_plan(outputs: str | None, stack: str | None, cwd: Path | None = None) -> GatewayPlan:
-    from hostconfig.__main__ import OUTPUT_KEY, InputError, load_host_config
+    from hostconfig.__main__ import OUTPUT_KEY, InputError, host_config_of_outputs, load_host_config
 
     try:
         if outputs is not None:
             host_config = load_host_config(outputs)
         else:
             data = stack_outputs(stack or "", cwd)
-            host_config = data.get(OUTPUT_KEY) if isinstance(data, dict) else None
+            host_config = host_config_of_outputs(data) if isinstance(data, dict) and OUTPUT_KEY in data else None
             if not isinstance(host_config, dict):
                 raise OpsInputError(f"-s {stack}: the stack has no '{OUTPUT_KEY}' output (found: "
                                     f"{', '.join(sorted(data)) if isinstance(data, dict) else type(data).__name__})")

@@ -24,6 +24,7 @@ from hostconfig.opsview import (
     cmd_status,
     compare,
     gather,
+    load_plan,
     read_aws_view,
     render_json,
     render_text,
@@ -312,3 +313,14 @@ def _reconcile(config: str) -> list[str]:
         result = Reconciler(load_config(config), kernel, "given").run(
             TunnelView(frozenset({"tunnel1", "tunnel2"}), "tunnel1"))
     return result.problems
+
+
+def test_status_pins_the_host_key_delivery_installed_not_the_bootstrap_key(tmp_path):
+    """After the first push the gateway presents the delivered host key (never in user data); host_config still holds
+    the user-data bootstrap key. `hostconfig status` must pin the delivered one, or it refuses every healthy gateway."""
+    delivered = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx2CXzp0xowL6/LgEeiGwIWHDIfLAG4aZBddpti4SFg gateway"
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"host_config": FIXTURE, "gateway_ssh_host_public_key": delivered}))
+    assert load_plan(str(outputs), None).gateway.ssh_host_public_key == delivered
+    outputs.write_text(json.dumps({"host_config": FIXTURE}))  # a stack without delivery: the bootstrap key stays
+    assert load_plan(str(outputs), None).gateway.ssh_host_public_key == FIXTURE["gateway"]["ssh_host_public_key"]

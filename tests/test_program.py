@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "host_config.default.json"
 FAKE_PSKS = ["FAKE_psk_tunnel1_not_a_secret", "FAKE_psk_tunnel2_not_a_secret"]
 DOCUMENTED_OUTPUTS = {"gateway_public_ip", "gateway_vlan_address", "vpn_connection_id", "vgw_id", "tunnels",
-                      "host_config"}
+                      "host_config", "gateway_ssh_host_public_key"}
 
 T_VPC = "aws:ec2/vpc:Vpc"
 T_VGW = "aws:ec2/vpnGateway:VpnGateway"

@@ -53,4 +53,6 @@ def gateway_config(name: str, host_config: pulumi.Output, delivery: Any, depends
         scrub=host_config.apply(lambda hc: [t["psk"] for t in hc["tunnels"]]),
         instance_id=pulumi.Output.from_input(instance_id).apply(str) if instance_id is not None else None,
     )
-    return GatewayConfig(name, args, pulumi.ResourceOptions(depends_on=list(depends_on)))
+    resource = GatewayConfig(name, args, pulumi.ResourceOptions(depends_on=list(depends_on)))
+    resource.pinned_host_public_key = args.host_public_key  # what the gateway presents after the first push
+    return resource
