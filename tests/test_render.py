@@ -322,3 +322,21 @@ def test_cli_explains_unusable_outputs(tmp_path, stdin, fragment):
     result = run_cli("render", "--outputs", "-", "--out", str(tmp_path / "o"), stdin=stdin)
     assert result.returncode == 2
     assert fragment in result.stderr
+
+
+def test_the_rendered_units_start_the_guard_then_the_agent_then_charon():
+    # Issue 13 point 4: the ruleset before forwarding (the agent turns it on) and before charon loads the tunnels.
+    # The order comes from the units' own Before=/After= (the lab's reboot uses the same start_order).
+    from lab.gateway import CHARON_UNIT, Unit, parse_unit, start_order
+
+    plan = GatewayPlan.from_host_config(load_input("default"))
+    files = {f.path.rsplit("/", 1)[1]: f.content.decode() for f in render_gateway_files(plan)}
+    rendered = (planmod.FAILOVER_UNIT, planmod.GUARD_UNIT)
+    units = [parse_unit(CHARON_UNIT, ""), *(parse_unit(n, files[n]) for n in rendered)]
+    assert start_order(units) == [planmod.GUARD_UNIT, planmod.FAILOVER_UNIT, CHARON_UNIT]
+    guard = parse_unit(planmod.GUARD_UNIT, files[planmod.GUARD_UNIT])
+    assert guard.exec_start == (f"{planmod.NFT_PATH} -f {planmod.NFT_RULESET_PATH}",)
+    assert guard.path_conditions == (planmod.NFT_RULESET_PATH,)
+    # control: main's failover unit (After=strongswan) put charon first
+    old = Unit(planmod.FAILOVER_UNIT, after=("network-online.target", CHARON_UNIT))
+    assert start_order([old, Unit(CHARON_UNIT)]) == [CHARON_UNIT, planmod.FAILOVER_UNIT]

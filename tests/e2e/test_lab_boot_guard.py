@@ -64,8 +64,6 @@ def test_stack_restart_in_unit_order_under_traffic_leaks_no_clear_text(lab):
     finally:
         stream.kill()
         stream.wait(timeout=60)
-    # The order is the units' (lab/gateway.py start_order over their Before=/After=), not a list in the lab.
-    assert order.index(plan.GUARD_UNIT) < order.index(plan.FAILOVER_UNIT) < order.index(CHARON_UNIT), order
     clear = [line for line in lines if AWS_CIDR_RE.search(line)]
     print(f"boot guard: {len(lines)} packets captured on the public NIC, {len(clear)} clear-text to/from the AWS "
           f"CIDR; unit order {' -> '.join(order)}")
@@ -73,6 +71,8 @@ def test_stack_restart_in_unit_order_under_traffic_leaks_no_clear_text(lab):
     # positive control: the capture saw the tunnel carrying the stream after the restart
     encapsulated = [line for line in lines if ".4500" in line and "198.51.100." in line]
     assert len(encapsulated) >= 10, f"expected ESP-in-UDP packets in the capture, got:\n{lines[:20]}"
+    # The order is the units' (lab/gateway.py start_order over their Before=/After=), not a list in the lab.
+    assert order.index(plan.GUARD_UNIT) < order.index(plan.FAILOVER_UNIT) < order.index(CHARON_UNIT), order
 
 
 # ----------------------------------------------------------------------------------- points 6 and 7: the scan
