@@ -39,11 +39,11 @@ def restart_stack() -> list[str]:
 
 
 def nft_counter(chain: str, comment: str) -> int:
-    """Packets counted by the rule with this comment in the gateway's table."""
-    out = lab_exec("gw", "nft", "list", "chain", "inet", NFT_TABLE, chain).out
-    found = re.search(r'counter packets (\d+) bytes \d+ comment "' + re.escape(comment) + '"', out)
+    """Packets counted by the rules with this comment in a chain of the gateway's table."""
+    out = lab_exec("gw", "nft", "list", "chain", "inet", NFT_TABLE, chain, check=False).out
+    found = re.findall(r'counter packets (\d+) bytes \d+ comment "' + re.escape(comment) + '"', out)
     assert found, f"no counted rule {comment!r} in chain {chain}:\n{out}"
-    return int(found.group(1))
+    return sum(int(n) for n in found)
 
 
 # ------------------------------------------------------------------------------------------- point 4: boot order
@@ -187,3 +187,33 @@ def test_the_vlan_cannot_reach_the_metadata_service(lab, metadata_service):
     print(f"metadata: gateway reaches {METADATA}:{METADATA_PORT}; VLAN host {VLAN_HOST} refused, {refused} packets "
           "dropped by the forward rule so far")
     assert refused >= 1
+
+
+FORGE = r"""
+import socket, struct, sys
+src, dst, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def checksum(data):
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IP_HDRINCL: our source address
+for seq in range(count):
+    body = struct.pack("!HH", 0x4242, seq) + b"forged probe reply.."
+    icmp = struct.pack("!BBHHH", 0, 0, 0, 0x4242, seq) + body[4:]
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64, socket.IPPROTO_ICMP, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    s.sendto(ip + icmp, (dst, 0))
+"""
+
+
+def test_forged_probe_replies_from_the_vlan_are_dropped(lab):
+    # A VLAN host sends echo replies "from" each tunnel's AWS inside address to the gateway's inside address: what
+    # the probes expect from a healthy tunnel. Only the tunnel's own VTI may carry that source.
+    count = 10
+    before = nft_counter("prerouting_guard", "inside /30 only on its VTI")
+    for aws_inside, gw_inside in (("169.254.10.1", GW_INSIDE[0]), ("169.254.11.1", GW_INSIDE[1])):
+        lab_exec("vlan", "python3", "-c", FORGE, aws_inside, gw_inside, str(count))
+    dropped = nft_counter("prerouting_guard", "inside /30 only on its VTI") - before
+    print(f"forged probe replies: {2 * count} sent from the VLAN, {dropped} dropped before conntrack")
+    assert dropped >= 2 * count
