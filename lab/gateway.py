@@ -177,6 +177,9 @@ def reset_to_boot_state() -> None:
 
     topology.stop_process("gw-vpnctl-daemon")
     topology.stop_process("gw-charon")
+    # Forwarding off before the state goes (and after the agent, which would turn it back on): a booting kernel starts
+    # with it off, and tearing the agent's state down with it on would itself leak (no table, no rule, no routes).
+    run_in("gw", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
     run_in("gw", ["rm", "-f", "/run/charon.vici", "/run/charon.pid"], check=False)
     agent = json.loads(run_in("gw", ["cat", plan.AGENT_CONFIG_PATH]).stdout)
     own = agent["ownership"]
@@ -187,7 +190,6 @@ def reset_to_boot_state() -> None:
                 ["ip", "xfrm", "state", "flush"], ["ip", "xfrm", "policy", "flush"],
                 ["conntrack", "-F"]):  # a fresh kernel has no conntrack entries (skipped when conntrack is missing)
         run_in("gw", cmd, check=False)
-    run_in("gw", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
     for line in render.render_sysctl().splitlines():  # what systemd-sysctl applies early at boot
         if line.strip() and not line.startswith("#"):
             run_in("gw", ["sysctl", "-q", "-w", line.replace(" ", "")])
