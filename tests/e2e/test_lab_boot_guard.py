@@ -42,7 +42,7 @@ def restart_stack() -> list[str]:
 def nft_counter(chain: str, comment: str) -> int:
     """Packets counted by the rules with this comment in a chain of the gateway's table."""
     out = lab_exec("gw", "nft", "list", "chain", "inet", NFT_TABLE, chain, check=False).out
-    found = re.findall(r'counter packets (\d+) bytes \d+ comment "' + re.escape(comment) + '"', out)
+    found = re.findall(r'counter packets (\d+) bytes \d+ (?:\w+ )?comment "' + re.escape(comment) + '"', out)
     assert found, f"no counted rule {comment!r} in chain {chain}:\n{out}"
     return sum(int(n) for n in found)
 
@@ -88,9 +88,11 @@ import json, select, socket, sys
 targets, ports = json.loads(sys.argv[1])
 out = {}
 for target in targets:
-    # Every port at once, non-blocking: connected = open, refused = closed (an RST came back), silence = filtered.
-    pending, result = {}, {}
-    for port in ports:
+  result = {}
+  for chunk in range(0, len(ports), 520):  # the open-files limit (1024) bounds the sockets in flight
+    # A chunk at once, non-blocking: connected = open, refused = closed (an RST came back), silence = filtered.
+    pending = {}
+    for port in ports[chunk:chunk + 520]:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setblocking(False)
         rc = s.connect_ex((target, port))
@@ -100,7 +102,7 @@ for target in targets:
             result[port] = "closed"
             s.close()
     while pending:
-        _, ready, _ = select.select([], list(pending), [], 6.0)
+        _, ready, _ = select.select([], list(pending), [], 3.0)
         if not ready:
             break
         for s in ready:
@@ -109,8 +111,8 @@ for target in targets:
             s.close()
     for s in pending:
         s.close()
-    out[target] = {"tcp_open": sorted(p for p, r in result.items() if r == "open"),
-                   "tcp_closed": sorted(p for p, r in result.items() if r == "closed")}
+  out[target] = {"tcp_open": sorted(p for p, r in result.items() if r == "open"),
+                 "tcp_closed": sorted(p for p, r in result.items() if r == "closed")}
 print(json.dumps(out))
 """
 
