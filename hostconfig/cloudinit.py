@@ -72,6 +72,7 @@ def render_user_data(*, hostname: str, ssh_host_ed25519_private: str, ssh_host_e
         "files": [
             {"path": rendermod.SYSCTL_PATH, "mode": "0644", "content": _block(rendermod.render_sysctl())},
             {"path": rendermod.FAILOVER_UNIT_PATH, "mode": "0644", "content": _block(rendermod.render_failover_unit())},
+            {"path": rendermod.GUARD_UNIT_PATH, "mode": "0644", "content": _block(rendermod.render_guard_unit())},
         ],
         "commands": [
             ["sysctl", "-p", rendermod.SYSCTL_PATH],
@@ -79,7 +80,9 @@ def render_user_data(*, hostname: str, ssh_host_ed25519_private: str, ssh_host_e
             ["install", "-d", "-m", "0755", unit["state_dir"]],
             ["systemctl", "daemon-reload"],
             # Enabled now, started by the delivery push once vpnctl and agent.json exist (ConditionPathExists).
-            ["systemctl", "enable", "hybrid-vpn-failover.service"],
+            ["systemctl", "enable", planmod.FAILOVER_UNIT],
+            # Enabled now so that every later boot loads the pushed ruleset before the network and charon start.
+            ["systemctl", "enable", planmod.GUARD_UNIT],
             ["systemctl", "enable", "--now", "strongswan.service"],
         ],
     }

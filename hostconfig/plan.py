@@ -44,9 +44,17 @@ VPNCTL_PATH = "/usr/local/sbin/vpnctl"
 UPDOWN_COMMAND = f"{VPNCTL_PATH} updown"
 AGENT_CONFIG_PATH = "/etc/hybrid-vpn/agent.json"
 NFT_RULESET_PATH = "/etc/hybrid-vpn/nftables.nft"
+NFT_PATH = "/usr/sbin/nft"
+FAILOVER_UNIT = "hybrid-vpn-failover.service"
+GUARD_UNIT = "hybrid-vpn-guard.service"  # loads NFT_RULESET_PATH at boot, before forwarding and charon
 STATE_DIR = "/run/hybrid-vpn"
 METRICS_FILE = "/var/lib/prometheus/node-exporter/hybrid_vpn.prom"
 VICI_SOCKET = "/run/charon.vici"
+IKE_PORT, NAT_T_PORT = 500, 4500
+SSH_PORT = 22
+# 169.254.0.0/16: the tunnels' inside addresses and the Linode metadata service (169.254.169.254, which serves the user
+# data). The VLAN never needs it: its AWS traffic goes to the AWS CIDRs.
+LINK_LOCAL = IPv4Network("169.254.0.0/16")
 
 # --- AWS Site-to-Site VPN tunnel options (shared/aws-vpn-facts.md) mapped to strongSwan keywords. ---
 # encryption name -> (strongSwan keyword, is AEAD)
@@ -189,6 +197,9 @@ class GatewayPlan:
     tunnel_mtu: int
     tcp_mss: int
     failover: FailoverSpec
+    # Who may SSH to the gateway (the stack's admin_cidrs); None when host_config does not carry them (older
+    # programs): the input policy then accepts SSH from any source and leaves the filtering to the Cloud Firewall.
+    admin_cidrs: tuple[IPv4Network, ...] | None = None
 
     @classmethod
     def from_host_config(cls, obj: dict) -> GatewayPlan:
@@ -387,6 +398,7 @@ class _PlanBuilder:
         mtu = self.integer(obj, "tunnel_mtu", p, 576, MAX_TUNNEL_MTU, 1419, "AWS maximum tunnel MTU 1446")
         mss = self.integer(obj, "tcp_mss", p, 536, MAX_TUNNEL_MTU - 40, 1379)
         failover = self.failover(obj, p)
+        admin_cidrs = self.admin_cidrs(obj, p)
 
         if not self.problems:
             self.cross_checks(p, gateway, aws_cidrs, vlan_cidrs, subnet_cidr, tunnels, mtu, mss, failover)
@@ -396,6 +408,7 @@ class _PlanBuilder:
             stack=stack, gateway=gateway, aws_region=aws_region, vpn_connection_id=vpn_id, vgw_id=vgw_id,
             aws_cidrs=aws_cidrs, linode_region=linode_region, vlan_label=vlan_label, vlan_cidrs=vlan_cidrs,
             subnet_cidr=subnet_cidr, crypto=crypto, tunnels=tunnels, tunnel_mtu=mtu, tcp_mss=mss, failover=failover,
+            admin_cidrs=admin_cidrs,
         )  # fmt: skip
         log.info(
             "plan for stack %s: %d tunnels, %d AWS CIDRs, %d VLAN CIDRs",
@@ -405,6 +418,15 @@ class _PlanBuilder:
             len(vlan_cidrs),
         )
         return plan
+
+    def admin_cidrs(self, obj: dict, p: str) -> tuple[IPv4Network, ...] | None:
+        """Optional: a program that does not export them yet gets SSH open to any source in the gateway's input policy
+        (the Cloud Firewall still filters), and a warning."""
+        if "admin_cidrs" not in obj:
+            log.warning("host_config carries no admin_cidrs: the gateway's input policy accepts SSH from any source "
+                        "(only the Cloud Firewall filters it)")
+            return None
+        return self.networks(obj, "admin_cidrs", p, 0, 100, "192.0.2.0/24")
 
     def gateway(self, obj: dict, p: str) -> GatewaySpec | None:
         g = self.obj(
@@ -569,8 +591,7 @@ class _PlanBuilder:
         psk = self._psk(t, f"{tp}.psk")
         if None in (name, interface, outside, inside, aws_inside, gw_inside, mark, psk):
             return None
-        link_local = IPv4Network("169.254.0.0/16")
-        if inside.prefixlen != 30 or not inside.subnet_of(link_local) or inside in AWS_RESERVED_INSIDE:
+        if inside.prefixlen != 30 or not inside.subnet_of(LINK_LOCAL) or inside in AWS_RESERVED_INSIDE:
             self.problem(
                 f"{tp}.inside_cidr",
                 f"{inside} is not a usable AWS inside CIDR",
@@ -677,6 +698,16 @@ class _PlanBuilder:
                         f"{aws} contains {t.name}'s outside_ip {t.outside_ip}",
                         "AWS private networks only (the tunnel endpoints must stay reachable in clear)",
                     )
+        nics = {gateway.public_interface: "public_interface", gateway.vlan_interface: "vlan_interface", "lo": None}
+        for i, t in enumerate(tunnels):
+            if t.interface in nics:
+                owner = f"gateway.{nics[t.interface]}" if nics[t.interface] else "the loopback"
+                self.problem(
+                    f"{p}.tunnels[{i}].interface",
+                    f"{t.interface!r} is {owner}; the agent creates, re-addresses and deletes a tunnel's interface, "
+                    "so it must be a VTI of its own, never a NIC the gateway lives on",
+                    f'a name no NIC uses like "vti-aws{i + 1}"',
+                )
         if gateway.private_ip not in subnet:
             self.problem(
                 f"{p}.gateway.private_ip",
@@ -977,13 +1008,25 @@ def nftables_view(plan: GatewayPlan) -> dict:
         "aws_cidrs": [str(n) for n in plan.aws_cidrs],
         "vlan_cidrs": [str(n) for n in plan.vlan_cidrs],
         "tcp_mss": plan.tcp_mss,
+        "ike_ports": [IKE_PORT, NAT_T_PORT],
+        "tunnel_outside_ips": [str(t.outside_ip) for t in plan.tunnels],
+        # Each tunnel's inside /30 is believed only on that tunnel's VTI (the probes' replies come from there).
+        "tunnel_insides": [{"interface": t.interface, "inside_cidr": str(t.inside_cidr)} for t in plan.tunnels],
+        "admin_cidrs": None if plan.admin_cidrs is None else [str(n) for n in plan.admin_cidrs],
+        "ssh_port": SSH_PORT,
+        "link_local": str(LINK_LOCAL),
+        "subnet_cidr": str(plan.subnet_cidr),
     }
 
 
 def unit_view() -> dict:
-    """The failover unit depends on no plan value: cloud-init writes it before any tunnel exists."""
+    """The units depend on no plan value: cloud-init writes them before any tunnel exists."""
     metrics_dir = METRICS_FILE.rsplit("/", 1)[0]
     return {
+        "failover_unit": FAILOVER_UNIT,
+        "guard_unit": GUARD_UNIT,
+        "nft": NFT_PATH,
+        "nft_ruleset": NFT_RULESET_PATH,
         "vpnctl": VPNCTL_PATH,
         "agent_config": AGENT_CONFIG_PATH,
         "state_dir": STATE_DIR,
@@ -995,7 +1038,8 @@ def unit_view() -> dict:
 def sysctl_view() -> dict:
     return {
         "settings": [
-            ("net.ipv4.ip_forward", 1, "the gateway routes between the VLAN, the tunnels and the internet"),
+            # Not net.ipv4.ip_forward: the agent turns forwarding on in its reconcile, after hybrid-vpn-guard.service
+            # loaded the ruleset at boot (from sysctl.d it was on before any leak guard existed).
             # rp_filter stays strict on the public NIC; the agent loosens each VTI (AWS may answer on the other
             # tunnel), which is enough because the kernel uses max(all, interface).
             ("net.ipv4.conf.default.rp_filter", 2, "loose on interfaces created later (the VTIs)"),

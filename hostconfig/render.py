@@ -28,7 +28,8 @@ SWANCTL_PATH = "/etc/swanctl/conf.d/hybrid-vpn.conf"
 CHARON_SNIPPET_PATH = "/etc/strongswan.d/charon-hybrid-vpn.conf"
 AGENT_CONFIG_PATH = planmod.AGENT_CONFIG_PATH
 NFT_RULESET_PATH = planmod.NFT_RULESET_PATH
-FAILOVER_UNIT_PATH = "/etc/systemd/system/hybrid-vpn-failover.service"
+FAILOVER_UNIT_PATH = f"/etc/systemd/system/{planmod.FAILOVER_UNIT}"
+GUARD_UNIT_PATH = f"/etc/systemd/system/{planmod.GUARD_UNIT}"
 SYSCTL_PATH = "/etc/sysctl.d/60-hybrid-vpn.conf"
 LEGACY_IPSEC_CONF_PATH = "/etc/ipsec.conf"
 LEGACY_IPSEC_SECRETS_PATH = "/etc/ipsec.secrets"
@@ -168,6 +169,7 @@ def render_gateway_files(plan: GatewayPlan) -> list[RenderedFile]:
         RenderedFile(AGENT_CONFIG_PATH, render("agent.json.j2", planmod.agent_view(plan)).encode(), 0o644, False),
         RenderedFile(NFT_RULESET_PATH, render("nftables.nft.j2", planmod.nftables_view(plan)).encode(), 0o644, False),
         RenderedFile(FAILOVER_UNIT_PATH, render_failover_unit().encode(), 0o644, False),
+        RenderedFile(GUARD_UNIT_PATH, render_guard_unit().encode(), 0o644, False),
     ]
     log.info("rendered %d gateway files for stack %s", len(files), plan.stack)
     return files
@@ -184,6 +186,10 @@ def render_legacy_files(plan: GatewayPlan) -> list[RenderedFile]:
 
 def render_failover_unit() -> str:
     return render("hybrid-vpn-failover.service.j2", planmod.unit_view())
+
+
+def render_guard_unit() -> str:
+    return render("hybrid-vpn-guard.service.j2", planmod.unit_view())
 
 
 def render_sysctl() -> str:

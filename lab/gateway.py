@@ -13,6 +13,7 @@ import argparse
 import base64
 import json
 import logging
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -81,18 +82,141 @@ def configure(hc: dict, operator_dir: Path | None, say: Callable[[str], None]) -
     activate_like_systemd([c["path"] for c in report["changed"]], say)
 
 
+# charon-systemd's unit on Debian 12: the one the lab's charon plays. Not rendered by hostconfig: its ordering comes
+# from the rendered units (and from the distribution's file when this machine has it).
+CHARON_UNIT = "strongswan.service"
+UNIT_DIR = "/etc/systemd/system"
+SYSTEM_UNIT_DIRS = (Path("/lib/systemd/system"), Path("/usr/lib/systemd/system"))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What the lab needs of a systemd unit: its ordering, its ExecStart= lines and its path conditions."""
+
+    name: str
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    exec_start: tuple[str, ...] = ()
+    path_conditions: tuple[str, ...] = ()
+
+
+def parse_unit(name: str, text: str) -> Unit:
+    """A unit file's keys; repeated keys accumulate, as systemd reads list settings."""
+    values: dict[str, list[str]] = {}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        values.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
+
+    def words(key: str) -> tuple[str, ...]:
+        return tuple(w for v in values.get(key, []) for w in v.split())
+
+    return Unit(name, words("Unit.Before"), words("Unit.After"), tuple(values.get("Service.ExecStart", [])),
+                tuple(values.get("Unit.ConditionPathExists", [])))
+
+
+def start_order(units: list[Unit]) -> list[str]:
+    """The order systemd starts these units in, from their Before=/After= (either side may declare an edge);
+    units with no ordering between them keep the order given."""
+    names = [u.name for u in units]
+    later: dict[str, set[str]] = {n: set() for n in names}  # name -> units that must start after it
+    for u in units:
+        later[u.name].update(b for b in u.before if b in later)
+        for a in u.after:
+            if a in later:
+                later[a].add(u.name)
+    order: list[str] = []
+    pending = list(names)
+    while pending:
+        ready = [n for n in pending if not any(n in later[m] for m in pending)]
+        if not ready:
+            raise RuntimeError(f"ordering cycle among {', '.join(pending)}")
+        order.append(ready[0])
+        pending.remove(ready[0])
+    return order
+
+
+def gateway_units() -> list[Unit]:
+    """The gateway's units as pushed (read in its mount namespace), plus charon's."""
+    units = []
+    for name in (plan.GUARD_UNIT, plan.FAILOVER_UNIT):
+        proc = run_in("gw", ["cat", f"{UNIT_DIR}/{name}"], check=False)
+        if proc.returncode == 0:
+            units.append(parse_unit(name, proc.stdout))
+    system = next((d / CHARON_UNIT for d in SYSTEM_UNIT_DIRS if (d / CHARON_UNIT).is_file()), None)
+    units.append(parse_unit(CHARON_UNIT, system.read_text()) if system else Unit(CHARON_UNIT))
+    return units
+
+
 def activate_like_systemd(changed: list[str], say: Callable[[str], None]) -> None:
-    """hostconfig.deliver.gateway.activation_commands' order: the agent before charon loads the tunnels, so that every
-    updown hook finds the daemon running (and returns at once instead of reconciling while charon waits). No separate
-    `vpnctl reconcile`: the daemon's start is one (links, addresses, sysctls, routes, rule, nftables)."""
-    restart_agent()
-    say("gateway: vpnctl daemon running")
-    if CHARON_SNIPPET in changed:
+    """hostconfig.deliver.gateway.activation_commands in the units' order (the agent before charon loads the tunnels,
+    so that every updown hook finds the daemon running). No separate `vpnctl reconcile`: the daemon's start is one
+    (links, addresses, sysctls, routes, rule, nftables); the guard unit acts at boot (restart_stack_like_boot)."""
+    for name in start_order(gateway_units()):
+        if name == plan.FAILOVER_UNIT:
+            restart_agent()
+            say("gateway: vpnctl daemon running")
+        elif name == CHARON_UNIT and CHARON_SNIPPET in changed:
+            topology.restart_gw_charon()
+            say("gateway: charon restarted (strongswan.d changed) and swanctl --load-all")
+        elif name == CHARON_UNIT and any(p.startswith("/etc/swanctl/") for p in changed):
+            run_in("gw", ["swanctl", "--load-all", "--noprompt"], timeout=300)
+            say("gateway: swanctl --load-all")
+
+
+def reset_to_boot_state() -> None:
+    """What a reboot leaves of the gateway: no charon, no agent, none of the agent's kernel state (VTIs, routes, rule,
+    nftables table, SAs), forwarding at the kernel's default (off), then the sysctl.d drop-in cloud-init wrote."""
+    from hostconfig import render
+
+    topology.stop_process("gw-vpnctl-daemon")
+    topology.stop_process("gw-charon")
+    # Forwarding off before the state goes (and after the agent, which would turn it back on): a booting kernel starts
+    # with it off, and tearing the agent's state down with it on would itself leak (no table, no rule, no routes).
+    run_in("gw", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
+    run_in("gw", ["rm", "-f", "/run/charon.vici", "/run/charon.pid"], check=False)
+    agent = json.loads(run_in("gw", ["cat", plan.AGENT_CONFIG_PATH]).stdout)
+    own = agent["ownership"]
+    for cmd in (["nft", "delete", "table", "inet", own["nft_table"]],
+                ["ip", "rule", "del", "pref", str(own["rule_priority"])],
+                ["ip", "route", "flush", "table", str(own["route_table"])],
+                *(["ip", "link", "del", t["interface"]] for t in agent["tunnels"]),
+                ["ip", "xfrm", "state", "flush"], ["ip", "xfrm", "policy", "flush"],
+                ["conntrack", "-F"]):  # a fresh kernel has no conntrack entries (skipped when conntrack is missing)
+        run_in("gw", cmd, check=False)
+    for line in render.render_sysctl().splitlines():  # what systemd-sysctl applies early at boot
+        if line.strip() and not line.startswith("#"):
+            run_in("gw", ["sysctl", "-q", "-w", line.replace(" ", "")])
+
+
+def start_unit(unit: Unit) -> None:
+    """Start one gateway unit as systemd would: the agent and charon are the lab's processes; a oneshot runs its
+    ExecStart= lines in the gateway when its ConditionPathExists= hold."""
+    if unit.name == plan.FAILOVER_UNIT:
+        restart_agent()
+    elif unit.name == CHARON_UNIT:
         topology.restart_gw_charon()
-        say("gateway: charon restarted (strongswan.d changed) and swanctl --load-all")
-    elif any(p.startswith("/etc/swanctl/") for p in changed):
-        run_in("gw", ["swanctl", "--load-all", "--noprompt"], timeout=300)
-        say("gateway: swanctl --load-all")
+    elif all(run_in("gw", ["test", "-e", p], check=False).returncode == 0 for p in unit.path_conditions):
+        for line in unit.exec_start:
+            run_in("gw", shlex.split(line.lstrip("-@:+!")))
+
+
+def restart_stack_like_boot(say: Callable[[str], None]) -> list[str]:
+    """Reboot the gateway's stack: reset to the boot state, then start its units in the order their files give."""
+    reset_to_boot_state()
+    say("gateway: boot state (no charon, no agent, no agent state, sysctl.d applied)")
+    units = {u.name: u for u in gateway_units()}
+    order = start_order(list(units.values()))
+    for name in order:
+        start_unit(units[name])
+        say(f"gateway: started {name}")
+    return order
 
 
 DAEMON_LOCK = f"{plan.STATE_DIR}/{agent_state.DAEMON_LOCK}"  # the gateway's, as rendered into agent.json
@@ -143,10 +267,16 @@ def push(files_json: Path) -> int:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.gateway")
-    parser.add_argument("cmd", choices=["push"])
-    parser.add_argument("files", type=Path)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("push", help="runs in the operator namespace").add_argument("files", type=Path)
+    # Runs where the lab's namespaces live (`lab exec root ...`): a reboot of the gateway's stack, in unit order.
+    sub.add_parser("restart-stack")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.cmd == "restart-stack":
+        order = restart_stack_like_boot(lambda line: print(line, flush=True))
+        print("order: " + " ".join(order), flush=True)
+        return 0
     return push(args.files)
 
 

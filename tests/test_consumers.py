@@ -335,35 +335,40 @@ def test_nft_replaces_only_its_own_table_atomically_and_idempotently(netns, tmp_
 # ------------------------------------------------------------------------------------------------------ systemd
 
 
-def test_systemd_analyze_verifies_the_unit(tmp_path):
+@pytest.mark.parametrize("unit_name", ["hybrid-vpn-failover.service", "hybrid-vpn-guard.service"])
+def test_systemd_analyze_verifies_the_unit(tmp_path, unit_name):
     analyze = need("systemd-analyze")
     units = next((p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()), None)
     if units is None:
         pytest.skip("no systemd unit directory to verify against")
-    # A scratch root: the system's units (for sysinit.target & co), the rendered unit, and an executable stand-in
-    # at /usr/local/sbin/vpnctl, because verify insists that ExecStart= exists and the agent is not installed here.
+    # A scratch root: the system's units (for sysinit.target & co), the rendered units, and executable stand-ins for
+    # the ExecStart= programs, because verify insists that they exist (the agent is not installed here).
     root_dir = tmp_path / "root"
     shutil.copytree(units, root_dir / "usr/lib/systemd/system", symlinks=True)
-    unit = root_dir / "etc/systemd/system/hybrid-vpn-failover.service"
-    unit.parent.mkdir(parents=True)
-    unit.write_bytes(gateway_file(load_plan("default"), "/etc/systemd/system/hybrid-vpn-failover.service"))
-    vpnctl = root_dir / "usr/local/sbin/vpnctl"
-    vpnctl.parent.mkdir(parents=True)
-    vpnctl.write_text("#!/bin/sh\nexit 0\n")
-    vpnctl.chmod(0o755)
+    (root_dir / "etc/systemd/system").mkdir(parents=True)
+    plan = load_plan("default")
+    for name in ("hybrid-vpn-failover.service", "hybrid-vpn-guard.service"):
+        path = f"/etc/systemd/system/{name}"
+        (root_dir / path.lstrip("/")).write_bytes(gateway_file(plan, path))
+    unit = root_dir / "etc/systemd/system" / unit_name
+    for program in (planmod.VPNCTL_PATH, planmod.NFT_PATH):
+        stand_in = root_dir / program.lstrip("/")
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_text("#!/bin/sh\nexit 0\n")
+        stand_in.chmod(0o755)
 
     def verify(path: str) -> subprocess.CompletedProcess:
         return subprocess.run([analyze, "verify", f"--root={root_dir}", path], capture_output=True, text=True,
                               timeout=DEADLINE, check=False)  # fmt: skip
 
-    result = verify("/etc/systemd/system/hybrid-vpn-failover.service")
+    result = verify(f"/etc/systemd/system/{unit_name}")
     if "Failed to" in result.stderr and "hybrid-vpn" not in result.stderr:
         pytest.skip(f"systemd-analyze verify cannot run here: {result.stderr.strip()[:200]}")
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
 
     # Control: verify does report a mistake in this setup.
     bad = unit.with_name("hybrid-vpn-bad.service")
-    bad.write_text(unit.read_text().replace("RestartSec=1", "RestartSec=1\nRestartSecs=1"))
+    bad.write_text(unit.read_text().replace("[Service]\n", "[Service]\nRestartSecs=1\n"))
     assert "Unknown key 'RestartSecs'" in verify("/etc/systemd/system/hybrid-vpn-bad.service").stderr
 
 

@@ -92,6 +92,27 @@ def test_unknown_keys_are_tolerated_but_logged(caplog):
     assert "host_config.crypto: ignoring unknown keys phase_1" in caplog.text
 
 
+def test_admin_cidrs_are_read_and_their_absence_is_a_warning(caplog):
+    assert GatewayPlan.from_host_config(load_input()).admin_cidrs == (IPv4Network("192.0.2.0/24"),
+                                                                      IPv4Network("198.51.100.7/32"))
+    obj = load_input()
+    del obj["admin_cidrs"]
+    with caplog.at_level(logging.WARNING, logger="hostconfig.plan"):
+        assert GatewayPlan.from_host_config(obj).admin_cidrs is None
+    assert "no admin_cidrs" in caplog.text
+
+
+def test_a_tunnel_on_a_nic_names_the_key_the_rule_and_a_right_value():
+    obj = load_input()
+    obj["tunnels"][0]["interface"] = obj["gateway"]["public_interface"]
+    [problem] = problems_of(obj)
+    assert problem == (
+        "host_config.tunnels[0].interface: 'eth0' is gateway.public_interface; the agent creates, re-addresses and "
+        "deletes a tunnel's interface, so it must be a VTI of its own, never a NIC the gateway lives on; expected a "
+        'name no NIC uses like "vti-aws1"'
+    )
+
+
 # ------------------------------------------------------------------------------------------------- refused input
 
 
@@ -186,6 +207,13 @@ def test_a_bad_psk_is_refused_without_showing_it():
         (lambda o: o["failover"].update(extra_probe_targets=["10.0.0"]), "host_config.failover.extra_probe_targets[0]",
          "IPv4 address"),
         (lambda o: o.pop("linode"), "host_config.linode", "missing"),
+        # issue 13 point 10: the agent creates, re-addresses and deletes a tunnel's link; eth0 is the gateway itself.
+        (lambda o: o["tunnels"][0].update(interface="eth0"), "host_config.tunnels[0].interface",
+         "is gateway.public_interface"),
+        (lambda o: o["tunnels"][1].update(interface="eth1"), "host_config.tunnels[1].interface",
+         "is gateway.vlan_interface"),
+        (lambda o: o["tunnels"][1].update(interface="lo"), "host_config.tunnels[1].interface", '"vti-aws2"'),
+        (lambda o: o.update(admin_cidrs=["192.0.2.7/24"]), "host_config.admin_cidrs[0]", "no host bits"),
         (lambda o: o.update(gateway=[]), "host_config.gateway", "got a list"),
     ],
 )

@@ -122,6 +122,7 @@ def test_gateway_files_have_the_contract_paths_and_modes():
         "/etc/hybrid-vpn/agent.json": (0o644, False),
         "/etc/hybrid-vpn/nftables.nft": (0o644, False),
         "/etc/systemd/system/hybrid-vpn-failover.service": (0o644, False),
+        "/etc/systemd/system/hybrid-vpn-guard.service": (0o644, False),
     }
     legacy = {f.path: (f.mode, f.secret) for f in render_legacy_files(plan)}
     assert legacy == {"/etc/ipsec.conf": (0o644, False), "/etc/ipsec.secrets": (0o600, True)}
@@ -217,17 +218,22 @@ def test_user_data_round_trips_through_yaml():
     files = {f["path"]: f for f in data["write_files"]}
     assert files["/etc/systemd/system/hybrid-vpn-failover.service"]["content"] == rendermod.render_failover_unit()
     assert files["/etc/sysctl.d/60-hybrid-vpn.conf"]["content"] == rendermod.render_sysctl()
-    assert "net.ipv4.ip_forward = 1\n" in rendermod.render_sysctl()
+    assert files["/etc/systemd/system/hybrid-vpn-guard.service"]["content"] == rendermod.render_guard_unit()
+    # Forwarding is the agent's to turn on, after the guard loaded the ruleset: sysctl.d turned it on at every boot
+    # before any leak guard existed (issue 13, point 4).
+    assert "ip_forward" not in rendermod.render_sysctl()
     assert {"strongswan-swanctl", "charon-systemd", "nftables", "python3"} <= set(data["packages"])
     assert ["systemctl", "enable", "hybrid-vpn-failover.service"] in data["runcmd"]
+    assert ["systemctl", "enable", "hybrid-vpn-guard.service"] in data["runcmd"]
     assert ["sysctl", "-p", "/etc/sysctl.d/60-hybrid-vpn.conf"] in data["runcmd"]
 
 
-def test_user_data_is_the_same_unit_the_delivery_pushes():
+@pytest.mark.parametrize("unit", ["hybrid-vpn-failover.service", "hybrid-vpn-guard.service"])
+def test_user_data_is_the_same_unit_the_delivery_pushes(unit):
     plan = GatewayPlan.from_host_config(load_input("default"))
-    pushed = next(f for f in render_gateway_files(plan) if f.path.endswith("hybrid-vpn-failover.service"))
+    pushed = next(f for f in render_gateway_files(plan) if f.path.endswith(unit))
     data = yaml.safe_load(user_data())
-    written = next(f for f in data["write_files"] if f["path"] == "/etc/systemd/system/hybrid-vpn-failover.service")
+    written = next(f for f in data["write_files"] if f["path"] == f"/etc/systemd/system/{unit}")
     assert written["content"].encode() == pushed.content
 
 
@@ -316,3 +322,21 @@ def test_cli_explains_unusable_outputs(tmp_path, stdin, fragment):
     result = run_cli("render", "--outputs", "-", "--out", str(tmp_path / "o"), stdin=stdin)
     assert result.returncode == 2
     assert fragment in result.stderr
+
+
+def test_the_rendered_units_start_the_guard_then_the_agent_then_charon():
+    # Issue 13 point 4: the ruleset before forwarding (the agent turns it on) and before charon loads the tunnels.
+    # The order comes from the units' own Before=/After= (the lab's reboot uses the same start_order).
+    from lab.gateway import CHARON_UNIT, Unit, parse_unit, start_order
+
+    plan = GatewayPlan.from_host_config(load_input("default"))
+    files = {f.path.rsplit("/", 1)[1]: f.content.decode() for f in render_gateway_files(plan)}
+    rendered = (planmod.FAILOVER_UNIT, planmod.GUARD_UNIT)
+    units = [parse_unit(CHARON_UNIT, ""), *(parse_unit(n, files[n]) for n in rendered)]
+    assert start_order(units) == [planmod.GUARD_UNIT, planmod.FAILOVER_UNIT, CHARON_UNIT]
+    guard = parse_unit(planmod.GUARD_UNIT, files[planmod.GUARD_UNIT])
+    assert guard.exec_start == (f"{planmod.NFT_PATH} -f {planmod.NFT_RULESET_PATH}",)
+    assert guard.path_conditions == (planmod.NFT_RULESET_PATH,)
+    # control: main's failover unit (After=strongswan) put charon first
+    old = Unit(planmod.FAILOVER_UNIT, after=("network-online.target", CHARON_UNIT))
+    assert start_order([old, Unit(CHARON_UNIT)]) == [CHARON_UNIT, planmod.FAILOVER_UNIT]
