@@ -127,6 +127,7 @@ def build_host_config(*, stack: str, config: StackConfig, gateway: GatewayFacts,
             "failback_hold_seconds": f.failback_hold_seconds,
             "extra_probe_targets": list(f.extra_probe_targets),
         },
+        "admin_cidrs": list(config.admin_cidrs),  # the gateway's own input policy admits SSH only from these
     }
 
 

@@ -65,7 +65,7 @@ def test_gateway_config_inputs_keep_contents_and_keys_secret(tmp_path):
     assert {"files", "private_key", "scrub", "secret_hashes"} <= secret_roots
     assert "hashes" not in secret_roots and "host" not in secret_roots
     expected_public = {gw.CHARON_CONF, gw.AGENT_CONFIG, gw.NFT_RULESET, gw.VPNCTL, gw.FAILOVER_UNIT,
-                       gw.SSH_HOST_PUBLIC_KEY}
+                       gw.GUARD_UNIT_FILE, gw.SSH_HOST_PUBLIC_KEY}
     assert set(inputs["hashes"]) == expected_public
     assert set(inputs["secret_hashes"]) == {gw.SWANCTL_CONF, gw.SSH_HOST_KEY}
     assert {f["path"]: f["mode"] for f in inputs["files"]}[gw.SWANCTL_CONF] == 0o600

@@ -73,12 +73,15 @@ class Reconciler:
         if not routes_only:
             self._stage(result, "links", self._links, desired)
             self._stage(result, "addresses", self._addresses, desired)
-            self._stage(result, "sysctls", self._sysctls, desired)
         self._stage(result, "routes", self._routes, desired)
         if not routes_only:
             self._stage(result, "rule", self._rule, desired)
         if ruleset is not None:
             self._stage(result, "nftables", self._nft, ruleset)
+        if not routes_only:
+            # Last: the sysctls turn forwarding on (the agent owns ip_forward), so the leak guard (unreachable routes,
+            # the rule, the table) is in place before the first packet is forwarded.
+            self._stage(result, "sysctls", self._sysctls, desired)
         result.seconds = time.perf_counter() - started
         if result.changes:
             log.info("reconcile applied %s change(s) in %.1f ms: %s", len(result.changes), result.seconds * 1000,

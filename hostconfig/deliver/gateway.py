@@ -9,14 +9,18 @@ from pathlib import Path
 
 from hostconfig.agent.state import DAEMON_STATE
 from hostconfig.deliver.changes import Command, DesiredFile
-from hostconfig.plan import STATE_DIR
+from hostconfig.plan import GUARD_UNIT, STATE_DIR
+from hostconfig.render import FAILOVER_UNIT_PATH, GUARD_UNIT_PATH
 
 SWANCTL_CONF = "/etc/swanctl/conf.d/hybrid-vpn.conf"
 CHARON_CONF = "/etc/strongswan.d/charon-hybrid-vpn.conf"
 AGENT_CONFIG = "/etc/hybrid-vpn/agent.json"
 NFT_RULESET = "/etc/hybrid-vpn/nftables.nft"
 VPNCTL = "/usr/local/sbin/vpnctl"
-FAILOVER_UNIT = "/etc/systemd/system/hybrid-vpn-failover.service"
+FAILOVER_UNIT = FAILOVER_UNIT_PATH
+# The leak guard that loads the ruleset at boot before forwarding and charon (hostconfig/templates): enabled here too,
+# because a gateway that booted before the unit existed has only the push to enable it.
+GUARD_UNIT_FILE = GUARD_UNIT_PATH
 # The host key sshd uses from the first push on. The one in user data (readable by anyone who can read the instance
 # through the API, and by the metadata service) is only the bootstrap key the first push connects with.
 SSH_HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
@@ -87,7 +91,8 @@ def activation_commands(strongswan_unit: str = "strongswan", agent_unit: str = "
     itself; in the lab's slow VM those held charon for 20 s at start-up and a tunnel failed to come up.
     """
     return [
-        Command(("systemctl", "daemon-reload"), when_changed=(FAILOVER_UNIT,)),
+        Command(("systemctl", "daemon-reload"), when_changed=(FAILOVER_UNIT, GUARD_UNIT_FILE)),
+        Command(("systemctl", "enable", GUARD_UNIT), when_changed=(GUARD_UNIT_FILE,)),
         Command(agent_restart_command(agent_unit),
                 when_changed=(AGENT_CONFIG, NFT_RULESET, VPNCTL, FAILOVER_UNIT, SWANCTL_CONF)),
         # charon reads strongswan.d (install_routes, the VICI socket) only when it starts.
