@@ -31,7 +31,7 @@ from lab.rpc import write_atomically
 
 log = logging.getLogger(__name__)
 
-RECHECK_SECONDS = 1.0  # list-sas at least this often even without events (a missed event costs at most this)
+RECHECK_SECONDS = 2.0  # list-sas at least this often even without events (a missed event costs at most this)
 ROUTE_METRIC = 100
 
 

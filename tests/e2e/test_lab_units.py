@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import awspeer, awsrouting, host_config_source, lifetimes
+from lab import awspeer, awsrouting, flows, host_config_source, lifetimes
 from lab.addresses import LAB_PLAN
 from lab.rpc import RpcClient, RpcServer, RpcTimeout, make_dirs
 
@@ -162,3 +162,14 @@ def test_short_lifetimes_rewrite_every_timer_line_of_both_ends():
                            (16, "rekey_time", 32), (16, "life_time", 50), (16, "rand_time", 0)}
     with pytest.raises(RuntimeError, match="AWS side swanctl.conf has no child-level 'life_time"):
         lifetimes.shorten("        rekey_time = 1s\n", {"child": {"life_time": 1}}, "AWS side swanctl.conf")
+
+
+def test_one_way_flow_gaps_are_timed_at_the_receiver():
+    arrivals = {0: 100.0, 1: 100.1, 2: 100.2, 9: 131.5, 10: 131.6, 11: 140.0}
+    d = flows.summarize(12, arrivals)
+    assert (d.sent, d.received) == (12, 6)
+    assert d.gaps == [(100.2, 131.5), (131.6, 140.0)]  # longest first
+    assert d.longest_gap == pytest.approx(31.3)
+    assert flows.outage_around(d, 100.5) == pytest.approx(31.3)  # the cut at 100.5: the blackout that covers it
+    assert flows.outage_around(d, 135.0) == pytest.approx(8.4)
+    assert flows.outage_around(d, 98.0) is None  # nothing was out then
