@@ -77,7 +77,7 @@ def blackout(direction: flows.Direction, at: float) -> float | None:
 def one_run(kind: Kind) -> tuple[float | None, float | None, float | None]:
     settle(kind.aws_sends_on)
     flow = driver.Flows(kind.window)
-    time.sleep(4)  # pacing: the streams are starting inside the VM
+    time.sleep(2)  # a little steady traffic before the fault
     heal = None
     if kind.name.startswith("cut"):
         at = driver.lab_clock(driver.lab("break", "tunnel1", check=True))

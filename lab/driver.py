@@ -151,9 +151,15 @@ class Flows:
         self.seconds = seconds
         self.proc = lab_popen("exec", "root", "sh", "-c",
                                      f"cd {REPO} && exec {sys.executable} -m lab.flows run {seconds} {rate}")
+        self.head = []
+        for line in self.proc.stdout:  # returns once both streams run (Python starts slowly in the VM)
+            self.head.append(line)
+            if line.strip() == flows.STARTED:
+                break
 
     def result(self) -> dict[str, flows.Direction]:
         out, err = self.proc.communicate(timeout=self.seconds + 600)
+        out = "".join(self.head) + out
         lines = [line for line in out.splitlines() if line.startswith("{")]
         assert lines, f"lab/flows.py printed no result:\n{out[-2000:]}\n{err[-2000:]}"
         data = json.loads(lines[-1])

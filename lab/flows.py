@@ -10,7 +10,8 @@ when its DPD declares the tunnel dead; the gateway moves at its probes' pace). S
 
 Both ends run in the lab's namespaces of one kernel, so their `time.time()` is one clock, the clock `lab break` /
 `lab maintenance` print. Run where the namespaces live (`lab exec root`): `python -m lab.flows run SECONDS [RATE]`
-prints one JSON object: per direction sent, received and the gaps (> GAP_REPORT_SECONDS) with their start/end times.
+prints a line (STARTED) once both streams run, then one JSON object: per direction sent, received and the gaps
+(> GAP_REPORT_SECONDS) with their start/end times.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from lab.sh import ns_prefix
 
 PORT = 40404
 GAP_REPORT_SECONDS = 0.3
-SETTLE_SECONDS = 5.0  # the VPC side listens this long after the VLAN side stops, for late datagrams
+SETTLE_SECONDS = 5.0
+STARTED = "flows: both streams running"  # the VPC side listens this long after the VLAN side stops, for late datagrams
 
 
 @dataclass(frozen=True)
@@ -63,15 +65,16 @@ def outage_around(direction: Direction, at: float, slack: float = 1.0) -> float 
 
 
 def _send_loop(sock: socket.socket, dst: tuple[str, int] | None, seconds: float, rate: int, arrivals: dict[int, float],
-               wait_first: bool) -> int:
-    """Send `rate`/s numbered datagrams for `seconds` while recording arrivals; returns how many were sent."""
+               wait_first: bool, listen_extra: float = 0.0, started: Path | None = None) -> int:
+    """Send `rate`/s numbered datagrams for `seconds` (then listen `listen_extra` s more) while recording arrivals;
+    returns how many were sent."""
     interval, seq = 1.0 / rate, 0
     sock.settimeout(0.005)
     start = time.monotonic()
     end = start + seconds
     next_send = start
     give_up = start + seconds + 120  # the other side never sent anything
-    while time.monotonic() < end or (wait_first and dst is None and time.monotonic() < give_up):
+    while time.monotonic() < end + listen_extra or (wait_first and dst is None and time.monotonic() < give_up):
         now = time.monotonic()
         if dst is not None and now >= next_send and now < end:
             try:
@@ -85,6 +88,8 @@ def _send_loop(sock: socket.socket, dst: tuple[str, int] | None, seconds: float,
             arrivals.setdefault(int(data), time.time())
             if wait_first and dst is None:
                 dst = src
+                if started is not None:
+                    started.touch()
                 start = time.monotonic()
                 end, next_send = start + seconds, start
         except (TimeoutError, ValueError, OSError):
@@ -97,7 +102,9 @@ def peer(seconds: float, rate: int, out: Path) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("0.0.0.0", PORT))
     arrivals: dict[int, float] = {}
-    sent = _send_loop(sock, None, seconds + SETTLE_SECONDS, rate, arrivals, wait_first=True)
+    # stops sending a second before the VLAN side stops listening, so the tail of its stream is not counted as lost
+    sent = _send_loop(sock, None, max(seconds - 1.0, 0.0), rate, arrivals, wait_first=True,
+                      listen_extra=SETTLE_SECONDS + 1.0, started=out.with_suffix(".started"))
     out.write_text(json.dumps({"sent": sent, "arrivals": arrivals}))
 
 
@@ -115,7 +122,13 @@ def run(seconds: float, rate: int) -> dict:
         me = [sys.executable, "-m", "lab.flows"]
         vpc = subprocess.Popen(ns_prefix("vpc") + me + ["peer", str(seconds), str(rate), str(peer_out)])
         time.sleep(1.0)  # the VPC side's socket is bound before the first datagram (pacing, not an assertion)
-        subprocess.run(ns_prefix("vlan") + me + ["client", str(seconds), str(rate), str(client_out)], check=True)
+        vlan = subprocess.Popen(ns_prefix("vlan") + me + ["client", str(seconds), str(rate), str(client_out)])
+        deadline = time.monotonic() + 120
+        while not peer_out.with_suffix(".started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(STARTED, flush=True)  # both streams run: the caller may inject its fault now
+        if vlan.wait(timeout=seconds + 180) != 0:
+            raise RuntimeError("the VLAN side of the flows failed")
         vpc.wait(timeout=seconds + 120)
         at_vpc = json.loads(peer_out.read_text())
         at_vlan = json.loads(client_out.read_text())

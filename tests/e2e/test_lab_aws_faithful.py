@@ -158,7 +158,7 @@ def test_esp_dead_ike_alive_on_the_tunnel_aws_sends_on_resumes_by_the_gateways_d
 
 def flows_for(seconds: float) -> Flows:
     flow = Flows(seconds)
-    time.sleep(4)  # pacing: the streams are starting inside the VM (never an assertion)
+    time.sleep(2)  # a little steady traffic before the fault (pacing, never an assertion)
     return flow
 
 
