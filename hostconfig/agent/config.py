@@ -27,6 +27,9 @@ _RESERVED_TABLES = {0, 253, 254, 255}
 _EXAMPLE = '{"version": 1, "public_interface": "eth0", ...} (docs/contracts.md section 2)'
 
 
+DEFAULT_REPAIR_HOLD_SECONDS = 5
+
+
 class ConfigError(ValueError):
     """The agent configuration is unusable; the message names the key and shows a right value."""
 
@@ -53,6 +56,9 @@ class ProbeConfig:
     up_after: int
     failback_hold_seconds: float
     extra_targets: tuple[IPv4Address, ...]
+    # How long a tunnel must be probe-dead with its CHILD_SA installed before the daemon rebuilds it (the value is
+    # explained at health.RepairPolicy).
+    repair_hold_seconds: float
 
 
 @dataclass(frozen=True)
@@ -268,8 +274,12 @@ def parse_config(data: Any) -> AgentConfig:
     if not isinstance(raw_targets, list) or len(raw_targets) > 16:
         raise ConfigError('probe.extra_targets: must be a list of at most 16 IPv4 addresses, e.g. ["10.0.4.85"]')
     extra = tuple(_ipv4(v, f"probe.extra_targets[{i}]", '"10.0.4.85"') for i, v in enumerate(raw_targets))
+    # Optional (agent.json files written before it existed stay valid); the default is explained in health.py.
+    repair_hold = (p.integer("repair_hold_seconds", 1, 3600, "5") if "repair_hold_seconds" in p.data
+                   else DEFAULT_REPAIR_HOLD_SECONDS)
+    p.used.add("repair_hold_seconds")
     p.done()
-    probe = ProbeConfig(interval, timeout, down_after, up_after, float(hold), extra)
+    probe = ProbeConfig(interval, timeout, down_after, up_after, float(hold), extra, float(repair_hold))
 
     o = r.sub("ownership", '{"route_table": 1519, ...}')
     table = o.integer("route_table", 1, 0xFFFFFFFF, "1519")

@@ -23,14 +23,38 @@ from typing import Any
 
 from .config import AgentConfig
 from .desired import LinkMode, TunnelView
-from .health import Decision, TunnelHealth, choose_active
+from .health import (
+    Decision,
+    RepairAction,
+    RepairPolicy,
+    RepairState,
+    TunnelHealth,
+    TunnelSaFacts,
+    choose_active,
+    plan_repairs,
+)
 from .kernel import Kernel
 from .metrics import write_metrics
 from .nft import NftError
 from .probe import IcmpProber, ProbeResult
 from .reconcile import Reconciler
 from .state import DAEMON_STATE, LockTimeout, reconcile_lock, write_json
-from .vici_client import UpdownEvent, ViciEventStream, ViciUnavailable, installed_tunnels, list_sas, tunnel_for_ike
+from .vici_client import (
+    Connector,
+    UpdownEvent,
+    ViciCommandFailed,
+    ViciEventStream,
+    ViciUnavailable,
+    child_counters,
+    connect_unix,
+    initiate_child,
+    installed_tunnels,
+    list_sas,
+    terminate_child,
+    terminate_ike,
+    tunnel_for_ike,
+    tunnel_sa_facts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +104,8 @@ class KernelChangeWatch:
         self.sock.close()
 
 FULL_RECONCILE_SECONDS = 30.0
+# How often the repair side lists charon's SAs: one VICI round trip (a few ms) a second; the repair hold is seconds.
+REPAIR_CHECK_SECONDS = 1.0
 # After someone else's change to links/addresses/routes/rules, wait this long for the rest of their change (a script
 # runs several `ip` commands) before reconciling once; and reconcile for such changes at most once a second.
 KERNEL_CHANGE_SETTLE_SECONDS = 0.2
@@ -91,9 +117,89 @@ LOCK_TIMEOUT = 2.0
 RETRY_SECONDS = 1.0
 
 
+class Repairer:
+    """Drives the data-path repairs (rules: health.plan_repairs): lists charon's SAs once a second, feeds the per-tunnel
+    repair state, and carries out the one decision, if any, over VICI. Logged once per decision at INFO, counted per
+    tunnel and kind, kept for status, metrics and doctor. VICI commands do not wait for the peer (vici_client.NO_WAIT).
+    """
+
+    def __init__(self, config: AgentConfig, health: dict[str, TunnelHealth], policy: RepairPolicy,
+                 connect: Connector = connect_unix, wall: Callable[[], float] = time.time):
+        self.config = config
+        self.health = health
+        self.policy = policy
+        self.connect = connect
+        self.wall = wall
+        self.states = {t.name: RepairState() for t in config.tunnels}
+        self.waiting: dict[str, str] = {}
+        self.next_check = float("-inf")
+        self.counters: dict[int, tuple[int, int]] = {}  # CHILD_SA traffic at the last listing
+
+    @property
+    def total(self) -> int:
+        return sum(s.total for s in self.states.values())
+
+    def tick(self, now: float, active: str | None) -> RepairAction | None:
+        if now < self.next_check:
+            return None
+        self.next_check = now + REPAIR_CHECK_SECONDS
+        path = self.config.paths.vici_socket
+        try:
+            sas = list_sas(path, connect=self.connect)
+        except ViciUnavailable as exc:
+            # No SA facts, no repair: charon's absence is the VICI reconnect's business, and it shows in status.
+            log.debug("repair check skipped: %s", exc)
+            return None
+        facts = tunnel_sa_facts(self.config, sas, now, self.counters)
+        self.counters = child_counters(sas)
+        for name, state in self.states.items():
+            state.observe(self.health[name], facts.get(name, TunnelSaFacts()), now, self.policy)
+        plan = plan_repairs(self.config.tunnel_names, self.health, facts, self.states, active, now, self.policy)
+        self.waiting = plan.waiting
+        for action in plan.actions:
+            self.execute(action, now)
+        return plan.actions[0] if plan.actions else None
+
+    def execute(self, action: RepairAction, now: float) -> None:
+        steps = [f"delete IKE_SA #{i}" for i in action.delete_ike_ids]
+        steps += [f"delete CHILD_SA #{i}" for i in action.delete_child_ids]
+        if action.initiate:
+            steps.append(f"initiate {action.tunnel}")
+        state = self.states[action.tunnel]
+        log.info("repair %s (%s, #%d for this tunnel): %s; %s", action.tunnel, action.kind, state.total + 1,
+                 action.reason, ", ".join(steps))
+        path, errors = self.config.paths.vici_socket, []
+        calls: list[tuple[str, Callable[[], None]]] = [
+            *((f"IKE_SA #{i}", lambda i=i: terminate_ike(path, i, connect=self.connect))
+              for i in action.delete_ike_ids),
+            *((f"CHILD_SA #{i}", lambda i=i: terminate_child(path, i, connect=self.connect))
+              for i in action.delete_child_ids),
+        ]
+        if action.initiate:
+            calls.append((f"initiate {action.tunnel}", lambda: initiate_child(path, action.tunnel,
+                                                                              connect=self.connect)))
+        for what, call in calls:
+            try:
+                call()
+            except (ViciUnavailable, ViciCommandFailed) as exc:
+                # An SA gone in the meantime is fine; the rest still runs, and backoff applies as for any repair.
+                errors.append(f"{what}: {exc}")
+        state.record(action, now, self.wall())
+        if errors and state.last is not None:
+            state.last["errors"] = errors
+            log.warning("repair %s: %s", action.tunnel, "; ".join(errors))
+
+    def snapshot(self, name: str, now: float) -> dict[str, Any]:
+        state = self.states[name]
+        next_in = state.next_allowed(self.policy) - now
+        return {"total": state.total, "by_kind": dict(state.by_kind), "attempts": state.attempts, "last": state.last,
+                "waiting": self.waiting.get(name), "next_allowed_in_seconds": round(next_in, 1) if next_in > 0 else 0}
+
+
 class FailoverDaemon:
     def __init__(self, config: AgentConfig, link_mode: LinkMode = "vti", clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, full_reconcile_seconds: float = FULL_RECONCILE_SECONDS):
+                 wall: Callable[[], float] = time.time, full_reconcile_seconds: float = FULL_RECONCILE_SECONDS,
+                 vici_connector: Connector = connect_unix):
         self.config = config
         self.link_mode = link_mode
         self.clock = clock
@@ -112,7 +218,10 @@ class FailoverDaemon:
         self.targets = {str(ip): TunnelHealth(str(ip), probe.down_after, probe.up_after) for ip in probe.extra_targets}
         self.target_probers = {str(ip): IcmpProber(str(ip), config.gateway_vlan_address.ip, ip, base + 16 + i, timeout)
                                for i, ip in enumerate(probe.extra_targets)}
+        self.repairer = Repairer(config, self.health, RepairPolicy(hold_seconds=probe.repair_hold_seconds),
+                                 vici_connector, wall)
         self.active: str | None = None
+        self.last_active: str | None = None  # the tunnel the kernel sent on last (all down: active is None)
         self.view: TunnelView | None = None
         self.reason = "starting"
         self.switches_total = 0
@@ -192,6 +301,7 @@ class FailoverDaemon:
             if self.view is not None:
                 self.switches_total += 1
         self.active = decision.active
+        self.last_active = decision.active or self.last_active
         self.reason = decision.reason
         self.view = view
         self.apply(routes_only=True)
@@ -318,10 +428,12 @@ class FailoverDaemon:
         tunnels = {}
         for t in self.config.tunnels:
             tunnels[t.name] = {**entry(self.health[t.name]), "interface": t.interface,
-                               "probe_error": self.probers[t.name].last_error}
+                               "probe_error": self.probers[t.name].last_error,
+                               "repair": self.repairer.snapshot(t.name, now)}
         return {
             "pid": os.getpid(), "updated_at": wall, "active": self.active, "reason": self.reason,
             "up": sorted(n for n, h in self.health.items() if h.up), "switches_total": self.switches_total,
+            "repairs_total": self.repairer.total,
             "last_switch": self.last_switch, "tunnels": tunnels,
             "extra_targets": {n: entry(h) for n, h in self.targets.items()}, "vici": self.vici_status,
             "last_reconcile": self.last_reconcile, "link_mode": self.link_mode,
@@ -360,6 +472,7 @@ class FailoverDaemon:
         decision = self.decide(started)
         self.active, self.reason = decision.active, decision.reason
         self.view = TunnelView(self.view.up, decision.active)
+        self.last_active = decision.active
         try:
             self.kernel_watch = KernelChangeWatch()
         except OSError as exc:
@@ -382,6 +495,8 @@ class FailoverDaemon:
                     if next_probe < now:  # we fell behind (suspend, loaded machine): do not burst
                         next_probe = now + self.interval
                 self.evaluate(now)
+                if self.repairer.tick(now, self.active or self.last_active) is not None:
+                    self.write_outputs()
                 if now >= next_full or now >= self.kernel_change_deadline():
                     if now < next_full:
                         log.info("links, addresses, routes or rules changed by someone else: reconciling")

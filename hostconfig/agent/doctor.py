@@ -146,6 +146,7 @@ class DaemonFacts:
     running: bool
     active: str | None = None
     state_stale: bool = False  # running (holds its lock) but has not written its state file lately
+    repairs: dict[str, dict[str, Any]] = field(default_factory=dict)  # tunnel -> daemon state "repair" (contracts §3)
 
 
 @dataclass
@@ -690,9 +691,40 @@ def check_daemon(config: AgentConfig, facts: DoctorFacts) -> list[CheckResult]:
                         "`journalctl -u hybrid-vpn-failover`")]
 
 
+def check_repairs(config: AgentConfig, facts: DoctorFacts) -> list[CheckResult]:
+    """The daemon's data-path repairs (health.plan_repairs): fine when none was needed or the last one healed the
+    tunnel; a FAIL when repairs keep failing or one is held back because the tunnel is the last one with a CHILD_SA."""
+    if not facts.daemon.running:
+        return []  # repairs are the daemon's: the daemon line already says it is not running
+    results = []
+    for t in config.tunnels:
+        name = f"repair {t.name}"
+        expected = "no data-path repair pending (a probe-dead tunnel with an installed CHILD_SA is rebuilt)"
+        r = facts.daemon.repairs.get(t.name) or {}  # nothing recorded: nothing repaired
+        last = r.get("last") or {}
+        history = (f"{r.get('total', 0)} repair(s), last {last.get('kind')}: {last.get('reason')}" if last
+                   else "no repair needed")
+        waiting, attempts = r.get("waiting"), int(r.get("attempts") or 0)
+        if waiting and "only tunnel" in waiting:
+            results.append(CheckResult(name, FAIL, expected, f"{waiting}; {history}",
+                                       "both tunnels are probe-dead and this one is not rebuilt so as not to cut the "
+                                       "last SA AWS may still send on: check the other tunnel first (its sa and probe "
+                                       "lines), then `swanctl --terminate --ike <tunnel>` and `swanctl --initiate "
+                                       "--child <tunnel>` by hand if you accept the risk"))
+        elif attempts >= 2 and last.get("kind") == "reestablish":
+            results.append(CheckResult(name, FAIL, expected, f"{attempts} repairs in a row did not heal it"
+                                       f"{f' ({waiting})' if waiting else ''}; {history}",
+                                       "rebuilding the SAs does not help: ESP is blocked between the ends (Cloud "
+                                       "Firewall UDP 4500, an upstream filter) or the VTI/mark is wrong (see the vti "
+                                       "and xfrm lines); the daemon keeps retrying with backoff"))
+        else:
+            results.append(CheckResult(name, OK, expected, history + (f"; now: {waiting}" if waiting else "")))
+    return results
+
+
 CHECKS: tuple[Callable[[AgentConfig, DoctorFacts], list[CheckResult]], ...] = (
     check_links, check_vtis, check_addresses, check_sysctls, check_rule, check_routes, check_nft, check_xfrm,
-    check_sas, check_log, check_probes, check_daemon,
+    check_sas, check_log, check_probes, check_daemon, check_repairs,
 )
 
 
@@ -869,12 +901,12 @@ def read_nft_facts(config: AgentConfig) -> NftFacts:
 def read_sa_facts(config: AgentConfig) -> SaFacts:
     import vici
 
-    from .vici_client import ViciUnavailable, _connect, list_sas, tunnel_sa_states
+    from .vici_client import ViciUnavailable, connect_unix, list_sas, tunnel_sa_states
 
     states = tunnel_sa_states(config, list_sas(config.paths.vici_socket))
     loaded: frozenset[str] | None
     try:
-        sock = _connect(config.paths.vici_socket, 2.0)
+        sock = connect_unix(config.paths.vici_socket, 2.0)
         try:
             names: set[str] = set()
             for conn in vici.Session(sock).list_conns():
@@ -1000,7 +1032,9 @@ def gather_facts(config: AgentConfig, link_mode: LinkMode = "vti", charon_log: P
     wanted_sysctls = list(desired_state(config, TunnelView(frozenset(), None)).sysctls)
     daemon = read_json(config.paths.state_dir / DAEMON_STATE)
     liveness = daemon_liveness(config.paths.state_dir, daemon)
-    facts_daemon = DaemonFacts(liveness != "stopped", (daemon or {}).get("active"), liveness == "stale")
+    repairs = {name: t["repair"] for name, t in ((daemon or {}).get("tunnels") or {}).items()
+               if isinstance(t, dict) and isinstance(t.get("repair"), dict)}
+    facts_daemon = DaemonFacts(liveness != "stopped", (daemon or {}).get("active"), liveness == "stale", repairs)
     kernel = _read("netlink", Kernel)
     try:
         if isinstance(kernel, Unavailable):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .health import REPAIR_KINDS
 from .state import atomic_write_text
 
 
@@ -37,6 +38,21 @@ def render_metrics(snapshot: dict[str, Any]) -> str:
         "# TYPE hybrid_vpn_switches_total counter",
         f"hybrid_vpn_switches_total {int(snapshot.get('switches_total', 0))}",
     ]
+    lines += [
+        "# HELP hybrid_vpn_repairs_total Data-path repairs by this daemon since it started: reestablish (IKE_SA deleted"
+        " and the child initiated again), dedupe (duplicate IKE/CHILD_SAs deleted).",
+        "# TYPE hybrid_vpn_repairs_total counter",
+    ]
+    lines += [f'hybrid_vpn_repairs_total{{tunnel="{_label(n)}",kind="{kind}"}} '
+              f'{int(((t.get("repair") or {}).get("by_kind") or {}).get(kind, 0))}'
+              for n, t in tunnels.items() for kind in REPAIR_KINDS]
+    lines += [
+        "# HELP hybrid_vpn_repair_waiting 1 while a tunnel's data path is dead but a repair is held back (hold, "
+        "backoff, one at a time, or the last tunnel with a CHILD_SA).",
+        "# TYPE hybrid_vpn_repair_waiting gauge",
+    ]
+    lines += [f'hybrid_vpn_repair_waiting{{tunnel="{_label(n)}"}} {1 if (t.get("repair") or {}).get("waiting") else 0}'
+              for n, t in tunnels.items()]
     targets: dict[str, Any] = snapshot.get("extra_targets", {})
     if targets:
         lines += ["# HELP hybrid_vpn_target_up Extra probe target answering through the active path (1/0).",

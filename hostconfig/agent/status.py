@@ -71,6 +71,7 @@ def gather_status(config: AgentConfig) -> dict[str, Any]:
             "bytes": {"rx": counters[t.interface]["rx_bytes"], "tx": counters[t.interface]["tx_bytes"]}
             if t.interface in counters else None,
             "last_updown": None if event is None else {"verb": event.get("verb"), "at": event.get("at")},
+            "repair": None if probe is None else _repair_view(probe.get("repair")),
         })
     return {
         "tunnels": tunnels,
@@ -78,10 +79,31 @@ def gather_status(config: AgentConfig) -> dict[str, Any]:
                        "fresh" if liveness == "running" else None), "updated_at": (daemon or {}).get("updated_at"),
                    "active": (daemon or {}).get("active"), "reason": (daemon or {}).get("reason"),
                    "switches_total": (daemon or {}).get("switches_total"),
+                   "repairs_total": (daemon or {}).get("repairs_total"),
                    "last_switch": (daemon or {}).get("last_switch"), "vici": (daemon or {}).get("vici")},
         "vici": vici,
         "kernel": routing if kernel_error is None else {"error": kernel_error},
     }
+
+
+def _repair_view(repair: dict[str, Any] | None) -> dict[str, Any] | None:
+    if repair is None:
+        return None  # a daemon from before repairs existed
+    return {k: repair.get(k) for k in ("total", "by_kind", "attempts", "last", "waiting", "next_allowed_in_seconds")}
+
+
+def render_repair(name: str, repair: dict[str, Any] | None) -> str | None:
+    """One line per tunnel the daemon repaired or holds back a repair for; None when there is nothing to say."""
+    if not repair or (not repair.get("total") and not repair.get("waiting")):
+        return None
+    parts = [f"{repair.get('total', 0)} repair(s)"]
+    last = repair.get("last")
+    if last:
+        parts.append(f"last {_when(last.get('at'))} {last.get('kind')}: {last.get('reason')}"
+                     + (f" (errors: {'; '.join(last['errors'])})" if last.get("errors") else ""))
+    if repair.get("waiting"):
+        parts.append(f"now: {repair['waiting']}")
+    return f"  {name} repair: " + "; ".join(parts)
 
 
 def _when(ts: float | None) -> str:
@@ -102,6 +124,9 @@ def render_status(status: dict[str, Any]) -> str:
         traffic = (f"rx {t['bytes']['rx']} B tx {t['bytes']['tx']} B" if t["bytes"] else "link missing")
         lines.append(f"{t['name']}{' (primary)' if t['primary'] else ''} [{t['interface']}]: {t['role']}; "
                      f"IKE {t['ike_sa']}, CHILD {t['child_sa']}; {health}; {traffic}")
+        repair = render_repair(t["name"], t.get("repair"))
+        if repair:
+            lines.append(repair)
     d = status["daemon"]
     if not d["running"]:
         lines.append("daemon: not running (no process holds its lock, or no fresh state file)")
@@ -116,6 +141,8 @@ def render_status(status: dict[str, Any]) -> str:
                      f"{switch.get('to') or 'none'}: {switch.get('reason')}")
     else:
         lines.append("last switch: none recorded")
+    if d.get("repairs_total") is not None:
+        lines.append(f"data-path repairs: {d['repairs_total']} since the daemon started")
     k = status["kernel"]
     if "error" in k:
         lines.append(f"kernel: cannot read ({k['error']})")

@@ -1,0 +1,141 @@
+"""A small VICI server for fast tests of the repair path without root: the real wire protocol (the vici package's
+Transport/Packet/Message) over socketpairs, in a thread per connection, with charon's answers to list-sas, terminate
+(ike-id / child-id) and initiate (child) modelled on an in-memory SA table. Not a charon: no IKE, no timing; the
+real-charon tests (test_agent_repair_charon.py) check that charon answers the same commands the same way."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vici.protocol import FiniteStream, Message, Packet, Transport
+
+
+@dataclass
+class FakeChild:
+    child_id: int
+    name: str
+    mark: int
+    install_time: int = 10
+    state: str = "INSTALLED"
+
+
+@dataclass
+class FakeIke:
+    ike_id: int
+    name: str
+    remote_host: str
+    children: list[FakeChild] = field(default_factory=list)
+    established: int = 10
+    state: str = "ESTABLISHED"
+
+
+class FakeVici:
+    def __init__(self) -> None:
+        self.ikes: list[FakeIke] = []
+        self.commands: list[tuple[str, dict[str, str]]] = []  # every command after list-sas, in order
+        self.connections = 0
+        self.next_id = 100
+        self.remotes: dict[str, tuple[str, int]] = {}  # connection name -> (remote host, mark) for initiate
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+
+    def add(self, name: str, remote: str, mark: int, children: int = 1, established: int = 10) -> FakeIke:
+        with self.lock:
+            self.remotes[name] = (remote, mark)
+            ike = FakeIke(self._id(), name, remote, established=established)
+            ike.children = [FakeChild(self._id(), name, mark, install_time=established) for _ in range(children)]
+            self.ikes.append(ike)
+            return ike
+
+    def _id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    # ---- the vici_client.Connector --------------------------------------------------------------------------------
+
+    def connect(self, _path: Path, timeout: float) -> socket.socket:
+        client, server = socket.socketpair()
+        client.settimeout(timeout)
+        self.connections += 1
+        thread = threading.Thread(target=self._serve, args=(server,), daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        return client
+
+    def _serve(self, sock: socket.socket) -> None:
+        transport = Transport(sock)
+        try:
+            while True:
+                try:
+                    raw = transport.receive()
+                except OSError:
+                    return
+                kind, = struct.unpack("!B", raw[:1])
+                name = raw[2:2 + raw[1]].decode()
+                body = raw[2 + raw[1]:]
+                if kind in (Packet.EVENT_REGISTER, Packet.EVENT_UNREGISTER):
+                    transport.send(struct.pack("!B", Packet.EVENT_CONFIRM))
+                elif kind == Packet.CMD_REQUEST:
+                    message = {k: v.decode() if isinstance(v, bytes) else v
+                               for k, v in Message.deserialize(FiniteStream(body)).items()} if body else {}
+                    self._command(transport, name, message)
+        finally:
+            sock.close()
+
+    def _respond(self, transport: Transport, message: dict[str, Any]) -> None:
+        transport.send(struct.pack("!B", Packet.CMD_RESPONSE) + Message.serialize(message))
+
+    def _command(self, transport: Transport, name: str, message: dict[str, str]) -> None:
+        if name == "list-sas":
+            with self.lock:
+                listing = [self._listing(ike) for ike in self.ikes]
+            for item in listing:
+                event = b"list-sa"
+                transport.send(struct.pack("!BB", Packet.EVENT, len(event)) + event + Message.serialize(item))
+            self._respond(transport, {})
+            return
+        with self.lock:
+            self.commands.append((name, message))
+            if name == "terminate":
+                ok = self._terminate(message)
+                self._respond(transport, {"success": "yes"} if ok else {"success": "no", "errmsg": "no matching SAs"})
+            elif name == "initiate":
+                remote, mark = self.remotes[message["child"]]
+                ike = FakeIke(self._id(), message["child"], remote, established=0)
+                ike.children = [FakeChild(self._id(), message["child"], mark, install_time=0)]
+                self.ikes.append(ike)
+                self._respond(transport, {"success": "yes"})
+            else:
+                transport.send(struct.pack("!B", Packet.CMD_UNKNOWN))
+
+    def _terminate(self, message: dict[str, str]) -> bool:
+        if "ike-id" in message:
+            before = len(self.ikes)
+            self.ikes = [i for i in self.ikes if i.ike_id != int(message["ike-id"])]
+            return len(self.ikes) < before
+        for ike in self.ikes:
+            for child in list(ike.children):
+                if child.child_id == int(message["child-id"]):
+                    ike.children.remove(child)
+                    return True
+        return False
+
+    @staticmethod
+    def _listing(ike: FakeIke) -> dict[str, Any]:
+        return {ike.name: {
+            "uniqueid": str(ike.ike_id), "state": ike.state, "remote-host": ike.remote_host,
+            "established": str(ike.established),
+            "child-sas": {f"{c.name}-{c.child_id}": {
+                "name": c.name, "uniqueid": str(c.child_id), "state": c.state, "mark-in": f"{c.mark:08x}",
+                "install-time": str(c.install_time), "bytes-in": "0", "bytes-out": "0", "spi-out": f"c{c.child_id:07x}",
+            } for c in ike.children},
+        }}
+
+    def tunnel_ikes(self, name: str) -> list[FakeIke]:
+        with self.lock:
+            return [i for i in self.ikes if i.name == name]
