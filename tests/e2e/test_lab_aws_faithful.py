@@ -142,10 +142,9 @@ def test_maintenance_of_the_tunnel_aws_sends_on(healed, with_delete):
           f"(window {ended - started:.1f} s)", flush=True)
 
 
-@pytest.mark.skip(reason="needs the gateway's data-path healing (issue 12 part 2)")
 def test_esp_dead_ike_alive_on_the_tunnel_aws_sends_on_resumes_by_the_gateways_delete(healed):
     """AWS's DPD is satisfied (IKE answers), so AWS keeps sending into tunnel1 forever, unless the gateway deletes
-    tunnel1's IKE_SA: then AWS marks it DOWN and moves within seconds."""
+    tunnel1's IKE_SA (branch i12-agent: after its 5 s repair hold): then AWS marks it DOWN and moves within seconds."""
     flow = flows_for(60)
     at = lab_now()
     drop_esp_of(TUNNEL1_OUTSIDE)
