@@ -295,12 +295,13 @@ def maintenance(host_config: dict, name: str, seconds: float, with_delete: bool,
     if seconds < 0:
         raise ValueError(f"maintenance seconds must be >= 0, e.g. 60 (got {seconds:g})")
     cgw_ip = host_config["gateway"]["public_ip"]
+    began = time.time()  # the lab-clock time of the fault (before the swanctl call, which takes seconds under load)
     run_in("aws", ["nft", "-f", "-"], input=render_maintenance_rules(tunnel, cgw_ip, with_delete))
     try:
         # --force: the DELETE goes out (or into the drop rule) and the SAs are gone at once, as on a replaced endpoint
         swanctl(["--terminate", "--ike", name, "--force"], check=False)
         say(f"{name}: endpoint down for maintenance ({'IKE DELETE sent' if with_delete else 'silent, no DELETE'}; "
-            f"lab clock {time.time():.3f}); back in {seconds:g} s")
+            f"lab clock {began:.3f}); back in {seconds:g} s")
         time.sleep(seconds)  # the maintenance window itself, not a wait for a condition
     finally:
         run_in("aws", ["nft", "delete", "table", "inet", _maintenance_table(name)], check=False)
