@@ -1,5 +1,5 @@
 """`make lab` / `python -m lab up|down|status|exec <host> <cmd...>|break <tunnel>|heal <tunnel>|prefer <tunnel>|
-restart charon|agent`.
+maintenance <tunnel> [seconds] [--no-delete]|restart charon|agent`.
 
 The lab runs directly on the host when its kernel can do VTI + ESP, else inside a small VM (lab/vm.py); the commands
 and their output are the same either way. HYBRID_VPN_LAB_BACKEND=vm|host forces one.
@@ -16,7 +16,8 @@ import time
 from lab import paths
 
 USAGE = """usage: lab up | down | status | exec <host> <command...> | break <tunnel> | heal <tunnel>
-           | prefer <tunnel> | restart charon|agent | lifetimes short|normal
+           | prefer <tunnel> | maintenance <tunnel> [seconds] [--no-delete]
+           | restart charon|agent | lifetimes short|normal
 hosts: vlan gw nat inet aws vpc ops"""
 UP_TIMEOUT_SECONDS = float(os.environ.get("HYBRID_VPN_LAB_UP_TIMEOUT", "1800"))
 CALL_TIMEOUT_SECONDS = 600.0
@@ -141,7 +142,7 @@ def forward(verb: str, args: list[str]) -> int:
     if not vm.is_running():
         say("the lab VM is not running (it stopped or crashed): `lab down` cleans up, `lab up` starts again")
         return 3
-    return vm.client().call(verb, args, timeout=None if verb == "exec" else CALL_TIMEOUT_SECONDS)
+    return vm.client().call(verb, args, timeout=None if verb in ("exec", "maintenance") else CALL_TIMEOUT_SECONDS)
 
 
 def main(argv: list[str]) -> int:
@@ -155,7 +156,7 @@ def main(argv: list[str]) -> int:
         return up()
     if verb == "down":
         return down()
-    if verb in ("status", "exec", "break", "heal", "prefer", "restart", "lifetimes"):
+    if verb in ("status", "exec", "break", "heal", "prefer", "maintenance", "restart", "lifetimes"):
         return forward(verb, args)
     print(USAGE, file=sys.stderr)
     return 2

@@ -4,33 +4,34 @@ It is configured from the SAME VPN-connection inputs as the gateway (the `host_c
 CIDRs, PSKs and the crypto profile, with the proposals AWS would accept for that profile. A gateway that proposes
 something else fails to negotiate here exactly as it would against AWS.
 
-Like AWS, it sends on one tunnel of its choice (`lab prefer tunnelN`), accepts on both, and withdraws its route from a
-tunnel that stops answering (the monitor below probes the gateway's inside address through each VTI).
+It notices a dead peer the way AWS documents it (../shared/aws-vpn-facts.md, "How AWS notices a dead tunnel") and no
+other way: IKE only. DPD R-U-THERE after 10 s without inbound traffic, the peer declared dead at the stack's
+`dpd_timeout_seconds`, then the stack's DPD timeout action; startup action `add` (AWS never initiates) or `start`.
+Nothing probes inside the tunnels: lab/awsrouting.py moves AWS's one sending tunnel only when charon says that tunnel's
+SAs are gone.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import socket
-import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from lab import paths
 from lab.rpc import write_atomically
-from lab.sh import ip_batch, run, spawn_in, sysctl_in
+from lab.sh import ip_batch, run, run_in, spawn_in, sysctl_in
 
 log = logging.getLogger(__name__)
 
 AWS_DIR = paths.STATE_DIR / "aws"
-PREFER_FILE = AWS_DIR / "prefer"
+PREFER_FILE = AWS_DIR / "prefer"  # a `lab prefer` request, consumed by lab/awsrouting.py once that tunnel is UP
 MONITOR_STATUS = AWS_DIR / "monitor-status.json"
+MONITOR_CONF = AWS_DIR / "monitor.json"
 
 ENCRYPTION = {"AES128": "aes128", "AES256": "aes256", "AES128-GCM-16": "aes128gcm16", "AES256-GCM-16": "aes256gcm16"}
 INTEGRITY = {"SHA1": "sha1", "SHA2-256": "sha256", "SHA2-384": "sha384", "SHA2-512": "sha512"}
@@ -39,6 +40,13 @@ DH_GROUPS = {2: "modp1024", 5: "modp1536", 14: "modp2048", 15: "modp3072", 16: "
              18: "modp8192", 19: "ecp256", 20: "ecp384", 21: "ecp521", 22: "modp1024s160", 23: "modp2048s224",
              24: "modp2048s256"}
 DPD_ACTION = {"clear": "clear", "restart": "restart", "none": "none"}
+# AWS sends DPD R-U-THERE after 10 s without inbound traffic (aws-vpn-facts.md).
+AWS_DPD_DELAY_SECONDS = 10
+# IKEv2 has no DPD timeout: charon declares a peer dead when the retransmissions of its DPD request run out. Equal
+# retransmission intervals (base 1) split what is left of AWS's DPD timeout after the 10 s of silence, so the peer is
+# dead `dpd_timeout_seconds` after the last packet AWS received from it, as AWS counts it.
+AWS_RETRANSMIT_TRIES = 3
+AWS_RETRANSMIT_BASE = 1.0
 
 
 def _keywords(table: dict, values: list, what: str) -> list[str]:
@@ -85,32 +93,67 @@ def aws_tunnels(host_config: dict) -> list[AwsTunnel]:
     return out
 
 
-def render_strongswan_conf() -> str:
+@dataclass(frozen=True)
+class DpdSchedule:
+    """When AWS's charon gives up on a silent peer: dpd_delay, then (tries + 1) equal retransmission timeouts."""
+
+    delay: int
+    retransmit_timeout: float
+    retransmit_tries: int
+    retransmit_base: float = AWS_RETRANSMIT_BASE
+
+    @property
+    def give_up_seconds(self) -> float:
+        """Seconds from the peer's last packet to charon declaring it dead (what AWS calls the DPD timeout)."""
+        waits = sum(self.retransmit_timeout * self.retransmit_base ** n for n in range(self.retransmit_tries + 1))
+        return self.delay + waits
+
+
+def dpd_schedule(crypto: dict) -> DpdSchedule:
+    timeout = int(crypto["dpd_timeout_seconds"])
+    if timeout <= AWS_DPD_DELAY_SECONDS:
+        raise ValueError(f"host_config crypto.dpd_timeout_seconds: {timeout} must exceed AWS's DPD delay "
+                         f"({AWS_DPD_DELAY_SECONDS} s); AWS's minimum is 30, e.g. 30")
+    per_try = (timeout - AWS_DPD_DELAY_SECONDS) / (AWS_RETRANSMIT_TRIES + 1)
+    return DpdSchedule(AWS_DPD_DELAY_SECONDS, per_try, AWS_RETRANSMIT_TRIES)
+
+
+def dpd_delay_for(crypto: dict) -> int:
+    """dpd_delay of AWS's connections. DPD action `none`: AWS never gives up on the peer, and keeps sending into a
+    dead tunnel. charon (IKEv2) would delete the IKE_SA at the end of its retransmissions whatever the action, so the
+    faithful emulation of `none` sends no DPD at all."""
+    if crypto["dpd_timeout_action"] == "none":
+        return 0
+    return dpd_schedule(crypto).delay
+
+
+def render_strongswan_conf(crypto: dict) -> str:
     # Paths as charon sees them: AWS_DIR is bind-mounted over /run in its mount namespace (its pid file is hard-coded
-    # under /run).
-    return """charon {
+    # under /run). The retransmission settings also pace AWS's own rekeys and DELETEs, as one schedule does on AWS.
+    dpd = dpd_schedule(crypto)
+    return f"""charon {{
     load = random nonce openssl aes sha1 sha2 hmac gcm kdf pem pkcs1 x509 kernel-netlink socket-default vici
     install_routes = no
     install_virtual_ip = no
-    retransmit_timeout = 2
-    retransmit_base = 1.4
-    retransmit_tries = 4
-    plugins {
-        vici { socket = unix:///run/charon.vici }
-    }
-    filelog {
-        aws {
+    retransmit_timeout = {dpd.retransmit_timeout:g}
+    retransmit_base = {dpd.retransmit_base:g}
+    retransmit_tries = {dpd.retransmit_tries}
+    plugins {{
+        vici {{ socket = unix:///run/charon.vici }}
+    }}
+    filelog {{
+        aws {{
             path = /run/charon.log
             time_format = %T
             default = 1
             ike = 1
             flush_line = yes
-        }
-    }
-}
-swanctl {
+        }}
+    }}
+}}
+swanctl {{
     load = random openssl pem pkcs1 x509
-}
+}}
 """
 
 
@@ -125,6 +168,7 @@ def render_swanctl_conf(host_config: dict) -> str:
     # AWS: "add" = the customer gateway initiates, AWS only answers; "start" = AWS initiates.
     start_action = "start" if crypto["startup_action"] == "start" else "none"
     cgw_ip = host_config["gateway"]["public_ip"]
+    dpd_delay = dpd_delay_for(crypto)
     conns, secrets = [], []
     for t in aws_tunnels(host_config):
         conns.append(f"""    {t.name} {{
@@ -134,7 +178,7 @@ def render_swanctl_conf(host_config: dict) -> str:
         proposals = {ike}
         rekey_time = {max(p1_life - margin, 60)}s
         over_time = {margin}s
-        dpd_delay = 10s
+        dpd_delay = {dpd_delay}s
         local {{
             auth = psk
             id = {t.outside_ip}
@@ -175,7 +219,7 @@ def swanctl(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
 
 def start(host_config: dict, prefer: str | None = None) -> None:
     AWS_DIR.mkdir(parents=True, exist_ok=True)
-    (AWS_DIR / "strongswan.conf").write_text(render_strongswan_conf())
+    (AWS_DIR / "strongswan.conf").write_text(render_strongswan_conf(host_config["crypto"]))
     conf = AWS_DIR / "swanctl.conf"
     conf.touch(mode=0o600)
     conf.write_text(render_swanctl_conf(host_config))
@@ -199,10 +243,10 @@ def start(host_config: dict, prefer: str | None = None) -> None:
     from lab.topology import wait_for
     wait_for(lambda: (AWS_DIR / "charon.vici").exists(), 120, "the AWS side's charon")
     swanctl(["--load-all", "--noprompt", "--file", str(conf)])
-    monitor_conf = {"tunnels": [t.__dict__ for t in tunnels], "vlan_cidrs": host_config["linode"]["vlan_cidrs"]}
-    write_atomically(AWS_DIR / "monitor.json", json.dumps(monitor_conf).encode())
-    spawn_in("aws", "aws-route-monitor",
-             [sys.executable, "-m", "lab.awspeer", "monitor", str(AWS_DIR / "monitor.json")])
+    monitor_conf = {"tunnels": [t.__dict__ for t in tunnels], "vlan_cidrs": host_config["linode"]["vlan_cidrs"],
+                    "vici": str(AWS_DIR / "charon.vici"), "status": str(MONITOR_STATUS), "prefer": str(PREFER_FILE)}
+    write_atomically(MONITOR_CONF, json.dumps(monitor_conf).encode())
+    spawn_in("aws", "aws-route-monitor", [sys.executable, "-m", "lab.awsrouting", str(MONITOR_CONF)])
 
 
 def set_preference(tunnel: str, known: list[str]) -> None:
@@ -211,137 +255,59 @@ def set_preference(tunnel: str, known: list[str]) -> None:
     write_atomically(PREFER_FILE, tunnel.encode())
 
 
-# --- the route monitor (runs inside the aws namespace) -------------------------------------------------------------
-
-# Faster than real AWS (which withdraws a dead tunnel's route only after DPD), so that the lab's blackout measures
-# the gateway's reaction rather than the emulation's.
-PROBE_INTERVAL = 0.1
-PROBE_TIMEOUT = 0.25
-DOWN_AFTER = 2
-UP_AFTER = 3
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
+
+# --- maintenance: what an AWS tunnel endpoint replacement does ------------------------------------------------------
+
+def _maintenance_table(tunnel: str) -> str:
+    return f"lab_maintenance_{tunnel}"
 
 
-def _echo(ident: int, seq: int) -> bytes:
-    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", 8, 0, _checksum(header + b"hvlab"), ident, seq) + b"hvlab"
+def render_maintenance_rules(tunnel: AwsTunnel, cgw_ip: str, with_delete: bool) -> str:
+    """nft script for the aws namespace while the tunnel's endpoint is replaced: nothing from the gateway reaches it.
+    Without a DELETE the old endpoint also falls silent, so the gateway notices only by its own DPD."""
+    inbound = [f"ip saddr {cgw_ip} ip daddr {tunnel.outside_ip} udp dport {{ 500, 4500 }} drop",
+               f"ip saddr {cgw_ip} ip daddr {tunnel.outside_ip} ip protocol esp drop"]
+    outbound = [] if with_delete else [
+        f"ip saddr {tunnel.outside_ip} ip daddr {cgw_ip} udp sport {{ 500, 4500 }} drop",
+        f"ip saddr {tunnel.outside_ip} ip daddr {cgw_ip} ip protocol esp drop"]
+    rules = "\n".join(f"        {r}" for r in inbound)
+    out_rules = "\n".join(f"        {r}" for r in outbound)
+    return (f"table inet {_maintenance_table(tunnel.name)} {{\n"
+            f"    chain input {{\n        type filter hook input priority -10;\n{rules}\n    }}\n"
+            f"    chain output {{\n        type filter hook output priority -10;\n{out_rules}\n    }}\n}}\n")
 
 
-@dataclass
-class TunnelHealth:
-    up: bool = False
-    successes: int = 0
-    failures: int = 0
-
-    def record(self, ok: bool) -> bool:
-        """Count one probe; returns True when the verdict changed (hysteresis: DOWN_AFTER / UP_AFTER)."""
-        if ok:
-            self.successes, self.failures = self.successes + 1, 0
-            if not self.up and self.successes >= UP_AFTER:
-                self.up = True
-                return True
-        else:
-            self.failures, self.successes = self.failures + 1, 0
-            if self.up and self.failures >= DOWN_AFTER:
-                self.up = False
-                return True
-        return False
+def in_maintenance() -> list[str]:
+    tables = run_in("aws", ["nft", "list", "tables"], check=False).stdout
+    prefix = _maintenance_table("")
+    return sorted(w[len(prefix):] for w in tables.split() if w.startswith(prefix))
 
 
-def desired_routes(tunnels: list[dict], health: dict[str, TunnelHealth], prefer: str) -> dict[str, int]:
-    """vti -> metric: the preferred healthy tunnel at 100, another healthy one at 200, dead ones withdrawn."""
-    healthy = [t for t in tunnels if health[t["name"]].up]
-    healthy.sort(key=lambda t: t["name"] != prefer)
-    return {t["vti"]: 100 if i == 0 else 200 for i, t in enumerate(healthy)}
-
-
-def _apply_routes(vlan_cidrs: list[str], tunnels: list[dict], want: dict[str, int], have: dict[str, int]) -> None:
-    cmds = []
-    for vti, metric in want.items():  # add first, then remove: never a moment without a route
-        if have.get(vti) != metric:
-            cmds += [f"route replace {c} dev {vti} metric {metric}" for c in vlan_cidrs]
-    for vti, metric in have.items():
-        if want.get(vti) != metric:
-            cmds += [f"route del {c} dev {vti} metric {metric}" for c in vlan_cidrs]
-    if cmds:
-        subprocess.run(["ip", "-b", "-"], input="\n".join(cmds) + "\n", text=True, check=False)
-
-
-def monitor(conf_path: Path) -> None:
-    conf = json.loads(conf_path.read_text())
-    tunnels, vlan_cidrs = conf["tunnels"], conf["vlan_cidrs"]
-    socks = {}
-    for t in tunnels:
-        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, t["vti"].encode())
-        s.setblocking(False)
-        socks[t["name"]] = s
-    health = {t["name"]: TunnelHealth() for t in tunnels}
-    have: dict[str, int] = {}
-    ident = os.getpid() & 0xFFFF
-    seq = 0
-    while True:
-        cycle_start = time.monotonic()
-        seq = (seq + 1) & 0xFFFF
-        for t in tunnels:
-            try:
-                socks[t["name"]].sendto(_echo(ident, seq), (t["gateway_inside_ip"], 0))
-            except OSError:
-                pass  # no route / no SA yet: counts as a miss
-        answered: set[str] = set()
-        deadline = cycle_start + PROBE_TIMEOUT
-        while time.monotonic() < deadline and len(answered) < len(tunnels):
-            for t in tunnels:
-                try:
-                    while True:
-                        pkt, (src, _) = socks[t["name"]].recvfrom(2048)
-                        ihl = (pkt[0] & 0x0F) * 4
-                        typ, _, _, rid, rseq = struct.unpack("!BBHHH", pkt[ihl:ihl + 8])
-                        if typ == 0 and rid == ident and rseq == seq and src == t["gateway_inside_ip"]:
-                            answered.add(t["name"])
-                except BlockingIOError:
-                    pass
-            time.sleep(0.01)
-        changed = False
-        for t in tunnels:
-            if health[t["name"]].record(t["name"] in answered):
-                changed = True
-                log.warning("%s is %s", t["name"], "UP" if health[t["name"]].up else "DOWN")
-        try:
-            prefer = PREFER_FILE.read_text().strip()
-        except FileNotFoundError:
-            prefer = tunnels[0]["name"]
-        want = desired_routes(tunnels, health, prefer)
-        if want != have or changed:
-            _apply_routes(vlan_cidrs, tunnels, want, have)
-            log.warning("routes to %s: %s (prefer %s)", ",".join(vlan_cidrs), want or "none", prefer)
-            have = want
-        status = {"prefer": prefer, "routes": have, "time": time.time(),
-                  "tunnels": {n: {"up": h.up} for n, h in health.items()}}
-        write_atomically(MONITOR_STATUS, json.dumps(status).encode())
-        time.sleep(max(0.0, PROBE_INTERVAL - (time.monotonic() - cycle_start)))
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.awspeer")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("monitor", help="withdraw/restore the AWS side's VLAN routes by tunnel health")
-    m.add_argument("config", type=Path)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.cmd == "monitor":
-        monitor(args.config)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
-
+def maintenance(host_config: dict, name: str, seconds: float, with_delete: bool, say: Callable[[str], None]) -> None:
+    """Replace one tunnel's endpoint: its SAs end (with an IKE DELETE, or silently), it stays unreachable for
+    `seconds`, then answers again on the same outside IP; with startup action `add` only the gateway brings it up."""
+    tunnel = next((t for t in aws_tunnels(host_config) if t.name == name), None)
+    if tunnel is None:
+        known = ", ".join(t.name for t in aws_tunnels(host_config))
+        raise ValueError(f"unknown tunnel {name!r}: expected one of {known}")
+    if seconds < 0:
+        raise ValueError(f"maintenance seconds must be >= 0, e.g. 60 (got {seconds:g})")
+    cgw_ip = host_config["gateway"]["public_ip"]
+    began = time.time()  # the lab-clock time of the fault (before the swanctl call, which takes seconds under load)
+    run_in("aws", ["nft", "-f", "-"], input=render_maintenance_rules(tunnel, cgw_ip, with_delete))
+    try:
+        # --force: the DELETE goes out (or into the drop rule) and the SAs are gone at once, as on a replaced endpoint
+        swanctl(["--terminate", "--ike", name, "--force"], check=False)
+        say(f"{name}: endpoint down for maintenance ({'IKE DELETE sent' if with_delete else 'silent, no DELETE'}; "
+            f"lab clock {began:.3f}); back in {seconds:g} s")
+        time.sleep(seconds)  # the maintenance window itself, not a wait for a condition
+    finally:
+        run_in("aws", ["nft", "delete", "table", "inet", _maintenance_table(name)], check=False)
+    if host_config["crypto"]["startup_action"] == "start":
+        swanctl(["--initiate", "--child", name, "--timeout", "1"], check=False)  # AWS initiates (IKEv2, `start`)
+        say(f"{name}: endpoint back on {tunnel.outside_ip}; AWS initiates (startup action start)")
+    else:
+        say(f"{name}: endpoint back on {tunnel.outside_ip} (lab clock {time.time():.3f}); waiting for the gateway to "
+            "initiate (startup action add)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from lab import flows
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -93,3 +96,72 @@ def active_vti() -> str | None:
 
 def ping(src: str, dst: str, count: int = 1, wait: int = 1) -> bool:
     return lab("exec", src, "ping", "-n", "-c", str(count), "-W", str(wait), dst, timeout=120).rc == 0
+
+
+# --- the emulated AWS side (lab/awspeer.py, lab/awsrouting.py) and per-direction flows (lab/flows.py) ------------
+
+AWS_DPD_TIMEOUT_SECONDS = 30  # stacks/Pulumi.lab.yaml crypto.dpd_timeout_seconds (AWS's minimum)
+# The gateway's own detection (agent.json failover defaults the lab keeps): down_after probes 100 ms apart, the last
+# one waited for 300 ms. The gateway -> AWS direction may lose at most this plus 1 s (issue 12).
+GATEWAY_DETECTION_SECONDS = 3 * 0.1 + 0.3
+GATEWAY_TO_AWS_BOUND_SECONDS = GATEWAY_DETECTION_SECONDS + 1.0
+LAB_CLOCK = re.compile(r"lab clock (\d+\.\d+)")
+
+
+def aws_status() -> dict:
+    from lab import awspeer
+
+    r = lab("exec", "root", "cat", str(awspeer.MONITOR_STATUS), timeout=120)
+    try:
+        return json.loads(r.out)
+    except ValueError:
+        return {}
+
+
+def wait_aws_sending(tunnel: str, timeout: float) -> dict:
+    """`lab prefer` the tunnel and wait until AWS sends on it (it applies once that tunnel is UP by IKE)."""
+    lab("prefer", tunnel, check=True)
+    return wait_until(lambda: (s := aws_status()).get("sending") == tunnel and s, timeout,
+                             f"the AWS side sending on {tunnel}", interval=1)
+
+
+def lab_clock(result: Result) -> float:
+    """The lab-clock time a `lab break` / `lab heal` / `lab maintenance` printed (the clock lab/flows.py uses)."""
+    m = LAB_CLOCK.search(result.out)
+    assert m, f"no lab clock in: {result.out!r}"
+    return float(m.group(1))
+
+
+def lab_now() -> float:
+    return float(lab("exec", "root", "date", "+%s.%N", check=True, timeout=120).out)
+
+
+def tunnel_carries(tunnel: str) -> bool:
+    """That tunnel's data path works both ways: the gateway pings AWS's inside address through that VTI."""
+    n = tunnel[-1]
+    aws_inside = {"1": "169.254.10.1", "2": "169.254.11.1"}[n]  # stacks/Pulumi.lab.yaml tunnels.inside_cidrs
+    return lab("exec", "gw", "ping", "-n", "-c", "1", "-W", "1", "-I", f"vti-aws{n}", aws_inside, timeout=120).rc == 0
+
+
+class Flows:
+    """lab/flows.py for `seconds`: UDP VLAN host -> VPC host (gateway -> AWS) and back (AWS -> gateway), each
+    direction timed where it arrives, on the lab clock."""
+
+    def __init__(self, seconds: float, rate: int = 50):
+        self.seconds = seconds
+        self.proc = lab_popen("exec", "root", "sh", "-c",
+                                     f"cd {REPO} && exec {sys.executable} -m lab.flows run {seconds} {rate}")
+        self.head = []
+        for line in self.proc.stdout:  # returns once both streams run (Python starts slowly in the VM)
+            self.head.append(line)
+            if line.strip() == flows.STARTED:
+                break
+
+    def result(self) -> dict[str, flows.Direction]:
+        out, err = self.proc.communicate(timeout=self.seconds + 600)
+        out = "".join(self.head) + out
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        assert lines, f"lab/flows.py printed no result:\n{out[-2000:]}\n{err[-2000:]}"
+        data = json.loads(lines[-1])
+        return {k: flows.Direction(v["sent"], v["received"], v["first"], v["last"], [tuple(g) for g in v["gaps"]])
+                for k, v in data.items() if k in ("gateway_to_aws", "aws_to_gateway")}

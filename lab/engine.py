@@ -150,16 +150,21 @@ def status(out: BinaryIO, err: BinaryIO) -> int:
     w(b"\n== AWS side (emulated)\n")
     try:
         mon = json.loads(awspeer.MONITOR_STATUS.read_text())
-        installed = installed_children("aws")
         for t in hc["tunnels"]:
             name = t["name"]
-            w(f"  {name}: outside {t['outside_ip']}  CHILD_SA {'INSTALLED' if name in installed else 'none':9}  "
-              f"probe {'up' if mon['tunnels'][name]['up'] else 'down'}\n".encode())
-        routes = ", ".join(f"{vti} metric {m}" for vti, m in sorted(mon["routes"].items(), key=lambda x: x[1]))
+            tun = mon["tunnels"][name]
+            w(f"  {name}: outside {t['outside_ip']}  IKE_SA {tun['ike']:11}  CHILD_SA {tun['child']:9}  "
+              f"{'UP' if tun['up'] else 'DOWN'}\n".encode())
         cidrs = ", ".join(hc["linode"]["vlan_cidrs"])
-        w(f"  prefers {mon['prefer']}; routes to {cidrs}: {routes or 'none'}\n".encode())
+        pending = mon["prefer_pending"]
+        pending = f"; `lab prefer {pending}` pending (that tunnel is not UP)" if pending else ""
+        w(f"  sends to {cidrs} on {mon['sending'] or 'no tunnel (none UP)'} (sticky, moves only when it is DOWN by "
+          f"IKE){pending}\n".encode())
     except FileNotFoundError:
         w(b"  route monitor has not reported yet\n")
+    maintenance = awspeer.in_maintenance()
+    if maintenance:
+        w(f"  endpoint in maintenance (`lab maintenance`): {', '.join(maintenance)}\n".encode())
     breaks = [t["name"] for t in hc["tunnels"] if _break_table(t["name"]) in _inet_tables()]
     if breaks:
         w(f"  broken by `lab break`: {', '.join(breaks)}\n".encode())
@@ -219,7 +224,8 @@ table inet {table} {{
     }}
 }}
 """)
-    out.write(f"lab: {tunnel} broken (all packets to/from {t['outside_ip']} dropped on the internet path)\n".encode())
+    out.write(f"lab: {tunnel} broken (all packets to/from {t['outside_ip']} dropped on the internet path; lab clock "
+              f"{time.time():.3f})\n".encode())
     return 0
 
 
@@ -228,14 +234,34 @@ def heal(tunnel: str, out: BinaryIO) -> int:
     table = _break_table(tunnel)
     if table in _inet_tables():
         run_in("inet", ["nft", "delete", "table", "inet", table])
-    out.write(f"lab: {tunnel} healed\n".encode())
+    out.write(f"lab: {tunnel} healed (lab clock {time.time():.3f})\n".encode())
     return 0
 
 
 def prefer(tunnel: str, out: BinaryIO) -> int:
     hc = load_host_config()
     awspeer.set_preference(tunnel, [t["name"] for t in hc["tunnels"]])
-    out.write(f"lab: the AWS side now prefers {tunnel} for traffic to the VLAN (when it is up)\n".encode())
+    out.write(f"lab: the AWS side sends towards the VLAN on {tunnel} as soon as that tunnel is UP (at once if it is), "
+              "then stays there (sticky) until it goes DOWN\n".encode())
+    return 0
+
+
+MAINTENANCE_USAGE = "usage: lab maintenance <tunnel> [seconds (default 60)] [--no-delete]"
+
+
+def maintenance(args: list[str], out: BinaryIO, err: BinaryIO) -> int:
+    """`lab maintenance tunnelN [seconds] [--no-delete]`: an AWS tunnel endpoint replacement (lab/awspeer.py)."""
+    with_delete = "--no-delete" not in args
+    rest = [a for a in args if a != "--no-delete"]
+    if not 1 <= len(rest) <= 2:
+        err.write(f"{MAINTENANCE_USAGE}\n".encode())
+        return 2
+    try:
+        seconds = float(rest[1]) if len(rest) == 2 else 60.0
+    except ValueError:
+        err.write(f"lab maintenance: seconds must be a number, e.g. 60 (got {rest[1]!r})\n".encode())
+        return 2
+    awspeer.maintenance(load_host_config(), rest[0], seconds, with_delete, Printer(out))
     return 0
 
 
@@ -270,6 +296,11 @@ def dispatch(verb: str, args: list[str], out: BinaryIO, err: BinaryIO) -> int:
             return status(out, err)
         if verb == "exec":
             return exec_(args[0] if args else "", args[1:], out, err)
+        if verb == "maintenance":
+            if not is_up():
+                err.write(b"lab maintenance: the lab is not up (run `lab up`)\n")
+                return 3
+            return maintenance(args, out, err)
         if verb in ("break", "heal", "prefer", "restart", "lifetimes"):
             if len(args) != 1:
                 what = {"restart": "charon|agent", "lifetimes": "short|normal"}.get(verb, "tunnel")

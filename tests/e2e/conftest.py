@@ -50,6 +50,7 @@ def lab(lab_up, request, tmp_path_factory):
         # Settled, not just "a ping passed": after a test that broke tunnels the gateway may still be on tunnel2,
         # waiting out the failback hold, and the next test would start in the middle of that failback.
         wait_settled(300, "daemon settled on tunnel1 with both tunnels up")
+        wait_aws_sending("tunnel1", 300)
         driver.wait_until(lambda: driver.ping("vlan", VPC_HOST), 180, "VLAN host -> VPC host ping")
     except AssertionError as exc:
         report = lab_diagnostics()
@@ -258,3 +259,15 @@ def fault_counters() -> dict[str, int]:
     out = lab_exec("inet", "nft", "list", "table", "inet", FAULT_TABLE, check=False).out
     return {m.group(2): int(m.group(1)) for m in re.finditer(r"counter packets (\d+) bytes \d+ .*?comment \"(\S+)\"",
                                                                out)}
+
+
+# --- the emulated AWS side: helpers shared with the benchmarks (lab/driver.py) -------------------------------------
+
+AWS_DPD_TIMEOUT_SECONDS = driver.AWS_DPD_TIMEOUT_SECONDS
+GATEWAY_TO_AWS_BOUND_SECONDS = driver.GATEWAY_TO_AWS_BOUND_SECONDS
+Flows = driver.Flows
+aws_status = driver.aws_status
+wait_aws_sending = driver.wait_aws_sending
+lab_clock = driver.lab_clock
+lab_now = driver.lab_now
+tunnel_carries = driver.tunnel_carries

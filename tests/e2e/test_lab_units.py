@@ -9,8 +9,9 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
-from lab import awspeer, host_config_source, lifetimes
+from lab import awspeer, awsrouting, flows, host_config_source, lifetimes
 from lab.addresses import LAB_PLAN
 from lab.rpc import RpcClient, RpcServer, RpcTimeout, make_dirs
 
@@ -51,23 +52,71 @@ def test_lab_psks_follow_aws_rules():
         assert 8 <= len(psk) <= 64 and psk.isalnum() and not psk.startswith("0")
 
 
-def test_route_monitor_prefers_the_chosen_healthy_tunnel_and_withdraws_dead_ones():
-    tunnels = [{"name": "tunnel1", "vti": "vti1"}, {"name": "tunnel2", "vti": "vti2"}]
-    up, down = awspeer.TunnelHealth(up=True), awspeer.TunnelHealth(up=False)
-    assert awspeer.desired_routes(tunnels, {"tunnel1": up, "tunnel2": up}, "tunnel1") == {"vti1": 100, "vti2": 200}
-    assert awspeer.desired_routes(tunnels, {"tunnel1": up, "tunnel2": up}, "tunnel2") == {"vti2": 100, "vti1": 200}
-    assert awspeer.desired_routes(tunnels, {"tunnel1": down, "tunnel2": up}, "tunnel1") == {"vti2": 100}
-    assert awspeer.desired_routes(tunnels, {"tunnel1": down, "tunnel2": down}, "tunnel1") == {}
+def test_aws_sends_on_one_tunnel_sticky_and_moves_only_when_it_is_down():
+    choose = awsrouting.choose_sending_tunnel
+    assert choose(None, [], "tunnel1") == awsrouting.Choice(None, "tunnel1")  # nothing UP yet: the request waits
+    assert choose(None, ["tunnel2"], "tunnel1") == awsrouting.Choice("tunnel2", "tunnel1")
+    assert choose("tunnel2", ["tunnel1", "tunnel2"], "tunnel1") == awsrouting.Choice("tunnel1", None)  # applied, spent
+    assert choose("tunnel1", ["tunnel2"], None) == awsrouting.Choice("tunnel2", None)  # DOWN by IKE: moves
+    # sticky: the tunnel AWS left comes back UP, AWS stays where it is
+    assert choose("tunnel2", ["tunnel1", "tunnel2"], None) == awsrouting.Choice("tunnel2", None)
+    assert choose("tunnel2", [], None) == awsrouting.Choice(None, None)
 
 
-def test_tunnel_health_hysteresis():
-    h = awspeer.TunnelHealth()
-    changes = [h.record(True) for _ in range(awspeer.UP_AFTER)]
-    assert changes[-1] and not any(changes[:-1]) and h.up
-    assert not h.record(False) or awspeer.DOWN_AFTER == 1
-    h.record(True)  # a success resets the miss count
-    changes = [h.record(False) for _ in range(awspeer.DOWN_AFTER)]
-    assert changes[-1] and not h.up
+def test_aws_counts_a_tunnel_up_only_with_established_ike_and_installed_child():
+    def sa(name, ike, child):
+        return {name: {"state": ike, "child-sas": {f"{name}-1": {"name": name, "state": child}}}}
+
+    states = awsrouting.tunnels_up([sa("tunnel1", b"ESTABLISHED", b"INSTALLED"), sa("tunnel2", b"CONNECTING", b"")])
+    assert awsrouting.is_up(states["tunnel1"]) and not awsrouting.is_up(states["tunnel2"])
+    # a rekey leaves the old CHILD_SA REKEYED next to the new INSTALLED one: still UP
+    rekey = {"tunnel1": {"state": b"ESTABLISHED", "child-sas": {
+        "a": {"name": b"tunnel1", "state": b"REKEYED"}, "b": {"name": b"tunnel1", "state": b"INSTALLED"}}}}
+    assert awsrouting.is_up(awsrouting.tunnels_up([rekey])["tunnel1"])
+    assert not awsrouting.is_up(awsrouting.tunnels_up([]).get("tunnel1"))
+
+
+def test_aws_route_move_adds_before_it_deletes():
+    assert awsrouting.route_commands(["172.16.0.0/12"], "vti2", "vti1") == [
+        "route replace 172.16.0.0/12 dev vti2 metric 100", "route del 172.16.0.0/12 dev vti1 metric 100"]
+    assert awsrouting.route_commands(["172.16.0.0/12"], None, "vti1") == ["route del 172.16.0.0/12 dev vti1 metric 100"]
+    assert awsrouting.route_commands(["172.16.0.0/12"], "vti1", "vti1") == []
+
+
+def test_aws_dpd_gives_up_at_the_stacks_dpd_timeout():
+    for timeout in (30, 40, 120):
+        crypto = {"dpd_timeout_seconds": timeout, "dpd_timeout_action": "clear"}
+        schedule = awspeer.dpd_schedule(crypto)
+        assert schedule.delay == 10  # AWS: R-U-THERE after 10 s without inbound traffic
+        assert schedule.give_up_seconds == pytest.approx(timeout)
+        conf = awspeer.render_strongswan_conf(crypto)
+        assert f"retransmit_timeout = {schedule.retransmit_timeout:g}\n" in conf
+        assert "retransmit_base = 1\n" in conf and "retransmit_tries = 3\n" in conf
+    with pytest.raises(ValueError, match=r"crypto.dpd_timeout_seconds: 10 must exceed .* e.g. 30"):
+        awspeer.dpd_schedule({"dpd_timeout_seconds": 10, "dpd_timeout_action": "clear"})
+
+
+@pytest.mark.parametrize(("action", "dpd_delay", "dpd_action"),
+                         [("clear", "10s", "clear"), ("restart", "10s", "restart"), ("none", "0s", "none")])
+def test_aws_side_runs_the_stacks_dpd_timeout_action(action, dpd_delay, dpd_action):
+    hc = host_config()
+    hc["crypto"]["dpd_timeout_action"] = action
+    conf = awspeer.render_swanctl_conf(hc)
+    assert conf.count(f"dpd_delay = {dpd_delay}\n") == 2 and conf.count(f"dpd_action = {dpd_action}\n") == 2
+
+
+def test_the_lab_stack_runs_awss_minimum_dpd_timeout():
+    stack = yaml.safe_load(host_config_source.STACK_CONFIG.read_text())
+    assert stack["config"]["hybrid-vpn:crypto"]["dpd_timeout_seconds"] == 30
+
+
+def test_maintenance_rules_drop_the_gateway_and_without_delete_silence_the_endpoint():
+    t = awspeer.aws_tunnels(host_config())[0]
+    with_delete = awspeer.render_maintenance_rules(t, "203.0.113.10", with_delete=True)
+    assert "ip saddr 203.0.113.10 ip daddr 198.51.100.1 udp dport { 500, 4500 } drop" in with_delete
+    assert "ip saddr 198.51.100.1" not in with_delete  # the DELETE goes out
+    silent = awspeer.render_maintenance_rules(t, "203.0.113.10", with_delete=False)
+    assert "ip saddr 198.51.100.1 ip daddr 203.0.113.10 udp sport { 500, 4500 } drop" in silent
 
 
 def test_file_rpc_streams_output_and_returns_the_exit_code(tmp_path):
@@ -113,3 +162,14 @@ def test_short_lifetimes_rewrite_every_timer_line_of_both_ends():
                            (16, "rekey_time", 32), (16, "life_time", 50), (16, "rand_time", 0)}
     with pytest.raises(RuntimeError, match="AWS side swanctl.conf has no child-level 'life_time"):
         lifetimes.shorten("        rekey_time = 1s\n", {"child": {"life_time": 1}}, "AWS side swanctl.conf")
+
+
+def test_one_way_flow_gaps_are_timed_at_the_receiver():
+    arrivals = {0: 100.0, 1: 100.1, 2: 100.2, 9: 131.5, 10: 131.6, 11: 140.0}
+    d = flows.summarize(12, arrivals)
+    assert (d.sent, d.received) == (12, 6)
+    assert d.gaps == [(100.2, 131.5), (131.6, 140.0)]  # longest first
+    assert d.longest_gap == pytest.approx(31.3)
+    assert flows.outage_around(d, 100.5) == pytest.approx(31.3)  # the cut at 100.5: the blackout that covers it
+    assert flows.outage_around(d, 135.0) == pytest.approx(8.4)
+    assert flows.outage_around(d, 98.0) is None  # nothing was out then

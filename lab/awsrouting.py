@@ -1,0 +1,171 @@
+"""Which tunnel the emulated AWS side sends on towards the VLAN, decided from IKE state only.
+
+AWS, with static routing and both tunnels UP, sends on ONE tunnel of its choice ("randomly"), sticky; it accepts on
+both, and moves its return traffic off a tunnel only when that tunnel is DOWN by IKE (DPD timeout, an IKE DELETE, a
+replaced endpoint): aws-vpn-facts.md, "How AWS notices a dead tunnel". Here a tunnel is UP while charon has an
+ESTABLISHED IKE_SA with an INSTALLED CHILD_SA for it; charon's VICI events (ike-updown, child-updown) wake the loop and
+`list-sas` is the truth. Nothing is probed inside the tunnels.
+
+Sticky, as AWS: after a move AWS stays on the new tunnel when the old one comes back. The lab replaces AWS's random
+pick with a deterministic one so tests and benchmarks know which case they measure: `lab prefer tunnelN` asks for a
+tunnel, the request applies as soon as that tunnel is UP (at once if it is), and is then spent. Runs inside the aws
+namespace: `python -m lab.awsrouting <monitor.json>`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import vici
+
+from hostconfig.agent.vici_client import parse_ike_sas
+from lab.rpc import write_atomically
+
+log = logging.getLogger(__name__)
+
+RECHECK_SECONDS = 2.0  # list-sas at least this often even without events (a missed event costs at most this)
+ROUTE_METRIC = 100
+
+
+@dataclass(frozen=True)
+class Choice:
+    sending: str | None  # the tunnel AWS sends on, None while no tunnel is UP
+    request: str | None  # a `lab prefer` request not applied yet (its tunnel is not UP)
+
+
+def choose_sending_tunnel(current: str | None, up: list[str], request: str | None) -> Choice:
+    """AWS's pick: a pending preference once its tunnel is UP; else stay on the current tunnel while it is UP; else
+    the first UP tunnel (in the connection's order). Never a move away from an UP tunnel without a request."""
+    if request is not None and request in up:
+        return Choice(request, None)
+    if current in up:
+        return Choice(current, request)
+    return Choice(up[0] if up else None, request)
+
+
+def tunnels_up(list_sas_events: list[dict]) -> dict[str, dict[str, str]]:
+    """tunnel -> {'ike': best IKE state, 'child': best CHILD state} from VICI list-sa events."""
+    rank = {"ESTABLISHED": 3, "INSTALLED": 3, "REKEYING": 2, "REKEYED": 1}
+    out: dict[str, dict[str, str]] = {}
+    for event in list_sas_events:
+        for ike in parse_ike_sas(event):
+            entry = out.setdefault(ike.name, {"ike": "none", "child": "none"})
+            if rank.get(ike.state, 0) > rank.get(entry["ike"], 0) or entry["ike"] == "none":
+                entry["ike"] = ike.state
+            if ike.state != "ESTABLISHED":
+                continue
+            for child in ike.children:
+                if child.name == ike.name and (rank.get(child.state, 0) > rank.get(entry["child"], 0)
+                                               or entry["child"] == "none"):
+                    entry["child"] = child.state
+    return out
+
+
+def is_up(state: dict[str, str] | None) -> bool:
+    return bool(state) and state["ike"] == "ESTABLISHED" and state["child"] == "INSTALLED"
+
+
+def route_commands(vlan_cidrs: list[str], want: str | None, have: str | None) -> list[str]:
+    """`ip -b` lines moving the VLAN routes from VTI `have` to VTI `want` (add first: no moment without a route)."""
+    if want == have:
+        return []
+    cmds = [f"route replace {c} dev {want} metric {ROUTE_METRIC}" for c in vlan_cidrs] if want else []
+    if have:
+        cmds += [f"route del {c} dev {have} metric {ROUTE_METRIC}" for c in vlan_cidrs]
+    return cmds
+
+
+def _session(path: str) -> vici.Session:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(10)
+    sock.connect(path)
+    return vici.Session(sock)
+
+
+def _listen(path: str, wake: threading.Event) -> None:
+    """Wake the loop on every ike-updown / child-updown (reconnects while charon restarts)."""
+    while True:
+        try:
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(path)
+            for _ in vici.Session(sock).listen(["ike-updown", "child-updown", "ike-rekey", "child-rekey"]):
+                wake.set()
+        except (OSError, vici.exception.SessionException) as exc:
+            log.warning("VICI event stream: %s (retrying)", exc)
+        time.sleep(1)
+
+
+def _read_request(prefer_file: Path) -> str | None:
+    try:
+        return prefer_file.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def monitor(conf_path: Path) -> None:
+    conf = json.loads(conf_path.read_text())
+    tunnels, vlan_cidrs = conf["tunnels"], conf["vlan_cidrs"]
+    vti_of = {t["name"]: t["vti"] for t in tunnels}
+    order = [t["name"] for t in tunnels]
+    prefer_file, status_file = Path(conf["prefer"]), Path(conf["status"])
+    wake = threading.Event()
+    threading.Thread(target=_listen, args=(conf["vici"], wake), daemon=True).start()
+    session = None
+    sending: str | None = None
+    states: dict[str, dict[str, str]] = {}
+    changed_at: dict[str, float] = {}
+    moved_at: float | None = None
+    while True:
+        wake.wait(RECHECK_SECONDS)
+        wake.clear()
+        try:
+            session = session or _session(conf["vici"])
+            new_states = tunnels_up(list(session.list_sas()))
+        except (OSError, vici.exception.SessionException) as exc:
+            log.warning("VICI list-sas: %s", exc)
+            session = None
+            continue
+        for name in order:
+            if is_up(new_states.get(name)) != is_up(states.get(name)) or name not in changed_at:
+                changed_at[name] = time.time()
+                log.warning("%s is %s (IKE %s, CHILD %s)", name, "UP" if is_up(new_states.get(name)) else "DOWN",
+                            new_states.get(name, {}).get("ike", "none"), new_states.get(name, {}).get("child", "none"))
+        states = new_states
+        request = _read_request(prefer_file)
+        choice = choose_sending_tunnel(sending, [n for n in order if is_up(states.get(n))], request)
+        if request is not None and choice.request is None:
+            prefer_file.unlink(missing_ok=True)  # applied: spent
+        cmds = route_commands(vlan_cidrs, vti_of.get(choice.sending or ""), vti_of.get(sending or ""))
+        if cmds:
+            subprocess.run(["ip", "-b", "-"], input="\n".join(cmds) + "\n", text=True, check=False)
+        if choice.sending != sending:
+            moved_at = time.time()
+            log.warning("AWS now sends to %s on %s (was %s)", ",".join(vlan_cidrs), choice.sending or "no tunnel",
+                        sending or "none")
+        sending = choice.sending
+        status = {"sending": sending, "prefer_pending": choice.request, "time": time.time(), "moved_at": moved_at,
+                  "routes": {vti_of[sending]: ROUTE_METRIC} if sending else {},
+                  "tunnels": {n: {**states.get(n, {"ike": "none", "child": "none"}), "up": is_up(states.get(n)),
+                                  "since": changed_at[n]} for n in order}}
+        write_atomically(status_file, json.dumps(status).encode())
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if len(argv) != 1:
+        print("usage: python -m lab.awsrouting <monitor.json>", file=sys.stderr)
+        return 2
+    monitor(Path(argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
