@@ -2,7 +2,7 @@
 #   make lab      bring up the local rehearsal (real strongSwan + kernel data plane, cloud APIs emulated)
 #   make test     run every test (unit, root/netns, real consumers, and the lab end-to-end tests)
 PY := .venv/bin/python
-LAB_VERBS := up down status exec break heal prefer restart lifetimes
+LAB_VERBS := up down status exec break heal prefer maintenance restart lifetimes
 
 .PHONY: setup test test-fast lab lint golden bench $(LAB_VERBS)
 

@@ -172,9 +172,12 @@ class Repairer:
                  action.reason, ", ".join(steps))
         path, errors = self.config.paths.vici_socket, []
         calls: list[tuple[str, Callable[[], None]]] = [
-            # A rebuild's DELETE must reach the peer (that is what moves AWS's traffic): no force. A duplicate may be
-            # one the peer dropped silently: forced, so the kernel stops sending on it at once.
-            *((f"IKE_SA #{i}", lambda i=i: terminate_ike(path, i, force=action.kind == "dedupe", connect=self.connect))
+            # Forced, both kinds: charon still sends the DELETE (once: that is what moves AWS's traffic) and destroys
+            # the SA at once. Unforced, the initiate that follows was queued on the dying IKE_SA; in an underlay cut
+            # that one gave up after its retransmissions and took the new CHILD_SA with it, leaving the tunnel with
+            # no IKE_SA and nobody re-initiating (seen twice in the lab, >10 min). A duplicate may be one the peer
+            # dropped silently: forcing it stops the kernel sending on it now.
+            *((f"IKE_SA #{i}", lambda i=i: terminate_ike(path, i, force=True, connect=self.connect))
               for i in action.delete_ike_ids),
             *((f"CHILD_SA #{i}", lambda i=i: terminate_child(path, i, connect=self.connect))
               for i in action.delete_child_ids),

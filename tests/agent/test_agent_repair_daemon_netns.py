@@ -34,7 +34,7 @@ def test_daemon_rebuilds_the_probe_dead_tunnel_once_and_shows_it(gateway):
         wait_for(lambda: ("initiate", {"child": "tunnel2", "timeout": "-1"}) in vici.commands, timeout=60,
                  what="the daemon to rebuild tunnel2")
         took = time.monotonic() - broken
-        assert vici.commands[:2] == [("terminate", {"ike-id": str(old["tunnel2"]), "timeout": "-1"}),
+        assert vici.commands[:2] == [("terminate", {"ike-id": str(old["tunnel2"]), "timeout": "-1", "force": "yes"}),
                                      ("initiate", {"child": "tunnel2", "timeout": "-1"})]
         # 0.3-0.6 s to probe-down, the 2 s hold, at most 1 s to the next SA listing; generous for a loaded CI host
         assert 2.0 <= took <= 15.0, took

@@ -55,7 +55,8 @@ def test_a_dead_tunnel_is_deleted_then_initiated_once_without_waiting(config, ca
     run(repairer, 0.0, 4.75)
     assert vici.commands == []
     run(repairer, 5.0, 15.0)
-    assert vici.commands == [("terminate", {"ike-id": str(old), "timeout": "-1"}),
+    # forced: the DELETE still goes out, and the initiate gets a fresh IKE_SA instead of queueing on the dying one
+    assert vici.commands == [("terminate", {"ike-id": str(old), "timeout": "-1", "force": "yes"}),
                              ("initiate", {"child": "tunnel2", "timeout": "-1"})]
     new = vici.tunnel_ikes("tunnel2")
     assert len(new) == 1 and new[0].ike_id != old
