@@ -16,6 +16,7 @@ gets the ``host_config`` the real program would export, with the lab's own addre
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 import json
@@ -115,8 +116,12 @@ def _password(seed: str, inputs: Mapping[str, Any]) -> str:
     return "".join(out[:length])
 
 
+@functools.cache
 def _ed25519(seed: str) -> dict[str, str]:
-    """A real (deterministic) ED25519 key in the formats pulumi_tls returns."""
+    """A real (deterministic) ED25519 key in the formats pulumi_tls returns.
+
+    Cached: the OpenSSH private-key format carries random check integers, so serialising the same key twice gives two
+    texts; the engine keeps one in the state, and two runs of the program must see the same one, as they would."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
