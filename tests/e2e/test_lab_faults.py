@@ -167,11 +167,16 @@ def test_esp_dead_ike_alive_fails_over_by_probes_then_damped_failback(matrix):
     flow = Traffic(45)
     let_traffic_start()
     fail_tunnel1_esp(matrix, "failover to tunnel2 (probes)")
-    # It was the probes, not charon: tunnel1's IKE_SA and CHILD_SA are still there (IKE is alive).
-    gw = sas("gw")
-    assert gw["tunnel1"]["ike"] and gw["tunnel1"]["installed"] >= 1, f"tunnel1's SAs went away: {gw}"
-    state = daemon_state()
-    assert state["active"] == "tunnel2" and "probes unanswered" in state["tunnels"]["tunnel1"]["reason"], state
+    # The probes decided (IKE is alive: charon sees nothing). The gateway then rebuilds tunnel1 itself after its repair
+    # hold (delete its IKE_SA, initiate again): an installed CHILD_SA that carries nothing is a failure to heal, and
+    # the rebuild is what makes a real AWS, whose DPD IKE satisfies, move off it. Logged and counted in the state.
+    assert daemon_state()["active"] == "tunnel2"
+
+    def rebuilds() -> int:
+        repair = daemon_state().get("tunnels", {}).get("tunnel1", {}).get("repair") or {}
+        return repair.get("by_kind", {}).get("reestablish", 0)
+
+    driver.wait_until(lambda: rebuilds() >= 1, 120, "the gateway's rebuild of tunnel1", interval=1)
     counters = fault_counters()
     remove_fault()
     healed = time.monotonic()
@@ -181,7 +186,9 @@ def test_esp_dead_ike_alive_fails_over_by_probes_then_damped_failback(matrix):
     switched = switches() - before
     report("1 ESP dead/IKE alive", result, switched, f"failback {waited:.1f} s after heal; active "
            f"{daemon_state().get('active')}; routes {table_routes()}; counters {counters}")
-    assert counters["esp_to_aws"] > 0 and counters["esp_from_aws"] > 0, f"the fault dropped no ESP: {counters}"
+    # Only the gateway's ESP is sure to be dropped: AWS sends on tunnel2 (fail_tunnel1_esp), and the probes' requests
+    # never reach it, so nothing may come back on tunnel1 to drop.
+    assert counters["esp_to_aws"] > 0, f"the fault dropped no ESP: {counters}"
     assert waited >= FAILBACK_HOLD_SECONDS, "failback was not damped (hold time not respected)"
     assert switched == 2, f"expected a failover and one failback, saw {switched} switches"
     assert_routes("vti-aws1", "vti-aws2")
