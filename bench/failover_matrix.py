@@ -44,7 +44,7 @@ def esp_drop_script(outside_ip: str) -> str:
     """Same classifier as the fault matrix: NAT-T ESP has a non-zero SPI where IKE has a zero non-ESP marker."""
     return (f"table inet {FAULT_TABLE} {{ chain forward {{ type filter hook forward priority -10; "
             f"ip daddr {outside_ip} udp dport 4500 @th,64,32 != 0 drop; "
-            f"ip saddr {outside_ip} udp sport 4500 @th,64,32 != 0 drop; }} }}")
+            f"ip saddr {outside_ip} udp sport 4500 @th,64,32 != 0 drop; }}; }}")  # nft needs the ';' after a chain
 
 
 def settle(aws_sends_on: str) -> None:
