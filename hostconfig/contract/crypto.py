@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hostconfig.contract import rules
-from hostconfig.contract.reader import REQUIRED, Reader, RuleBroken
+from hostconfig.contract.reader import REQUIRED, Reader, RuleBroken, Unknown
 
 CRYPTO_KEYS = ("ike_version", "phase1", "phase2", "rekey_margin_seconds", "rekey_fuzz_percent", "replay_window",
                "dpd_timeout_seconds", "dpd_timeout_action", "startup_action")
@@ -70,8 +70,9 @@ def _fields(keys: tuple[str, ...], defaults: Mapping[str, Any] | None) -> dict[s
     return {key: (defaults or {}).get(key, REQUIRED) for key in keys}
 
 
-def read_phase(crypto: Reader, phase: str, defaults: Mapping[str, Any] | None) -> PhaseProposal | None:
-    p = crypto.sub(phase, _fields(PHASE_KEYS, defaults),
+def read_phase(crypto: Reader, phase: str, defaults: Mapping[str, Any] | None,
+               unknown: Unknown = Unknown.REFUSE) -> PhaseProposal | None:
+    p = crypto.sub(phase, _fields(PHASE_KEYS, defaults), unknown=unknown,
                    example='{encryption: [AES256], integrity: [SHA2-256], dh_groups: [14], lifetime_seconds: ...}')
     enc = p.list_of("encryption", _offered(rules.AWS_ENCRYPTION), "an AWS encryption algorithm", "[AES256]", 1,
                     len(rules.AWS_ENCRYPTION))
@@ -88,13 +89,14 @@ def read_phase(crypto: Reader, phase: str, defaults: Mapping[str, Any] | None) -
     return PhaseProposal(enc, integ, groups, life)
 
 
-def read_crypto(parent: Reader, name: str = "crypto",
-                defaults: Mapping[str, Any] | None = None) -> CryptoProfile | None:
+def read_crypto(parent: Reader, name: str = "crypto", defaults: Mapping[str, Any] | None = None,
+                unknown: Unknown = Unknown.REFUSE) -> CryptoProfile | None:
     """The crypto object ``parent[name]``; ``defaults``: the stack config's (host_config has every key)."""
-    c = parent.sub(name, _fields(CRYPTO_KEYS, defaults), example="{ike_version: 2, phase1: {...}, ...}")
+    c = parent.sub(name, _fields(CRYPTO_KEYS, defaults), unknown=unknown,
+                   example="{ike_version: 2, phase1: {...}, ...}")
     ike = c.check("ike_version", _ike_version, "IKE version 2", "2")
-    phase1 = read_phase(c, "phase1", (defaults or {}).get("phase1"))
-    phase2 = read_phase(c, "phase2", (defaults or {}).get("phase2"))
+    phase1 = read_phase(c, "phase1", (defaults or {}).get("phase1"), unknown)
+    phase2 = read_phase(c, "phase2", (defaults or {}).get("phase2"), unknown)
     if phase1 and phase2 and (problem := rules.phase2_lifetime_problem(phase1.lifetime_seconds,
                                                                        phase2.lifetime_seconds)):
         c.fail("phase2.lifetime_seconds", problem, str(min(3600, phase1.lifetime_seconds - 1)))
