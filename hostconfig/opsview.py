@@ -245,7 +245,7 @@ def stack_outputs(stack: str, cwd: Path | None = None) -> dict[str, Any]:
 
 
 def load_plan(outputs: str | None, stack: str | None, cwd: Path | None = None) -> GatewayPlan:
-    from hostconfig.__main__ import OUTPUT_KEY, InputError, host_config_of_outputs, load_host_config
+    from hostconfig.stack_outputs import OUTPUT_KEY, InputError, host_config_of_outputs, load_host_config
 
     try:
         if outputs is not None:
