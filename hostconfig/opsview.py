@@ -25,11 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hostconfig import gateway_paths
 from hostconfig.plan import GatewayPlan, PlanError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VPNCTL = "/usr/local/sbin/vpnctl"
+DEFAULT_VPNCTL = gateway_paths.VPNCTL.path
 SSH_DEADLINE_SECONDS = 20.0
 COMMAND_TIMEOUT_SECONDS = 60.0
 
