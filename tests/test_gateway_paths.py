@@ -113,3 +113,13 @@ def test_cloud_init_writes_the_tables_modes_and_makes_its_directories():
         assert re.search(rf'- path: "{re.escape(f.path)}"\n(    .*\n)*?    permissions: "{f.mode:04o}"', text), f.path
     for d in (*gp.FIRST_BOOT_DIRS, gp.STATE_DIR):
         assert re.search(rf'"install", "-d", "-m", "{d.mode:04o}",[^\]]*"{re.escape(d.path)}"', text), d
+
+
+def test_contracts_section_4_lists_the_tables_files_and_modes():
+    text = (REPO / "docs" / "contracts.md").read_text()
+    section = text[text.index("## 4. Files on the gateway"):text.index("## 5.")]
+    rows = re.findall(r"^\| [^|`]*`(/[^`]+)`[^|]*\| (0[0-7]{3}) \|", section, re.MULTILINE)
+    documented = {path.rstrip("/"): int(mode, 8) for path, mode in rows}
+    table = {v.path: v.mode for v in vars(gp).values() if isinstance(v, (gp.GatewayFile, gp.GatewayDir))}
+    assert len(documented) >= 10
+    assert {path: table.get(path) for path in documented} == documented
