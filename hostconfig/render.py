@@ -24,17 +24,6 @@ log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
-# Where the files go on the gateway, with their modes: hostconfig/gateway_paths.py (docs/contracts.md §4).
-SWANCTL_PATH = gateway_paths.SWANCTL_CONF.path
-CHARON_SNIPPET_PATH = gateway_paths.CHARON_CONF.path
-AGENT_CONFIG_PATH = gateway_paths.AGENT_CONFIG.path
-NFT_RULESET_PATH = gateway_paths.NFT_RULESET.path
-FAILOVER_UNIT_PATH = gateway_paths.FAILOVER_UNIT_FILE.path
-GUARD_UNIT_PATH = gateway_paths.GUARD_UNIT_FILE.path
-SYSCTL_PATH = gateway_paths.SYSCTL_CONF.path
-LEGACY_IPSEC_CONF_PATH = gateway_paths.LEGACY_IPSEC_CONF.path
-LEGACY_IPSEC_SECRETS_PATH = gateway_paths.LEGACY_IPSEC_SECRETS.path
-
 
 class RenderError(RuntimeError):
     """A template could not be rendered; the message names the template, the line and the variable or value."""
@@ -162,6 +151,7 @@ def render(template_name: str, view: dict) -> str:
 
 
 def _file(where: gateway_paths.GatewayFile, text: str) -> RenderedFile:
+    """A rendered file at its path, with its mode and secrecy, from the table (docs/contracts.md §4)."""
     return RenderedFile(where.path, text.encode(), where.mode, where.secret)
 
 
