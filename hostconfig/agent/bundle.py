@@ -1,5 +1,5 @@
 """Build `vpnctl` as one executable zipapp: hostconfig.agent, the contract it validates agent.json with
-(hostconfig.contract) and the pure-Python pyroute2 and vici packages.
+(hostconfig.contract), the modules of hostconfig it reads (SHARED), and the pure-Python pyroute2 and vici packages.
 
 The gateway then needs only its system Python 3.11+. ``python -m hostconfig.agent.bundle OUT`` builds it.
 """
@@ -20,6 +20,8 @@ INTERPRETER = "/usr/bin/env python3"
 BUNDLED = ("pyroute2", "vici")
 # The hostconfig packages the agent imports: itself and the rules it shares with the program and the renderer.
 HOSTCONFIG_PACKAGES = ("agent", "contract")
+# Modules of hostconfig (outside its packages) the agent imports: stdlib-only, no renderer, no jinja2.
+SHARED = ("gateway_paths.py",)
 _MAIN = '''\
 import sys
 
@@ -62,6 +64,8 @@ def build_zipapp(out_path: Path | str) -> Path:
         (root / "hostconfig" / "__init__.py").write_text(init.read_text() if init.exists() else "")
         for package in HOSTCONFIG_PACKAGES:
             _copy_package(hostconfig_dir / package, root / "hostconfig" / package)
+        for name in SHARED:
+            shutil.copy(hostconfig_dir / name, root / "hostconfig" / name)
         for name in BUNDLED:
             module = __import__(name)
             _copy_package(Path(module.__file__).resolve().parent, root / name)

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from hostconfig import gateway_paths as gp
 from hostconfig.contract import rules
 from hostconfig.contract.reader import (
     MISSING,
@@ -29,7 +30,7 @@ from hostconfig.contract.reader import (
 )
 from hostconfig.contract.rules import IntLimit, NamePattern
 
-DEFAULT_CONFIG_PATH = Path("/etc/hybrid-vpn/agent.json")
+DEFAULT_CONFIG_PATH = Path(gp.AGENT_CONFIG.path)
 SUPPORTED_VERSION = 1
 
 # The start of a right file, for error messages about a file that is not a JSON object at all.
@@ -241,10 +242,10 @@ def parse_config(data: Any) -> AgentConfig:
     rule_priority = o.integer("rule_priority", _RULE_PRIORITY)
     nft_table = o.string("nft_table", _NFT_TABLE)
 
-    pa = r.sub("paths", _PATHS_FIELDS, example='{"nft_ruleset": "/etc/hybrid-vpn/nftables.nft", ...}')
+    pa = r.sub("paths", _PATHS_FIELDS, example=f'{{"nft_ruleset": "{gp.NFT_RULESET.path}", ...}}')
     paths = {name: pa.check(name, _absolute_path, "an absolute path", example) for name, example in (
-        ("nft_ruleset", "/etc/hybrid-vpn/nftables.nft"), ("state_dir", "/run/hybrid-vpn"),
-        ("metrics_file", "/var/lib/prometheus/node-exporter/hybrid_vpn.prom"), ("vici_socket", "/run/charon.vici"))}
+        ("nft_ruleset", gp.NFT_RULESET.path), ("state_dir", gp.STATE_DIR.path),
+        ("metrics_file", gp.METRICS_FILE), ("vici_socket", gp.VICI_SOCKET))}
 
     if gateway_vlan_address is not None and vlan_cidrs is not None:
         if problem := rules.vlan_address_outside_problem(gateway_vlan_address, vlan_cidrs):

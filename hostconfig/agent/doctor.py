@@ -33,6 +33,8 @@ from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hostconfig import gateway_paths as gp
+
 from .config import AgentConfig, TunnelConfig
 from .desired import (
     ACTIVE_METRIC,
@@ -178,7 +180,7 @@ LOG_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
     "AUTHENTICATION_FAILED": (
         re.compile(r"AUTHENTICATION_FAILED|MAC mismatched|authentication of '.*' with pre-shared key failed",
                    re.IGNORECASE),
-        "PSK or identity mismatch: the PSK in /etc/swanctl/conf.d/hybrid-vpn.conf differs from the AWS tunnel's, or "
+        f"PSK or identity mismatch: the PSK in {gp.SWANCTL_CONF.path} differs from the AWS tunnel's, or "
         "the local id is not the customer gateway's public IP; re-push with `pulumi up` (see docs/operations.md, "
         "rotating a PSK)",
     ),
@@ -317,7 +319,7 @@ def check_addresses(config: AgentConfig, facts: DoctorFacts) -> list[CheckResult
 def _sysctl_hint(key: str) -> str:
     if key.endswith("ip_forward"):
         return ("the gateway does not forward: VLAN hosts cannot reach AWS. `vpnctl reconcile` sets it; "
-                "/etc/sysctl.d/60-hybrid-vpn.conf keeps it across reboots (something reset it: another tool, "
+                f"{gp.SYSCTL_CONF.path} keeps it across reboots (something reset it: another tool, "
                 "`sysctl --system` with a conflicting file?)")
     if key.endswith("disable_policy"):
         return ("without it the kernel looks for an IPsec policy for packets leaving the VTI and drops them "
@@ -589,7 +591,7 @@ def check_sas(config: AgentConfig, facts: DoctorFacts) -> list[CheckResult]:
         if st is None:
             if loaded is not None and t.name not in loaded:
                 results.append(CheckResult(name, FAIL, expected, "no IKE SA; connection not loaded",
-                                           "charon has not loaded /etc/swanctl/conf.d/hybrid-vpn.conf: "
+                                           f"charon has not loaded {gp.SWANCTL_CONF.path}: "
                                            "`swanctl --load-all` (errors there name the bad line)"))
             else:
                 results.append(CheckResult(name, FAIL, expected, "no IKE SA (connection loaded)",
