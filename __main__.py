@@ -108,5 +108,5 @@ if config.delivery.enabled:
 
     delivered = gateway_config("gateway-config", host_config, config.delivery,
                                depends_on=[connection, firewall, firewall_rules], instance_id=gateway.instance.id)
-    # hostconfig.__main__.DELIVERED_HOST_KEY_OUTPUT: the key `python -m hostconfig status` pins after the first push
+    # hostconfig.stack_outputs.DELIVERED_HOST_KEY_OUTPUT: the key `hostconfig status` pins after the first push
     pulumi.export("gateway_ssh_host_public_key", delivered.pinned_host_public_key)

@@ -13,71 +13,17 @@ Exit status: 0 written, 2 bad input (every problem listed), 1 other failure. PSK
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from hostconfig.plan import GatewayPlan, PlanError
 from hostconfig.render import RenderedFile, RenderError, render_gateway_files, render_legacy_files
+from hostconfig.stack_outputs import InputError, load_host_config
 
 log = logging.getLogger(__name__)
-
-OUTPUT_KEY = "host_config"
-# The host key the gateway presents once delivery has installed it (host_config's key is the user-data bootstrap key,
-# replaced by the first push): whoever pins the gateway's key from the stack outputs pins this one when it exists.
-DELIVERED_HOST_KEY_OUTPUT = "gateway_ssh_host_public_key"
-
-
-def host_config_of_outputs(data: dict) -> Any:
-    """host_config from `pulumi stack output --json --show-secrets`, pinned to the delivered host key if any."""
-    value = data[OUTPUT_KEY]
-    delivered = data.get(DELIVERED_HOST_KEY_OUTPUT)
-    if isinstance(value, dict) and isinstance(value.get("gateway"), dict) and isinstance(delivered, str):
-        value = {**value, "gateway": {**value["gateway"], "ssh_host_public_key": delivered}}
-    return value
-
-
-class InputError(ValueError):
-    """The outputs file is unreadable or lacks the host_config object."""
-
-
-def load_host_config(source: str) -> dict:
-    """Read `pulumi stack output --json --show-secrets` (or the bare host_config object) from a path or '-'."""
-    where = "standard input" if source == "-" else source
-    try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"--outputs {where}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"--outputs {where}: not UTF-8 text (byte {exc.start}); expected the JSON of "
-                         "`pulumi stack output --json --show-secrets`") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        # Position only: the text holds the PSKs.
-        raise InputError(
-            f"--outputs {where}: not JSON (line {exc.lineno}, column {exc.colno}); expected the output "
-            "of `pulumi stack output --json --show-secrets`"
-        ) from None
-    if isinstance(data, dict) and data.get("kind") == "hybrid-vpn/host-config":
-        return data
-    if not isinstance(data, dict) or OUTPUT_KEY not in data:
-        keys = ", ".join(sorted(data)) if isinstance(data, dict) else type(data).__name__
-        raise InputError(
-            f"--outputs {where}: no '{OUTPUT_KEY}' key (found: {keys}); expected the output of "
-            "`pulumi stack output --json --show-secrets` of a hybrid-vpn stack"
-        )
-    value = host_config_of_outputs(data)
-    if value == "[secret]":
-        raise InputError(
-            f"--outputs {where}: '{OUTPUT_KEY}' is masked as [secret]; run `pulumi stack output --json --show-secrets`"
-        )
-    return value
-
 
 def write_tree(out: Path, files: list[RenderedFile]) -> list[Path]:
     """Write each file under `out` at its gateway path, atomically, created with its final mode."""

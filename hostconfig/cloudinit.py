@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 
-from hostconfig import plan as planmod
+from hostconfig import gateway_paths as gp
 from hostconfig import render as rendermod
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,6 @@ PACKAGES = (
     "nftables",
     "python3",
 )
-DIRECTORIES = ("/etc/hybrid-vpn", "/etc/swanctl/conf.d", "/var/lib/prometheus/node-exporter")
 
 _HOSTNAME = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
 _ED25519_PUBLIC = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]+=*( [^\n]*)?$")
@@ -60,30 +59,39 @@ def _block(text: str) -> str:
     return text.rstrip("\n")
 
 
+def _file(where: gp.GatewayFile, content: str) -> dict:
+    return {"path": where.path, "mode": f"{where.mode:04o}", "content": _block(content)}
+
+
+def _install_dirs(dirs: tuple[gp.GatewayDir, ...]) -> list[list[str]]:
+    """One `install -d` per mode, in the table's order."""
+    modes = dict.fromkeys(d.mode for d in dirs)
+    return [["install", "-d", "-m", f"{mode:04o}", *(d.path for d in dirs if d.mode == mode)] for mode in modes]
+
+
 def render_user_data(*, hostname: str, ssh_host_ed25519_private: str, ssh_host_ed25519_public: str) -> str:
     """The gateway's `#cloud-config` user data (called by the Pulumi program)."""
     _check(hostname, ssh_host_ed25519_private, ssh_host_ed25519_public)
-    unit = planmod.unit_view()
     view = {
         "hostname": hostname,
         "packages": list(PACKAGES),
         "ssh_host_ed25519_private": _block(ssh_host_ed25519_private.strip()),
         "ssh_host_ed25519_public": ssh_host_ed25519_public.strip(),
         "files": [
-            {"path": rendermod.SYSCTL_PATH, "mode": "0644", "content": _block(rendermod.render_sysctl())},
-            {"path": rendermod.FAILOVER_UNIT_PATH, "mode": "0644", "content": _block(rendermod.render_failover_unit())},
-            {"path": rendermod.GUARD_UNIT_PATH, "mode": "0644", "content": _block(rendermod.render_guard_unit())},
+            _file(gp.SYSCTL_CONF, rendermod.render_sysctl()),
+            _file(gp.FAILOVER_UNIT_FILE, rendermod.render_failover_unit()),
+            _file(gp.GUARD_UNIT_FILE, rendermod.render_guard_unit()),
         ],
         "commands": [
-            ["sysctl", "-p", rendermod.SYSCTL_PATH],
-            ["install", "-d", "-m", "0755", *DIRECTORIES],
-            ["install", "-d", "-m", "0755", unit["state_dir"]],
+            ["sysctl", "-p", gp.SYSCTL_CONF.path],
+            *_install_dirs(gp.FIRST_BOOT_DIRS),
+            *_install_dirs((gp.STATE_DIR,)),  # its own command, as user data has always had it (a change replaces)
             ["systemctl", "daemon-reload"],
             # Enabled now, started by the delivery push once vpnctl and agent.json exist (ConditionPathExists).
-            ["systemctl", "enable", planmod.FAILOVER_UNIT],
+            ["systemctl", "enable", gp.FAILOVER_UNIT],
             # Enabled now so that every later boot loads the pushed ruleset before the network and charon start.
-            ["systemctl", "enable", planmod.GUARD_UNIT],
-            ["systemctl", "enable", "--now", "strongswan.service"],
+            ["systemctl", "enable", gp.GUARD_UNIT],
+            ["systemctl", "enable", "--now", gp.STRONGSWAN_UNIT],
         ],
     }
     text = rendermod.render("user-data.yaml.j2", view)

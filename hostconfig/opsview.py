@@ -25,12 +25,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hostconfig import gateway_paths
 from hostconfig.agent.status_contract import ContractError, StatusReport, TunnelStatus
 from hostconfig.plan import GatewayPlan, PlanError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VPNCTL = "/usr/local/sbin/vpnctl"
+DEFAULT_VPNCTL = gateway_paths.VPNCTL.path
 SSH_DEADLINE_SECONDS = 20.0
 COMMAND_TIMEOUT_SECONDS = 60.0
 
@@ -245,7 +246,7 @@ def stack_outputs(stack: str, cwd: Path | None = None) -> dict[str, Any]:
 
 
 def load_plan(outputs: str | None, stack: str | None, cwd: Path | None = None) -> GatewayPlan:
-    from hostconfig.__main__ import OUTPUT_KEY, InputError, host_config_of_outputs, load_host_config
+    from hostconfig.stack_outputs import OUTPUT_KEY, InputError, host_config_of_outputs, load_host_config
 
     try:
         if outputs is not None:

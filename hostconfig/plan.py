@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from hostconfig import gateway_paths
+
 # The AWS rules the program validated are checked again here (the input may come from any stack, or by hand).
 from infra.aws_rules import (
     AWS_DPD_ACTIONS,
@@ -40,16 +42,16 @@ SCHEMA_VERSION = 1
 # --- What the gateway agent owns and where things live (docs/contracts.md §2 and §4). ---
 AGENT_CONFIG_VERSION = 1
 OWNERSHIP = {"route_table": 1519, "route_protocol": 157, "rule_priority": 10100, "nft_table": "hybrid_vpn"}
-VPNCTL_PATH = "/usr/local/sbin/vpnctl"
-UPDOWN_COMMAND = f"{VPNCTL_PATH} updown"
-AGENT_CONFIG_PATH = "/etc/hybrid-vpn/agent.json"
-NFT_RULESET_PATH = "/etc/hybrid-vpn/nftables.nft"
-NFT_PATH = "/usr/sbin/nft"
-FAILOVER_UNIT = "hybrid-vpn-failover.service"
-GUARD_UNIT = "hybrid-vpn-guard.service"  # loads NFT_RULESET_PATH at boot, before forwarding and charon
-STATE_DIR = "/run/hybrid-vpn"
-METRICS_FILE = "/var/lib/prometheus/node-exporter/hybrid_vpn.prom"
-VICI_SOCKET = "/run/charon.vici"
+VPNCTL_PATH = gateway_paths.VPNCTL.path
+UPDOWN_COMMAND = gateway_paths.UPDOWN_COMMAND
+AGENT_CONFIG_PATH = gateway_paths.AGENT_CONFIG.path
+NFT_RULESET_PATH = gateway_paths.NFT_RULESET.path
+NFT_PATH = gateway_paths.NFT
+FAILOVER_UNIT = gateway_paths.FAILOVER_UNIT
+GUARD_UNIT = gateway_paths.GUARD_UNIT
+STATE_DIR = gateway_paths.STATE_DIR.path
+METRICS_FILE = gateway_paths.METRICS_FILE
+VICI_SOCKET = gateway_paths.VICI_SOCKET
 IKE_PORT, NAT_T_PORT = 500, 4500
 SSH_PORT = 22
 # 169.254.0.0/16: the tunnels' inside addresses and the Linode metadata service (169.254.169.254, which serves the user

@@ -16,23 +16,13 @@ from typing import Any
 
 import jinja2
 
+from hostconfig import gateway_paths
 from hostconfig import plan as planmod
 from hostconfig.plan import GatewayPlan
 
 log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
-
-# Production paths and modes on the gateway (docs/contracts.md §4).
-SWANCTL_PATH = "/etc/swanctl/conf.d/hybrid-vpn.conf"
-CHARON_SNIPPET_PATH = "/etc/strongswan.d/charon-hybrid-vpn.conf"
-AGENT_CONFIG_PATH = planmod.AGENT_CONFIG_PATH
-NFT_RULESET_PATH = planmod.NFT_RULESET_PATH
-FAILOVER_UNIT_PATH = f"/etc/systemd/system/{planmod.FAILOVER_UNIT}"
-GUARD_UNIT_PATH = f"/etc/systemd/system/{planmod.GUARD_UNIT}"
-SYSCTL_PATH = "/etc/sysctl.d/60-hybrid-vpn.conf"
-LEGACY_IPSEC_CONF_PATH = "/etc/ipsec.conf"
-LEGACY_IPSEC_SECRETS_PATH = "/etc/ipsec.secrets"
 
 
 class RenderError(RuntimeError):
@@ -110,6 +100,7 @@ def _make_environment() -> jinja2.Environment:
     env.filters.update(
         swan_quote=swan_quote, ipsec_quote=ipsec_quote, nft_quote=nft_quote, yaml_str=yaml_str, to_json=to_json
     )
+    env.globals["paths"] = gateway_paths  # templates name gateway files from the table, e.g. {{ paths.NFT }}
     return env
 
 
@@ -159,17 +150,20 @@ def render(template_name: str, view: dict) -> str:
 # ----------------------------------------------------------------------------------------------- the file sets
 
 
+def _file(where: gateway_paths.GatewayFile, text: str) -> RenderedFile:
+    """A rendered file at its path, with its mode and secrecy, from the table (docs/contracts.md §4)."""
+    return RenderedFile(where.path, text.encode(), where.mode, where.secret)
+
+
 def render_gateway_files(plan: GatewayPlan) -> list[RenderedFile]:
     """The files the delivery pushes to the gateway (docs/contracts.md §4), vpnctl itself excepted."""
     files = [
-        RenderedFile(SWANCTL_PATH, render("swanctl.conf.j2", planmod.swanctl_view(plan)).encode(), 0o600, True),
-        RenderedFile(
-            CHARON_SNIPPET_PATH, render("charon-hybrid-vpn.conf.j2", planmod.charon_view(plan)).encode(), 0o644, False
-        ),
-        RenderedFile(AGENT_CONFIG_PATH, render("agent.json.j2", planmod.agent_view(plan)).encode(), 0o644, False),
-        RenderedFile(NFT_RULESET_PATH, render("nftables.nft.j2", planmod.nftables_view(plan)).encode(), 0o644, False),
-        RenderedFile(FAILOVER_UNIT_PATH, render_failover_unit().encode(), 0o644, False),
-        RenderedFile(GUARD_UNIT_PATH, render_guard_unit().encode(), 0o644, False),
+        _file(gateway_paths.SWANCTL_CONF, render("swanctl.conf.j2", planmod.swanctl_view(plan))),
+        _file(gateway_paths.CHARON_CONF, render("charon-hybrid-vpn.conf.j2", planmod.charon_view(plan))),
+        _file(gateway_paths.AGENT_CONFIG, render("agent.json.j2", planmod.agent_view(plan))),
+        _file(gateway_paths.NFT_RULESET, render("nftables.nft.j2", planmod.nftables_view(plan))),
+        _file(gateway_paths.FAILOVER_UNIT_FILE, render_failover_unit()),
+        _file(gateway_paths.GUARD_UNIT_FILE, render_guard_unit()),
     ]
     log.info("rendered %d gateway files for stack %s", len(files), plan.stack)
     return files
@@ -179,8 +173,8 @@ def render_legacy_files(plan: GatewayPlan) -> list[RenderedFile]:
     """ipsec.conf + ipsec.secrets for users of the legacy `ipsec` starter (not pushed by default)."""
     view = planmod.legacy_view(plan)
     return [
-        RenderedFile(LEGACY_IPSEC_CONF_PATH, render("ipsec.conf.j2", view).encode(), 0o644, False),
-        RenderedFile(LEGACY_IPSEC_SECRETS_PATH, render("ipsec.secrets.j2", view).encode(), 0o600, True),
+        _file(gateway_paths.LEGACY_IPSEC_CONF, render("ipsec.conf.j2", view)),
+        _file(gateway_paths.LEGACY_IPSEC_SECRETS, render("ipsec.secrets.j2", view)),
     ]
 
 

@@ -85,20 +85,16 @@ def up() -> int:
 
 
 def start_operator(operator_dir):
-    from lab import host_config_source, operator, rpc
+    from lab import operator, rpc
 
     shutil.rmtree(paths.RPC_DIR, ignore_errors=True)
     rpc.make_dirs(paths.RPC_DIR)
-    if not host_config_source.real_chain_available():
-        return None
     say("operator side: evaluating the Pulumi program (stacks/Pulumi.lab.yaml, emulated cloud) and rendering the "
         "gateway files, in the background")
     return operator.start(operator_dir), time.monotonic()
 
 
 def finish_operator(preparing, operator_dir) -> None:
-    if preparing is None:
-        return
     from lab import operator
 
     proc, t0 = preparing

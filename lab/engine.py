@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from hostconfig import gateway_paths as gp
 from lab import awspeer, gateway, paths, topology
 from lab.addresses import LAB_PLAN
 from lab.rpc import write_atomically
@@ -64,11 +65,14 @@ def installed_children(host: str) -> set[str]:
     return names
 
 
-def up(out: BinaryIO, err: BinaryIO, operator_dir: Path | None = None) -> int:
+def up(out: BinaryIO, err: BinaryIO, operator_dir: Path | None) -> int:
     say = Printer(out)
     if is_up():
         say("the lab is already up (`lab status`; `lab down` to start again)")
         return 0
+    if operator_dir is None:
+        err.write(b"lab up: no operator directory (the program's and renderer's output): start it with `lab up`\n")
+        return 2
     paths.STATE_DIR.mkdir(parents=True, exist_ok=True)
     try:
         return _up(say, out, operator_dir)
@@ -79,31 +83,29 @@ def up(out: BinaryIO, err: BinaryIO, operator_dir: Path | None = None) -> int:
         return 1
 
 
-def _up(say: Printer, out: BinaryIO, operator_dir: Path | None) -> int:
+def _up(say: Printer, out: BinaryIO, operator_dir: Path) -> int:
     plan = LAB_PLAN
     say(f"kernel {os.uname().release}: loading VTI/ESP/crypto modules (in the background)")
     modprobe = topology.start_preloading_modules()
     say("network namespaces: vlan, gw, nat (1:1 NAT), inet, aws, vpc, ops")
     topology.create_underlay(plan)
-    say("gateway: own mount namespace (tmpfs over /run, /etc/swanctl, /etc/hybrid-vpn, ...)")
+    say(f"gateway: own mount namespace (tmpfs over {', '.join(topology.GW_PRIVATE_DIRS)})")
     topology.create_gw_mount_namespace()
     operator_key = gateway.make_operator_key()
-    host_config, host_private_key = gateway.host_config(plan, operator_dir, say)
+    host_config, host_private_key = gateway.host_config(operator_dir, say)
     host_key = topology.start_gw_sshd(plan, operator_key.public, host_private_key)
-    if host_private_key is None:
-        host_config["gateway"]["ssh_host_public_key"] = host_key
     say(f"gateway: sshd listening on {plan.gateway_private_ip}:22 (reached as {plan.gateway_public_ip} through the "
         "NAT), host key " + host_key.split()[1][:16] + "...")
     modprobe.wait()
     topology.start_gw_charon()
-    say("gateway: charon running (VICI /run/charon.vici)")
+    say(f"gateway: charon running (VICI {gp.VICI_SOCKET})")
     HOST_CONFIG_FILE.touch(mode=0o600)
     write_atomically(HOST_CONFIG_FILE, json.dumps(host_config).encode())
     os.chmod(HOST_CONFIG_FILE, 0o600)
     awspeer.start(host_config)
     say(f"AWS side: charon + VTIs for {', '.join(t['name'] for t in host_config['tunnels'])}, "
         f"prefers {host_config['tunnels'][0]['name']}")
-    gateway.configure(host_config, operator_dir, say)
+    gateway.configure(operator_dir, say)
     t0 = time.monotonic()
     want = {t["name"] for t in host_config["tunnels"]}
     topology.wait_for(lambda: want <= installed_children("gw"), SA_DEADLINE_SECONDS, "both CHILD_SAs installed")

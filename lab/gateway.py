@@ -1,10 +1,9 @@
 """The lab gateway driven by the project's real chain: host_config -> GatewayPlan -> rendered files -> SSH push from
 the operator namespace -> `vpnctl daemon` (which reconciles at start) runs in the gateway -> charon loads the tunnels.
 
-The lab has no systemd: the controller plays its part (what the pushed unit and `systemctl restart` would do): it
-restarts charon when its strongswan.d snippet changed, and (re)starts `vpnctl daemon` in the gateway's namespaces.
-
-While a link of the chain is not in the tree yet, the lab says so and uses lab/standin_gateway.py for that part.
+The lab has no systemd: the controller plays its part. It activates the pushed files with delivery's own activation
+order (hostconfig.deliver.gateway.ACTIVATION_ORDER), each step done as the lab can (LAB_STEPS), and at a "reboot"
+starts the gateway's units in the order their files give.
 """
 
 from __future__ import annotations
@@ -13,7 +12,9 @@ import argparse
 import base64
 import json
 import logging
+import os
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,18 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from hostconfig import plan
+from hostconfig import gateway_paths as gp
 from hostconfig.agent import state as agent_state
-from lab import host_config_source, operator, paths, standin_gateway, topology
-from lab.addresses import LabAddressPlan
+from hostconfig.deliver.gateway import activation_steps
+from lab import operator, paths, topology
 from lab.sh import ns_prefix, pid_of, run, run_in, spawn_in
 
 log = logging.getLogger(__name__)
 
 OPS_DIR = paths.STATE_DIR / "ops"
-VPNCTL = "/usr/local/sbin/vpnctl"
+VPNCTL = gp.VPNCTL.path
 PUSH_REPORT = OPS_DIR / "push-report.json"
-CHARON_SNIPPET = "/etc/strongswan.d/charon-hybrid-vpn.conf"
 
 
 @dataclass(frozen=True)
@@ -50,28 +50,17 @@ def make_operator_key() -> OperatorKey:
     return OperatorKey(key, key.with_suffix(".pub").read_text().strip())
 
 
-def host_config(plan: LabAddressPlan, operator_dir: Path | None,
-                say: Callable[[str], None]) -> tuple[dict, str | None]:
-    """(host_config, the gateway's SSH host private key or None when the lab generates one)."""
-    result_file = operator_dir / operator.PROGRAM_RESULT if operator_dir else None
-    if result_file is not None and result_file.exists():
-        data = json.loads(result_file.read_text())
-        hc = data["host_config"]
-        say(f"program (evaluated on the operator side): VPN connection {hc['aws']['vpn_connection_id']}, tunnels "
-            + ", ".join(f"{t['name']} {t['outside_ip']}" for t in hc["tunnels"]))
-        return hc, data["ssh_host_private_key"]
-    say("the Pulumi program / lab/cloud.py is not in the tree yet: using a lab-local host_config "
-        "(same schema, lab addresses)")
-    return host_config_source.lab_local_host_config(plan, ""), None
+def host_config(operator_dir: Path, say: Callable[[str], None]) -> tuple[dict, str]:
+    """(host_config, the gateway's SSH host private key) as the program evaluated them on the operator side."""
+    data = json.loads((operator_dir / operator.PROGRAM_RESULT).read_text())
+    hc = data["host_config"]
+    say(f"program (evaluated on the operator side): VPN connection {hc['aws']['vpn_connection_id']}, tunnels "
+        + ", ".join(f"{t['name']} {t['outside_ip']}" for t in hc["tunnels"]))
+    return hc, data["ssh_host_private_key"]
 
 
-def configure(hc: dict, operator_dir: Path | None, say: Callable[[str], None]) -> None:
-    files = operator_dir / operator.GATEWAY_FILES if operator_dir else None
-    if files is None or not files.exists():
-        say("hostconfig's renderer/agent are not in the tree yet: the gateway uses the lab's stand-in config "
-            "(swanctl + VTIs + static routes, no failover agent)")
-        standin_gateway.apply(hc)
-        return
+def configure(operator_dir: Path, say: Callable[[str], None]) -> None:
+    files = operator_dir / operator.GATEWAY_FILES
     say("delivery: pushing the rendered files over SSH from the operator namespace (192.0.2.10 -> 203.0.113.10)")
     proc = run(ns_prefix("ops") + [sys.executable, "-m", "lab.gateway", "push", str(files)], check=False, timeout=900)
     if proc.returncode != 0:
@@ -79,13 +68,12 @@ def configure(hc: dict, operator_dir: Path | None, say: Callable[[str], None]) -
     report = json.loads(PUSH_REPORT.read_text())
     say(f"delivery: {len(report['changed'])} file(s) changed in {report['total_seconds']:.1f} s: "
         f"{', '.join(c['path'] for c in report['changed'])}")
-    activate_like_systemd([c["path"] for c in report["changed"]], say)
+    activate([c["path"] for c in report["changed"]], say)
 
 
 # charon-systemd's unit on Debian 12: the one the lab's charon plays. Not rendered by hostconfig: its ordering comes
 # from the rendered units (and from the distribution's file when this machine has it).
-CHARON_UNIT = "strongswan.service"
-UNIT_DIR = "/etc/systemd/system"
+CHARON_UNIT = gp.STRONGSWAN_UNIT
 SYSTEM_UNIT_DIRS = (Path("/lib/systemd/system"), Path("/usr/lib/systemd/system"))
 
 
@@ -145,29 +133,54 @@ def start_order(units: list[Unit]) -> list[str]:
 def gateway_units() -> list[Unit]:
     """The gateway's units as pushed (read in its mount namespace), plus charon's."""
     units = []
-    for name in (plan.GUARD_UNIT, plan.FAILOVER_UNIT):
-        proc = run_in("gw", ["cat", f"{UNIT_DIR}/{name}"], check=False)
+    for unit_file in (gp.GUARD_UNIT_FILE, gp.FAILOVER_UNIT_FILE):
+        proc = run_in("gw", ["cat", unit_file.path], check=False)
         if proc.returncode == 0:
-            units.append(parse_unit(name, proc.stdout))
+            units.append(parse_unit(Path(unit_file.path).name, proc.stdout))
     system = next((d / CHARON_UNIT for d in SYSTEM_UNIT_DIRS if (d / CHARON_UNIT).is_file()), None)
     units.append(parse_unit(CHARON_UNIT, system.read_text()) if system else Unit(CHARON_UNIT))
     return units
 
 
-def activate_like_systemd(changed: list[str], say: Callable[[str], None]) -> None:
-    """hostconfig.deliver.gateway.activation_commands in the units' order (the agent before charon loads the tunnels,
-    so that every updown hook finds the daemon running). No separate `vpnctl reconcile`: the daemon's start is one
-    (links, addresses, sysctls, routes, rule, nftables); the guard unit acts at boot (restart_stack_like_boot)."""
-    for name in start_order(gateway_units()):
-        if name == plan.FAILOVER_UNIT:
-            restart_agent()
-            say("gateway: vpnctl daemon running")
-        elif name == CHARON_UNIT and CHARON_SNIPPET in changed:
-            topology.restart_gw_charon()
-            say("gateway: charon restarted (strongswan.d changed) and swanctl --load-all")
-        elif name == CHARON_UNIT and any(p.startswith("/etc/swanctl/") for p in changed):
-            run_in("gw", ["swanctl", "--load-all", "--noprompt"], timeout=300)
-            say("gateway: swanctl --load-all")
+def _load_swanctl() -> None:
+    run_in("gw", ["swanctl", "--load-all", "--noprompt"], timeout=300)
+
+
+def _none() -> None:
+    """A step systemd needs and the lab does not: it reads the unit files when it starts a unit, and "enables" the
+    guard by starting the units at each lab reboot (restart_stack_like_boot)."""
+
+
+def _reload_sshd() -> None:
+    pid = pid_of("gw-sshd")  # the gateway's own sshd: the namespaces share the machine's process table
+    if pid is not None:
+        os.kill(pid, signal.SIGHUP)
+
+
+# ACTIVATION_ORDER's steps as the lab does them: (what it does, what it says). tests/e2e/test_lab_units.py checks that
+# every step of the product's order has an entry here.
+LAB_STEPS: dict[str, tuple[Callable[[], None], str]] = {
+    "reload-units": (_none, ""),
+    "enable-guard": (_none, ""),
+    "restart-agent": (lambda: restart_agent(), "vpnctl daemon running"),
+    # `systemctl restart strongswan`: charon-systemd's unit loads the swanctl config when charon has started.
+    "restart-charon": (lambda: topology.restart_gw_charon(), "charon restarted (strongswan.d changed)"),
+    "load-swanctl": (_load_swanctl, "swanctl --load-all"),
+    "reload-sshd": (_reload_sshd, "sshd reloaded (new host key)"),
+}
+
+
+def activate(changed: list[str], say: Callable[[str], None]) -> list[str]:
+    """Activate the changed gateway files in delivery's order (hostconfig.deliver.gateway.activation_steps); no
+    separate `vpnctl reconcile`: the daemon's start is one (links, addresses, sysctls, routes, rule, nftables)."""
+    done = []
+    for step in activation_steps(changed):
+        action, said = LAB_STEPS[step.name]
+        action()
+        if said:
+            say(f"gateway: {said}")
+        done.append(step.name)
+    return done
 
 
 def reset_to_boot_state() -> None:
@@ -180,8 +193,8 @@ def reset_to_boot_state() -> None:
     # Forwarding off before the state goes (and after the agent, which would turn it back on): a booting kernel starts
     # with it off, and tearing the agent's state down with it on would itself leak (no table, no rule, no routes).
     run_in("gw", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
-    run_in("gw", ["rm", "-f", "/run/charon.vici", "/run/charon.pid"], check=False)
-    agent = json.loads(run_in("gw", ["cat", plan.AGENT_CONFIG_PATH]).stdout)
+    topology.remove_charon_runtime_files()
+    agent = json.loads(run_in("gw", ["cat", gp.AGENT_CONFIG.path]).stdout)
     own = agent["ownership"]
     for cmd in (["nft", "delete", "table", "inet", own["nft_table"]],
                 ["ip", "rule", "del", "pref", str(own["rule_priority"])],
@@ -198,7 +211,7 @@ def reset_to_boot_state() -> None:
 def start_unit(unit: Unit) -> None:
     """Start one gateway unit as systemd would: the agent and charon are the lab's processes; a oneshot runs its
     ExecStart= lines in the gateway when its ConditionPathExists= hold."""
-    if unit.name == plan.FAILOVER_UNIT:
+    if unit.name == gp.FAILOVER_UNIT:
         restart_agent()
     elif unit.name == CHARON_UNIT:
         topology.restart_gw_charon()
@@ -219,7 +232,7 @@ def restart_stack_like_boot(say: Callable[[str], None]) -> list[str]:
     return order
 
 
-DAEMON_LOCK = f"{plan.STATE_DIR}/{agent_state.DAEMON_LOCK}"  # the gateway's, as rendered into agent.json
+DAEMON_LOCK = f"{gp.STATE_DIR.path}/{agent_state.DAEMON_LOCK}"  # the gateway's, as rendered into agent.json
 
 
 def restart_agent() -> None:
@@ -232,15 +245,9 @@ def restart_agent() -> None:
 
 
 def status(out: BinaryIO, err: BinaryIO) -> None:
-    if pid_of("gw-vpnctl-daemon") is not None or run_in("gw", ["test", "-x", VPNCTL], check=False).returncode == 0:
-        out.write(b"vpnctl status\n")
-        out.flush()
-        subprocess.run(ns_prefix("gw") + [VPNCTL, "status"], stdout=out, stderr=err, check=False)
-        return
-    out.write(b"swanctl --list-sas (stand-in config: no vpnctl yet)\n")
+    out.write(b"vpnctl status\n")
     out.flush()
-    subprocess.run(ns_prefix("gw") + ["swanctl", "--list-sas"], stdout=out, stderr=err, check=False)
-    subprocess.run(ns_prefix("gw") + ["ip", "route", "show", "10.0.0.0/16"], stdout=out, stderr=err, check=False)
+    subprocess.run(ns_prefix("gw") + [VPNCTL, "status"], stdout=out, stderr=err, check=False)
 
 
 # --- runs in the operator namespace: `python -m lab.gateway push` -------------------------------------------------
@@ -256,9 +263,8 @@ def push(files_json: Path) -> int:
                          secret=f["secret"]) for f in bundle["files"]]
     target = SshTarget(host=hc["gateway"]["public_ip"], host_public_key=hc["gateway"]["ssh_host_public_key"],
                        private_key=(OPS_DIR / "id_ed25519").read_text(), connect_deadline_seconds=120)
-    # Activation is done by the lab controller afterwards, in the order of hostconfig.deliver.gateway's
-    # activation_commands (the agent, then restart charon if its snippet changed, then load swanctl): the lab has no
-    # systemd. Loading swanctl here, before a charon restart, would bring the tunnels up only to tear them down again.
+    # Activation is done by the lab controller afterwards (activate: ACTIVATION_ORDER, each step as the lab can do it):
+    # the lab has no systemd to run the activation commands.
     report = push_files(target, files, validate=validation_commands(), activate=[],
                         secret_values=bundle["secret_values"])
     PUSH_REPORT.write_text(json.dumps(report.as_dict()))

@@ -16,10 +16,10 @@ import re
 import sys
 from pathlib import Path
 
+from hostconfig import gateway_paths as gp
 from lab import awspeer, gateway, paths, topology
 from lab.sh import ns_prefix, run
 
-SWANCTL_CONF = "/etc/swanctl/conf.d/hybrid-vpn.conf"
 # gateway: CHILD_SA rekey every 20-25 s, IKE_SA every 55-60 s. AWS side a little later, so the gateway initiates and the
 # timers on both ends are short (a lost gateway rekey would still be covered by AWS's).
 GATEWAY_SHORT = {"ike": {"rekey_time": 60, "over_time": 20, "rand_time": 5},
@@ -33,7 +33,7 @@ def operator_dir() -> Path:
     for d in (paths.RPC_DIR / "operator", paths.RUNTIME_DIR / "operator"):
         if (d / "gateway-files.json").exists():
             return d
-    raise RuntimeError("no rendered gateway files (operator side) to push: was the lab started with the real chain?")
+    raise RuntimeError("no rendered gateway files (operator side) to push: is the lab up (`lab up`)?")
 
 
 def shorten(text: str, timers: dict[str, dict[str, int]], which: str) -> str:
@@ -52,7 +52,7 @@ def apply(mode: str, say) -> None:
     hc = json.loads((paths.STATE_DIR / "host_config.json").read_text())
     bundle = json.loads((operator_dir() / "gateway-files.json").read_text())
     for f in bundle["files"]:
-        if f["path"] == SWANCTL_CONF and mode == "short":
+        if f["path"] == gp.SWANCTL_CONF.path and mode == "short":
             conf = shorten(base64.b64decode(f["content_b64"]).decode(), GATEWAY_SHORT, "rendered swanctl.conf")
             f["content_b64"] = base64.b64encode(conf.encode()).decode()
     files = paths.STATE_DIR / "lifetimes-files.json"

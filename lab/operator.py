@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 PROGRAM_RESULT = "program-result.json"
 GATEWAY_FILES = "gateway-files.json"
-VPNCTL = "/usr/local/sbin/vpnctl"
 
 
 def _write_secret_json(path: Path, obj: object) -> None:
@@ -37,17 +36,11 @@ def _write_secret_json(path: Path, obj: object) -> None:
     os.rename(tmp, path)
 
 
-def renderer_available() -> bool:
-    try:
-        from hostconfig.agent.bundle import build_zipapp  # noqa: F401
-        from hostconfig.plan import GatewayPlan  # noqa: F401
-        from hostconfig.render import render_gateway_files  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def prepare(out_dir: Path) -> dict[str, float]:
+    from hostconfig.deliver.gateway import vpnctl_file
+    from hostconfig.plan import GatewayPlan
+    from hostconfig.render import render_gateway_files
+
     timings: dict[str, float] = {}
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     t0 = time.monotonic()
@@ -56,20 +49,12 @@ def prepare(out_dir: Path) -> dict[str, float]:
                                                   "ssh_host_private_key": result.ssh_host_private_key,
                                                   "ssh_host_public_key": result.ssh_host_public_key})
     timings["program"] = time.monotonic() - t0
-    if not renderer_available():
-        return timings
-    from hostconfig.agent.bundle import build_zipapp
-    from hostconfig.plan import GatewayPlan
-    from hostconfig.render import render_gateway_files
-
     t0 = time.monotonic()
     plan = GatewayPlan.from_host_config(result.host_config)
+    # The files delivery pushes in production (hostconfig.deliver.program): the rendered set and the vpnctl zipapp.
+    delivered = [*render_gateway_files(plan), vpnctl_file()]
     files = [{"path": f.path, "mode": f.mode, "secret": bool(f.secret),
-              "content_b64": base64.b64encode(f.content).decode()} for f in render_gateway_files(plan)]
-    zipapp = build_zipapp(out_dir / "vpnctl.pyz")
-    files.append({"path": VPNCTL, "mode": 0o755, "secret": False,
-                  "content_b64": base64.b64encode(zipapp.read_bytes()).decode()})
-    zipapp.unlink()
+              "content_b64": base64.b64encode(f.content).decode()} for f in delivered]
     _write_secret_json(out_dir / GATEWAY_FILES, {"files": files, "secret_values": list(plan.secrets())})
     timings["render"] = time.monotonic() - t0
     return timings

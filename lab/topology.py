@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from hostconfig import gateway_paths as gp
 from lab import paths
 from lab.addresses import LabAddressPlan
 from lab.sh import HOSTS, gw_mount_ns_file, ip_batch, netns_name, pid_of, run, run_in, spawn_in, sysctl_in
@@ -31,13 +32,13 @@ OPTIONAL_MODULES = ("aesni_intel", "ghash_clmulni_intel")
 # Directories the gateway sees as its own (tmpfs in its mount namespace), so the production paths of
 # docs/contracts.md §4 work unchanged without touching the machine's real /etc. Values: populate from the system copy?
 GW_PRIVATE_DIRS = {
-    "/etc/swanctl": True,
-    "/etc/strongswan.d": True,
-    "/etc/hybrid-vpn": False,
-    "/etc/ssh": False,
-    "/etc/systemd/system": False,
-    "/usr/local/sbin": False,
-    "/var/lib": False,
+    os.path.dirname(gp.SWANCTL_CONF_DIR.path): True,  # /etc/swanctl
+    os.path.dirname(gp.CHARON_CONF.path): True,  # /etc/strongswan.d
+    gp.CONFIG_DIR.path: False,
+    os.path.dirname(gp.SSH_HOST_KEY.path): False,  # /etc/ssh
+    gp.UNIT_DIR: False,
+    os.path.dirname(gp.VPNCTL.path): False,  # /usr/local/sbin
+    "/var/lib": False,  # the metrics dir and delivery's state dir
     "/var/log": False,
     "/run": False,  # last: it hides the lab's own state dir
 }
@@ -60,7 +61,7 @@ charon {
 SSHD_CONFIG = """# lab gateway sshd: the delivery path pushes the rendered files through it
 Port 22
 ListenAddress {listen}
-HostKey /etc/ssh/ssh_host_ed25519_key
+HostKey {host_key}
 PidFile /run/sshd.pid
 AuthorizedKeysFile /etc/ssh/authorized_keys/%u
 PermitRootLogin prohibit-password
@@ -187,7 +188,9 @@ def create_gw_mount_namespace() -> None:
         if populate:
             lines.append(f"cp -a {stage}{d}/. {d}/")
     created.write_text("\n".join(made))
-    lines += ["mkdir -p /run/sshd /var/lib/prometheus/node-exporter /etc/ssh/authorized_keys /etc/swanctl/conf.d",
+    # What cloud-init's first boot makes (hostconfig/cloudinit.py), then what the lab's sshd needs.
+    lines += [f"install -d -m {d.mode:04o} {d.path}" for d in gp.FIRST_BOOT_DIRS]
+    lines += ["mkdir -p /run/sshd /etc/ssh/authorized_keys",
               "chmod 0700 /etc/ssh/authorized_keys",
               # sshd (UsePAM no) refuses a root whose shadow entry is locked ('!', as virtme-ng's guest has): the
               # gateway's own shadow copy has root without a password ('*'), key login only, like a cloud image.
@@ -200,28 +203,24 @@ def create_gw_mount_namespace() -> None:
     run_in("gw", ["sh", "-c", "cat > /etc/strongswan.d/charon-lab-logging.conf"], input=LAB_CHARON_LOGGING)
 
 
-def start_gw_sshd(plan: LabAddressPlan, authorized_public_key: str, host_private_key: str | None) -> str:
-    """Start sshd in the gateway with the host key the program generated (installed as cloud-init would), or a fresh
-    one when there is no program yet; returns the host public key line."""
-    run_in("gw", ["sh", "-ec", "cat > /etc/ssh/sshd_config"], input=SSHD_CONFIG.format(listen=plan.gateway_private_ip))
+def start_gw_sshd(plan: LabAddressPlan, authorized_public_key: str, host_private_key: str) -> str:
+    """Start sshd in the gateway with the host key the program generated (installed as cloud-init would); returns the
+    host public key line."""
+    run_in("gw", ["sh", "-ec", "cat > /etc/ssh/sshd_config"],
+           input=SSHD_CONFIG.format(listen=plan.gateway_private_ip, host_key=gp.SSH_HOST_KEY.path))
     run_in("gw", ["sh", "-ec", "cat > /etc/ssh/authorized_keys/root; chmod 0644 /etc/ssh/authorized_keys/root"],
            input=authorized_public_key.strip() + "\n")
-    if host_private_key:
-        run_in("gw", ["sh", "-ec", "umask 077; cat > /etc/ssh/ssh_host_ed25519_key"], input=host_private_key)
-        host_key = run_in("gw", ["ssh-keygen", "-y", "-f", "/etc/ssh/ssh_host_ed25519_key"]).stdout.strip()
-    else:
-        run_in("gw", ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hybrid-vpn-lab-gw",
-                      "-f", "/etc/ssh/ssh_host_ed25519_key"])
-        host_key = run_in("gw", ["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout.strip()
+    run_in("gw", ["sh", "-ec", 'umask 077; cat > "$1"', "sh", gp.SSH_HOST_KEY.path], input=host_private_key)
+    host_key = run_in("gw", ["ssh-keygen", "-y", "-f", gp.SSH_HOST_KEY.path]).stdout.strip()
     spawn_in("gw", "gw-sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config"])
     wait_for(lambda: ":22 " in run_in("gw", ["ss", "-Hltn"], check=False).stdout, 60, "sshd listening in gw")
     return host_key
 
 
 def start_gw_charon() -> None:
-    """charon as on a real gateway: default strongswan.conf, default VICI socket /run/charon.vici."""
+    """charon as on a real gateway: default strongswan.conf, default VICI socket (gateway_paths.VICI_SOCKET)."""
     spawn_in("gw", "gw-charon", ["/usr/lib/ipsec/charon"])
-    wait_for(lambda: run_in("gw", ["test", "-S", "/run/charon.vici"], check=False).returncode == 0, 120,
+    wait_for(lambda: run_in("gw", ["test", "-S", gp.VICI_SOCKET], check=False).returncode == 0, 120,
              "charon's VICI socket in gw")
 
 
@@ -229,10 +228,15 @@ def gw_swanctl(args: list[str], **kw):
     return run_in("gw", ["swanctl", *args], **kw)
 
 
+def remove_charon_runtime_files() -> None:
+    """What a stopped charon leaves in /run and a reboot removes: its VICI socket and pid file."""
+    run_in("gw", ["rm", "-f", gp.VICI_SOCKET, "/run/charon.pid"], check=False)
+
+
 def restart_gw_charon() -> None:
     """What `systemctl restart strongswan` does on the gateway: stop charon, start it, load the swanctl config."""
     stop_process("gw-charon")
-    run_in("gw", ["rm", "-f", "/run/charon.vici", "/run/charon.pid"], check=False)
+    remove_charon_runtime_files()
     start_gw_charon()
     gw_swanctl(["--load-all", "--noprompt"])
 

@@ -1,4 +1,5 @@
-"""Build `vpnctl` as one executable zipapp: hostconfig.agent plus the pure-Python pyroute2 and vici packages.
+"""Build `vpnctl` as one executable zipapp: hostconfig.agent, the modules of hostconfig it reads (SHARED), and the
+pure-Python pyroute2 and vici packages.
 
 The gateway then needs only its system Python 3.11+. ``python -m hostconfig.agent.bundle OUT`` builds it.
 """
@@ -17,6 +18,8 @@ log = logging.getLogger(__name__)
 
 INTERPRETER = "/usr/bin/env python3"
 BUNDLED = ("pyroute2", "vici")
+# Modules of hostconfig (outside hostconfig.agent) the agent imports: stdlib-only, no renderer, no jinja2.
+SHARED = ("gateway_paths.py",)
 _MAIN = '''\
 import sys
 
@@ -58,6 +61,8 @@ def build_zipapp(out_path: Path | str) -> Path:
         # The package marker is owned by the renderer; an empty one is equivalent when it is absent.
         (root / "hostconfig" / "__init__.py").write_text(init.read_text() if init.exists() else "")
         _copy_package(agent_dir, root / "hostconfig" / "agent")
+        for name in SHARED:
+            shutil.copy(hostconfig_dir / name, root / "hostconfig" / name)
         for name in BUNDLED:
             module = __import__(name)
             _copy_package(Path(module.__file__).resolve().parent, root / name)

@@ -13,7 +13,9 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CONFIG_PATH = Path("/etc/hybrid-vpn/agent.json")
+from hostconfig import gateway_paths as gp
+
+DEFAULT_CONFIG_PATH = Path(gp.AGENT_CONFIG.path)
 SUPPORTED_VERSION = 1
 
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -304,12 +306,12 @@ def parse_config(data: Any) -> AgentConfig:
     )
     o.done()
 
-    pa = r.sub("paths", '{"nft_ruleset": "/etc/hybrid-vpn/nftables.nft", ...}')
+    pa = r.sub("paths", f'{{"nft_ruleset": "{gp.NFT_RULESET.path}", ...}}')
     paths = Paths(
-        nft_ruleset=pa.path("nft_ruleset", '"/etc/hybrid-vpn/nftables.nft"'),
-        state_dir=pa.path("state_dir", '"/run/hybrid-vpn"'),
-        metrics_file=pa.path("metrics_file", '"/var/lib/prometheus/node-exporter/hybrid_vpn.prom"'),
-        vici_socket=pa.path("vici_socket", '"/run/charon.vici"'),
+        nft_ruleset=pa.path("nft_ruleset", f'"{gp.NFT_RULESET.path}"'),
+        state_dir=pa.path("state_dir", f'"{gp.STATE_DIR.path}"'),
+        metrics_file=pa.path("metrics_file", f'"{gp.METRICS_FILE}"'),
+        vici_socket=pa.path("vici_socket", f'"{gp.VICI_SOCKET}"'),
     )
     pa.done()
     r.done()

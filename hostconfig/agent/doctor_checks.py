@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
+from hostconfig import gateway_paths as gp
+
 from .config import AgentConfig, TunnelConfig
 from .desired import (
     ACTIVE_METRIC,
@@ -168,7 +170,7 @@ def check_addresses(config: AgentConfig, facts: DoctorFacts) -> list[CheckResult
 def _sysctl_hint(key: str) -> str:
     if key.endswith("ip_forward"):
         return ("the gateway does not forward: VLAN hosts cannot reach AWS. `vpnctl reconcile` sets it; "
-                "/etc/sysctl.d/60-hybrid-vpn.conf keeps it across reboots (something reset it: another tool, "
+                f"{gp.SYSCTL_CONF.path} keeps it across reboots (something reset it: another tool, "
                 "`sysctl --system` with a conflicting file?)")
     if key.endswith("disable_policy"):
         return ("without it the kernel looks for an IPsec policy for packets leaving the VTI and drops them "
@@ -440,7 +442,7 @@ def check_sas(config: AgentConfig, facts: DoctorFacts) -> list[CheckResult]:
         if st is None:
             if loaded is not None and t.name not in loaded:
                 results.append(CheckResult(name, FAIL, expected, "no IKE SA; connection not loaded",
-                                           "charon has not loaded /etc/swanctl/conf.d/hybrid-vpn.conf: "
+                                           f"charon has not loaded {gp.SWANCTL_CONF.path}: "
                                            "`swanctl --load-all` (errors there name the bad line)"))
             else:
                 results.append(CheckResult(name, FAIL, expected, "no IKE SA (connection loaded)",

@@ -27,6 +27,8 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hostconfig import gateway_paths as gp
+
 from .config import AgentConfig
 from .desired import ActualLink, ActualRoute, ActualRule, LinkMode, TunnelView, desired_state
 from .status_contract import RepairRecord
@@ -151,7 +153,7 @@ LOG_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
     "AUTHENTICATION_FAILED": (
         re.compile(r"AUTHENTICATION_FAILED|MAC mismatched|authentication of '.*' with pre-shared key failed",
                    re.IGNORECASE),
-        "PSK or identity mismatch: the PSK in /etc/swanctl/conf.d/hybrid-vpn.conf differs from the AWS tunnel's, or "
+        f"PSK or identity mismatch: the PSK in {gp.SWANCTL_CONF.path} differs from the AWS tunnel's, or "
         "the local id is not the customer gateway's public IP; re-push with `pulumi up` (see docs/operations.md, "
         "rotating a PSK)",
     ),

@@ -18,6 +18,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from hostconfig import gateway_paths as gp
+
 from .errors import AgentError
 from .state import atomic_write_text
 
@@ -46,7 +48,7 @@ class NftRecord:
 
 
 def nft_binary() -> str:
-    found = shutil.which("nft") or ("/usr/sbin/nft" if Path("/usr/sbin/nft").exists() else None)
+    found = shutil.which("nft") or (gp.NFT if Path(gp.NFT).exists() else None)
     if found is None:
         raise NftError("nft: not installed (Debian package nftables)")
     return found

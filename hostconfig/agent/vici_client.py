@@ -2,13 +2,18 @@
 
 Values arrive as bytes and are decoded here, at the boundary. Charon being down or restarting is normal: callers get
 ViciUnavailable and decide (status shows "charon not reachable", the daemon reconnects with backoff).
+
+``ViciClient(endpoint)`` is the one way in: ``endpoint`` is charon's socket path, or a socket already connected to a
+VICI server (a test's socketpair or its Unix socket server), so everything here runs without root and without charon
+(tests/agent/test_vici_client.py). The module functions (list_sas, terminate_*, initiate_child) are its one-call forms.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,8 @@ EVENTS = ("ike-updown", "child-updown")
 CONNECT_TIMEOUT = 2.0
 # A socket connected to charon's VICI: the default opens the configured unix socket; tests pass a fake server's end.
 Connector = Callable[[Path, float], socket.socket]
+# charon's socket path, or a socket connected to a VICI server
+Endpoint = Path | str | socket.socket
 
 
 class ViciUnavailable(ConnectionError):
@@ -175,37 +182,8 @@ def connect_unix(path: Path, timeout: float) -> socket.socket:
     return sock
 
 
-def list_sas(path: Path, timeout: float = CONNECT_TIMEOUT, connect: Connector = connect_unix) -> list[IkeSa]:
-    """All IKE SAs charon knows; ViciUnavailable when charon is not reachable."""
-    sock = connect(path, timeout)
-    try:
-        session = vici.Session(sock)
-        sas: list[IkeSa] = []
-        for message in session.list_sas():
-            sas.extend(parse_ike_sas(message))
-        return sas
-    except (OSError, SessionException) as exc:
-        raise ViciUnavailable(f"VICI list-sas on {path}: {exc}") from None
-    finally:
-        sock.close()
-
-
 class ViciCommandFailed(RuntimeError):
     """charon answered a command with success = no (e.g. the SA was gone already)."""
-
-
-def _command(path: Path, command: str, message: dict[str, Any], timeout: float, connect: Connector) -> None:
-    # A plain request, not the package's streamed one: we do not register for control-log, so charon answers with
-    # the result only.
-    sock = connect(path, timeout)
-    try:
-        vici.Session(sock).request(command, message)
-    except CommandException as exc:
-        raise ViciCommandFailed(f"VICI {command} {message}: {exc}") from None
-    except (OSError, SessionException) as exc:
-        raise ViciUnavailable(f"VICI {command} on {path}: {exc}") from None
-    finally:
-        sock.close()
 
 
 # timeout -1: charon starts the exchange and answers at once. The daemon's select() loop (probes of the other tunnel,
@@ -213,29 +191,106 @@ def _command(path: Path, command: str, message: dict[str, Any], timeout: float, 
 NO_WAIT = "-1"
 
 
-def terminate_ike(path: Path, ike_id: int, force: bool = False, timeout: float = CONNECT_TIMEOUT,
-                  connect: Connector = connect_unix) -> None:
-    """Delete one IKE_SA (and its CHILD_SAs) with an IKE DELETE to the peer, without waiting for its answer.
+class ViciClient:
+    """The commands the agent sends charon over VICI, and its updown event stream.
 
-    ``force``: destroy it at once instead of after the peer's answer. For a duplicate the peer may no longer have
-    (measured: charon kept such an orphan and its CHILD_SA installed for the whole retransmission time, ~14 s, its
-    DELETE queued behind an unanswered DPD), so the kernel stops sending on it now.
+    ``endpoint`` a path: each call opens its own connection with ``connect`` (a Unix stream socket, ``timeout``
+    seconds for connect and each read) and closes it, so a restarted charon is simply reached again. ``endpoint`` a
+    connected socket: every call runs on it in turn (a VICI connection carries one request after another) and the
+    caller closes it; ``events()`` takes it over for good (a connection registered for events receives them).
     """
-    message = {"ike-id": str(ike_id), "timeout": NO_WAIT}
-    if force:
-        message["force"] = "yes"
-    _command(path, "terminate", message, timeout, connect)
+
+    def __init__(self, endpoint: Endpoint, timeout: float = CONNECT_TIMEOUT, connect: Connector = connect_unix):
+        self.endpoint = endpoint if isinstance(endpoint, socket.socket) else Path(endpoint)
+        self.timeout = timeout
+        self.connect = connect
+
+    @property
+    def name(self) -> str:
+        """For messages: the socket path, or what the given socket is connected to."""
+        if isinstance(self.endpoint, Path):
+            return str(self.endpoint)
+        try:
+            peer = self.endpoint.getpeername()
+        except OSError:
+            peer = ""
+        return f"socket {peer or f'fd {self.endpoint.fileno()}'}"
+
+    @contextmanager
+    def _connection(self) -> Iterator[socket.socket]:
+        if isinstance(self.endpoint, socket.socket):
+            yield self.endpoint
+            return
+        sock = self.connect(self.endpoint, self.timeout)
+        try:
+            yield sock
+        finally:
+            sock.close()
+
+    def list_sas(self) -> list[IkeSa]:
+        """All IKE SAs charon knows; ViciUnavailable when charon is not reachable."""
+        try:
+            with self._connection() as sock:
+                sas: list[IkeSa] = []
+                for message in vici.Session(sock).list_sas():
+                    sas.extend(parse_ike_sas(message))
+                return sas
+        except (OSError, SessionException) as exc:
+            raise ViciUnavailable(f"VICI list-sas on {self.name}: {exc}") from None
+
+    def _command(self, command: str, message: dict[str, Any]) -> None:
+        # A plain request, not the package's streamed one: we do not register for control-log, so charon answers with
+        # the result only.
+        try:
+            with self._connection() as sock:
+                vici.Session(sock).request(command, message)
+        except CommandException as exc:
+            raise ViciCommandFailed(f"VICI {command} {message}: {exc}") from None
+        except (OSError, SessionException) as exc:
+            raise ViciUnavailable(f"VICI {command} on {self.name}: {exc}") from None
+
+    def terminate_ike(self, ike_id: int, force: bool = False) -> None:
+        """Delete one IKE_SA (and its CHILD_SAs) with an IKE DELETE to the peer, without waiting for its answer.
+
+        ``force``: destroy it at once instead of after the peer's answer. For a duplicate the peer may no longer have
+        (measured: charon kept such an orphan and its CHILD_SA installed for the whole retransmission time, ~14 s, its
+        DELETE queued behind an unanswered DPD), so the kernel stops sending on it now.
+        """
+        message = {"ike-id": str(ike_id), "timeout": NO_WAIT}
+        if force:
+            message["force"] = "yes"
+        self._command("terminate", message)
+
+    def terminate_child(self, child_id: int) -> None:
+        """Delete one CHILD_SA (a DELETE in its IKE_SA), without waiting for the peer's answer."""
+        self._command("terminate", {"child-id": str(child_id), "timeout": NO_WAIT})
+
+    def initiate_child(self, child: str) -> None:
+        """Establish the named CHILD_SA (a new IKE_SA if there is none for its connection), without waiting."""
+        self._command("initiate", {"child": child, "timeout": NO_WAIT})
+
+    def events(self) -> ViciEventStream:
+        """A connection registered for ike-updown and child-updown, for the caller's select() loop."""
+        return ViciEventStream(self.endpoint, self.timeout, self.connect)
 
 
-def terminate_child(path: Path, child_id: int, timeout: float = CONNECT_TIMEOUT, connect: Connector = connect_unix
-                    ) -> None:
-    """Delete one CHILD_SA (a DELETE in its IKE_SA), without waiting for the peer's answer."""
-    _command(path, "terminate", {"child-id": str(child_id), "timeout": NO_WAIT}, timeout, connect)
+def list_sas(path: Endpoint, timeout: float = CONNECT_TIMEOUT, connect: Connector = connect_unix) -> list[IkeSa]:
+    return ViciClient(path, timeout, connect).list_sas()
 
 
-def initiate_child(path: Path, child: str, timeout: float = CONNECT_TIMEOUT, connect: Connector = connect_unix) -> None:
-    """Establish the named CHILD_SA (a new IKE_SA if there is none for its connection), without waiting."""
-    _command(path, "initiate", {"child": child, "timeout": NO_WAIT}, timeout, connect)
+def terminate_ike(path: Endpoint, ike_id: int, force: bool = False, timeout: float = CONNECT_TIMEOUT,
+                  connect: Connector = connect_unix) -> None:
+    ViciClient(path, timeout, connect).terminate_ike(ike_id, force)
+
+
+def terminate_child(path: Endpoint, child_id: int, timeout: float = CONNECT_TIMEOUT,
+                    connect: Connector = connect_unix) -> None:
+    ViciClient(path, timeout, connect).terminate_child(child_id)
+
+
+def initiate_child(path: Endpoint, child: str, timeout: float = CONNECT_TIMEOUT,
+                   connect: Connector = connect_unix) -> None:
+    ViciClient(path, timeout, connect).initiate_child(child)
 
 
 @dataclass(frozen=True)
@@ -252,8 +307,11 @@ class ViciEventStream:
     blocking generator cannot share one loop with the probe sockets.
     """
 
-    def __init__(self, path: Path, timeout: float = CONNECT_TIMEOUT, connect: Connector = connect_unix):
-        self.sock = connect(path, timeout)
+    def __init__(self, endpoint: Endpoint, timeout: float = CONNECT_TIMEOUT, connect: Connector = connect_unix):
+        """``endpoint``: charon's socket path (connected here with ``connect``), or a connected socket, which the
+        stream then owns (close() closes it)."""
+        path = endpoint if isinstance(endpoint, socket.socket) else Path(endpoint)
+        self.sock = path if isinstance(path, socket.socket) else connect(path, timeout)
         self.transport = Transport(self.sock)
         try:
             for event in EVENTS:

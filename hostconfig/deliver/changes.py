@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from hostconfig import gateway_paths as gp
+
 # Suffix of the copy of the previous version kept next to every file the delivery replaces.
 PREVIOUS_SUFFIX = ".hybrid-vpn-prev"
 # Marker in the name of the temporary upload, so a crashed push leaves files whose origin is obvious.
@@ -55,7 +57,7 @@ class DesiredFile:
         path = str(rendered.path)
         if not path.startswith("/") or posixpath.normpath(path) != path:
             raise ValueError(
-                f"rendered file path {path!r}: must be absolute and normalised, e.g. '/etc/hybrid-vpn/agent.json'"
+                f"rendered file path {path!r}: must be absolute and normalised, e.g. '{gp.AGENT_CONFIG.path}'"
             )
         mode = int(rendered.mode)
         if not 0 <= mode <= 0o7777:

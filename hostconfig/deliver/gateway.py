@@ -5,30 +5,32 @@ from __future__ import annotations
 import io
 import tempfile
 import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+from hostconfig import gateway_paths as gp
 from hostconfig.agent.state import DAEMON_STATE
 from hostconfig.deliver.changes import Command, DesiredFile
-from hostconfig.plan import GUARD_UNIT, STATE_DIR
-from hostconfig.render import FAILOVER_UNIT_PATH, GUARD_UNIT_PATH
 
-SWANCTL_CONF = "/etc/swanctl/conf.d/hybrid-vpn.conf"
-CHARON_CONF = "/etc/strongswan.d/charon-hybrid-vpn.conf"
-AGENT_CONFIG = "/etc/hybrid-vpn/agent.json"
-NFT_RULESET = "/etc/hybrid-vpn/nftables.nft"
-VPNCTL = "/usr/local/sbin/vpnctl"
-FAILOVER_UNIT = FAILOVER_UNIT_PATH
+# The delivered files' paths, as the commands below and delivery's users name them (the table: gateway_paths).
+SWANCTL_CONF = gp.SWANCTL_CONF.path
+CHARON_CONF = gp.CHARON_CONF.path
+AGENT_CONFIG = gp.AGENT_CONFIG.path
+NFT_RULESET = gp.NFT_RULESET.path
+VPNCTL = gp.VPNCTL.path
+FAILOVER_UNIT = gp.FAILOVER_UNIT_FILE.path
 # The leak guard that loads the ruleset at boot before forwarding and charon (hostconfig/templates): enabled here too,
 # because a gateway that booted before the unit existed has only the push to enable it.
-GUARD_UNIT_FILE = GUARD_UNIT_PATH
+GUARD_UNIT_FILE = gp.GUARD_UNIT_FILE.path
 # The host key sshd uses from the first push on. The one in user data (readable by anyone who can read the instance
 # through the API, and by the metadata service) is only the bootstrap key the first push connects with.
-SSH_HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
-SSH_HOST_PUBLIC_KEY = SSH_HOST_KEY + ".pub"
+SSH_HOST_KEY = gp.SSH_HOST_KEY.path
+SSH_HOST_PUBLIC_KEY = gp.SSH_HOST_PUBLIC_KEY.path
 
 
 # The agent's daemon rewrites this file every few seconds (hostconfig.agent.state): proof that it runs.
-DAEMON_STATE_FILE = f"{STATE_DIR}/{DAEMON_STATE}"
+DAEMON_STATE_FILE = f"{gp.STATE_DIR.path}/{DAEMON_STATE}"
 AGENT_READY_SECONDS = 120.0
 
 # `systemctl restart` of a Type=simple unit returns once the process forked, even if the daemon then refuses its
@@ -77,37 +79,61 @@ def validation_commands() -> list[Command]:
     ]
 
 
-def agent_restart_command(agent_unit: str = "hybrid-vpn-failover", state_file: str = "{root}" + DAEMON_STATE_FILE,
+def _unit(name: str) -> str:
+    """A unit as the commands have always named it, without ".service": the commands are inputs of every stack's
+    gateway-config resource, so another spelling would show as an update of each of them."""
+    return name.removesuffix(".service")
+
+
+def agent_restart_command(agent_unit: str = _unit(gp.FAILOVER_UNIT), state_file: str = "{root}" + DAEMON_STATE_FILE,
                           ready_seconds: float = AGENT_READY_SECONDS) -> tuple[str, ...]:
     """argv restarting the agent's unit and waiting until the daemon reports ready (see _RESTART_AND_WAIT_READY)."""
     return ("python3", "-c", _RESTART_AND_WAIT_READY, agent_unit, state_file, f"{ready_seconds:g}")
 
 
-def activation_commands(strongswan_unit: str = "strongswan", agent_unit: str = "hybrid-vpn-failover") -> list[Command]:
-    """Reloads in dependency order; each runs only when a file it reads changed.
+@dataclass(frozen=True)
+class ActivationStep:
+    """One step of bringing new files into service: what it does (``name``, which the lab maps to its own way of doing
+    it, having no systemd), the files whose change calls for it, and the command a systemd gateway runs."""
 
-    The agent first: its daemon creates the VTIs at start and, once running, keeps charon's updown hook to a few
-    milliseconds of work (charon waits for the hook). SAs brought up before it would each run a hook that reconciles
-    itself; in the lab's slow VM those held charon for 20 s at start-up and a tunnel failed to come up.
-    """
-    return [
-        Command(("systemctl", "daemon-reload"), when_changed=(FAILOVER_UNIT, GUARD_UNIT_FILE)),
-        Command(("systemctl", "enable", GUARD_UNIT), when_changed=(GUARD_UNIT_FILE,)),
-        Command(agent_restart_command(agent_unit),
-                when_changed=(AGENT_CONFIG, NFT_RULESET, VPNCTL, FAILOVER_UNIT, SWANCTL_CONF)),
-        # charon reads strongswan.d (install_routes, the VICI socket) only when it starts.
-        Command(("systemctl", "restart", strongswan_unit), when_changed=(CHARON_CONF,)),
-        Command(("swanctl", "--load-all"), when_changed=(SWANCTL_CONF, CHARON_CONF)),
-        # sshd re-reads its host keys on reload; the push's own connection stays up, the next one pins the new key.
-        Command(("systemctl", "reload", "ssh"), when_changed=(SSH_HOST_KEY,)),
-    ]
+    name: str
+    when_changed: tuple[str, ...]
+    argv: tuple[str, ...]
+
+
+# The activation order, for delivery and the lab alike. The agent before charon: its daemon creates the VTIs at start
+# and, once running, keeps charon's updown hook to a few milliseconds of work (charon waits for the hook). SAs brought
+# up before it would each run a hook that reconciles itself; in the lab's slow VM those held charon for 20 s at
+# start-up and a tunnel failed to come up.
+ACTIVATION_ORDER = (
+    ActivationStep("reload-units", (FAILOVER_UNIT, GUARD_UNIT_FILE), ("systemctl", "daemon-reload")),
+    ActivationStep("enable-guard", (GUARD_UNIT_FILE,), ("systemctl", "enable", gp.GUARD_UNIT)),
+    ActivationStep("restart-agent", (AGENT_CONFIG, NFT_RULESET, VPNCTL, FAILOVER_UNIT, SWANCTL_CONF),
+                   agent_restart_command()),
+    # charon reads strongswan.d (install_routes, the VICI socket) only when it starts.
+    ActivationStep("restart-charon", (CHARON_CONF,), ("systemctl", "restart", _unit(gp.STRONGSWAN_UNIT))),
+    ActivationStep("load-swanctl", (SWANCTL_CONF, CHARON_CONF), ("swanctl", "--load-all")),
+    # sshd re-reads its host keys on reload; the push's own connection stays up, the next one pins the new key.
+    ActivationStep("reload-sshd", (SSH_HOST_KEY,), ("systemctl", "reload", _unit(gp.SSH_UNIT))),
+)
+
+
+def activation_steps(changed: Iterable[str]) -> list[ActivationStep]:
+    """The steps that ``changed`` (gateway paths) calls for, in ACTIVATION_ORDER."""
+    changed = set(changed)
+    return [step for step in ACTIVATION_ORDER if changed & set(step.when_changed)]
+
+
+def activation_commands() -> list[Command]:
+    """ACTIVATION_ORDER as delivery's commands; on the gateway each runs only when a file it reads changed."""
+    return [Command(step.argv, when_changed=step.when_changed) for step in ACTIVATION_ORDER]
 
 
 def host_key_files(private_openssh: str, public_openssh: str) -> list[DesiredFile]:
     """The delivered SSH host key (an ed25519 key the program made, a Pulumi secret) as the files sshd reads."""
     return [
-        DesiredFile(SSH_HOST_KEY, private_openssh.encode(), 0o600, secret=True),
-        DesiredFile(SSH_HOST_PUBLIC_KEY, public_openssh.strip().encode() + b"\n", 0o644),
+        DesiredFile(SSH_HOST_KEY, private_openssh.encode(), gp.SSH_HOST_KEY.mode, secret=gp.SSH_HOST_KEY.secret),
+        DesiredFile(SSH_HOST_PUBLIC_KEY, public_openssh.strip().encode() + b"\n", gp.SSH_HOST_PUBLIC_KEY.mode),
     ]
 
 
@@ -133,10 +159,10 @@ def reproducible_zipapp(data: bytes) -> bytes:
 
 
 def vpnctl_file() -> DesiredFile:
-    """The agent zipapp (hostconfig.agent.bundle) as the file delivered to /usr/local/sbin/vpnctl, mode 0755."""
+    """The agent zipapp (hostconfig.agent.bundle) as the file delivered to gateway_paths.VPNCTL."""
     from hostconfig.agent.bundle import build_zipapp
 
     with tempfile.TemporaryDirectory(prefix="hybrid-vpn-vpnctl-") as tmp:
         built = build_zipapp(Path(tmp) / "vpnctl.pyz")
         data = reproducible_zipapp(built.read_bytes())
-    return DesiredFile(VPNCTL, data, 0o755, secret=False)
+    return DesiredFile(VPNCTL, data, gp.VPNCTL.mode, secret=gp.VPNCTL.secret)

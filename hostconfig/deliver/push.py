@@ -23,6 +23,7 @@ from pathlib import Path
 
 import paramiko
 
+from hostconfig import gateway_paths
 from hostconfig.deliver.changes import (
     Command,
     DesiredFile,
@@ -35,7 +36,7 @@ from hostconfig.deliver.changes import (
     remote_path,
     temp_path,
 )
-from hostconfig.deliver.remote_txn import ACTIVATED_RECORD, CLOUD_INIT_DONE, RESULT_SUFFIX
+from hostconfig.deliver.remote_txn import ACTIVATED_RECORD, RESULT_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,8 @@ _FIRST_BACKOFF_SECONDS = 0.25
 _MAX_BACKOFF_SECONDS = 8.0
 _MAX_ATTEMPT_SECONDS = 15.0
 
-# Where the gateway keeps delivery's own state: the lock, the activated record, manifests and results. Persistent
-# (the agent's state dir is /run): the record must survive a reboot between install and activation.
-DELIVERY_STATE_DIR = "/var/lib/hybrid-vpn-delivery"
+# Where the gateway keeps delivery's own state (hostconfig.gateway_paths says why it is persistent).
+DELIVERY_STATE_DIR = gateway_paths.DELIVERY_STATE_DIR.path
 _REMOTE_PROGRAM = (Path(__file__).with_name("remote_txn.py")).read_text()
 # A push that finds the gateway changed under it (another push, an edit) plans again, this many times.
 _MAX_PLANS = 3
@@ -497,7 +497,7 @@ def push_files(
                                           scrubber, on_step, {"stale_upload_seconds": stale_upload_seconds,
                                                               "cloud_init": cloud_init,
                                                               "cloud_init_done": remote_path(remote_root,
-                                                                                             CLOUD_INIT_DONE)},
+                                                                                             gateway_paths.CLOUD_INIT_DONE)},
                                           connect_seconds, started)
                 if report is not None:
                     break

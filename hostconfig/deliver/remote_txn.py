@@ -38,9 +38,6 @@ RESULT_SUFFIX = ".result.json"
 STDERR_LIMIT = 4000
 # cloud-init's `status` says this when it never ran (lab VMs, containers): `status --wait` would then wait forever.
 CLOUD_INIT_NEVER_RAN = ("not run", "disabled")
-# Written by cloud-init's last stage when the boot is over: checked first, because `cloud-init status` itself is a
-# Python program that takes a second or more to start (every push would pay it).
-CLOUD_INIT_DONE = "/var/lib/cloud/instance/boot-finished"
 
 
 def _sha256(path: str) -> str:
@@ -218,8 +215,10 @@ def transaction(manifest: dict) -> dict:
     timeout = float(manifest["timeout"])
     state_dir = manifest["state_dir"]
     result: dict = {"status": "ok", "installed": [], "validated": [], "activated": [], "warnings": []}
-    warning = wait_for_cloud_init(manifest.get("cloud_init") or "cloud-init",
-                                  manifest.get("cloud_init_done") or CLOUD_INIT_DONE, timeout)
+    # cloud_init_done (hostconfig.gateway_paths.CLOUD_INIT_DONE, under the push's root) is written by cloud-init's last
+    # stage when the boot is over: checked first, because `cloud-init status` itself is a Python program that takes a
+    # second or more to start (every push would pay it).
+    warning = wait_for_cloud_init(manifest.get("cloud_init") or "cloud-init", manifest["cloud_init_done"], timeout)
     if warning:
         result["warnings"].append(warning)
     record = (read_record(state_dir) or {}).get("files", {})

@@ -1,6 +1,7 @@
 """A small VICI server for fast tests of the repair path without root: the real wire protocol (the vici package's
 Transport/Packet/Message) over socketpairs, in a thread per connection, with charon's answers to list-sas, terminate
-(ike-id / child-id) and initiate (child) modelled on an in-memory SA table. Not a charon: no IKE, no timing; the
+(ike-id / child-id) and initiate (child) modelled on an in-memory SA table, and event registration with events sent
+by the test (``emit``). Not a charon: no IKE, no timing; the
 real-charon tests (test_agent_repair_charon.py) check that charon answers the same commands the same way."""
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class FakeVici:
         self.remotes: dict[str, tuple[str, int]] = {}  # connection name -> (remote host, mark) for initiate
         self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
+        self.registrations: list[tuple[Transport, str]] = []  # (connection, event name), in registration order
+        self.refused_events: set[str] = set()  # registration answered EVENT_UNKNOWN, as charon for a name it lacks
+        self.registered = threading.Condition(self.lock)
 
     def add(self, name: str, remote: str, mark: int, children: int = 1, established: int = 10) -> FakeIke:
         with self.lock:
@@ -97,7 +101,14 @@ class FakeVici:
                 name = raw[2:2 + raw[1]].decode()
                 body = raw[2 + raw[1]:]
                 if kind in (Packet.EVENT_REGISTER, Packet.EVENT_UNREGISTER):
-                    transport.send(struct.pack("!B", Packet.EVENT_CONFIRM))
+                    with self.registered:
+                        if name in self.refused_events:
+                            transport.send(struct.pack("!B", Packet.EVENT_UNKNOWN))
+                            continue
+                        if kind == Packet.EVENT_REGISTER:
+                            self.registrations.append((transport, name))
+                            self.registered.notify_all()
+                        transport.send(struct.pack("!B", Packet.EVENT_CONFIRM))
                 elif kind == Packet.CMD_REQUEST:
                     message = {k: v.decode() if isinstance(v, bytes) else v
                                for k, v in Message.deserialize(FiniteStream(body)).items()} if body else {}
@@ -153,6 +164,35 @@ class FakeVici:
                 "install-time": str(c.install_time), "bytes-in": "0", "bytes-out": "0", "spi-out": f"c{c.child_id:07x}",
             } for c in ike.children},
         }}
+
+    def wait_registered(self, events: int, timeout: float = 10.0) -> None:
+        with self.registered:
+            if not self.registered.wait_for(lambda: len(self.registrations) >= events, timeout):
+                raise TimeoutError(f"{len(self.registrations)} of {events} event registrations after {timeout:g}s")
+
+    def emit(self, event: str, message: dict[str, Any]) -> int:
+        """Send an event to every connection registered for it, as charon does; returns how many got it."""
+        packet = struct.pack("!BB", Packet.EVENT, len(event)) + event.encode() + Message.serialize(message)
+        with self.lock:
+            targets = [t for t, name in self.registrations if name == event]
+        for transport in targets:
+            transport.send(packet)
+        return len(targets)
+
+    def hang_up(self) -> None:
+        """Close every event connection, as a stopping charon does."""
+        with self.lock:
+            transports = list({id(t): t for t, _ in self.registrations}.values())
+            self.registrations.clear()
+        for transport in transports:
+            try:
+                transport.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already
+
+    def listing(self, ike: FakeIke) -> dict[str, Any]:
+        """An SA as list-sa and the updown events carry it."""
+        return self._listing(ike)
 
     def tunnel_ikes(self, name: str) -> list[FakeIke]:
         with self.lock:

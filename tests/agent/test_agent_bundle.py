@@ -22,10 +22,14 @@ def test_zipapp_contents_and_runs_on_system_python(tmp_path):
     assert pyz.stat().st_mode & 0o111
     names = zipfile.ZipFile(pyz).namelist()
     for needed in ("__main__.py", "hostconfig/__init__.py", "hostconfig/agent/cli.py", "pyroute2/__init__.py",
-                   "vici/session.py", "hostconfig/agent/status_contract.py", "hostconfig/agent/doctor.py",
-                   "hostconfig/agent/doctor_facts.py", "hostconfig/agent/doctor_checks.py"):
+                   "vici/session.py", "hostconfig/gateway_paths.py", "hostconfig/agent/status_contract.py",
+                   "hostconfig/agent/doctor.py", "hostconfig/agent/doctor_facts.py",
+                   "hostconfig/agent/doctor_checks.py"):
         assert needed in names
     assert not any("__pycache__" in n for n in names)
+    # the agent and the table it reads, not the renderer (jinja2 is not on the gateway)
+    assert not any(n.startswith("hostconfig/") and not n.startswith("hostconfig/agent/") for n in names
+                   if n not in ("hostconfig/", "hostconfig/__init__.py", "hostconfig/gateway_paths.py"))
     if shutil.which(SYSTEM_PYTHON) is None:
         pytest.skip("no system python3 at /usr/bin/python3")
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # no PYTHONPATH, no venv

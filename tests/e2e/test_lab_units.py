@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import re
 import threading
 from pathlib import Path
@@ -11,13 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import awspeer, awsrouting, flows, host_config_source, lifetimes
-from lab.addresses import LAB_PLAN
+from hostconfig.deliver.gateway import ACTIVATION_ORDER, activation_commands, activation_steps
+from lab import awspeer, awsrouting, flows, gateway, host_config_source, lifetimes
 from lab.rpc import RpcClient, RpcServer, RpcTimeout, make_dirs
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "host_config.default.json"
 
 
 def host_config() -> dict:
-    return host_config_source.lab_local_host_config(LAB_PLAN, "ssh-ed25519 AAAA lab")
+    """What the program exports (tests/test_program.py keeps the fixture equal to it); the lab uses the same
+    addresses (lab/addresses.py)."""
+    return json.loads(FIXTURE.read_text())
 
 
 def test_aws_proposals_keep_aead_and_classic_apart():
@@ -46,10 +51,21 @@ def test_aws_side_config_follows_the_vpn_connection_inputs():
     assert "start_action = start" in awspeer.render_swanctl_conf(started)
 
 
-def test_lab_psks_follow_aws_rules():
-    for _ in range(50):
-        psk = host_config_source.generate_psk()
-        assert 8 <= len(psk) <= 64 and psk.isalnum() and not psk.startswith("0")
+def test_the_lab_plays_every_step_of_deliverys_activation_order(monkeypatch):
+    # One order for both: delivery's commands are ACTIVATION_ORDER, and the lab runs the same steps for the same files.
+    assert [(c.argv, c.when_changed) for c in activation_commands()] == [(s.argv, s.when_changed)
+                                                                        for s in ACTIVATION_ORDER]
+    assert set(gateway.LAB_STEPS) == {s.name for s in ACTIVATION_ORDER}
+    done = []
+    monkeypatch.setattr(gateway, "LAB_STEPS", {name: (lambda n=name: done.append(n), "") for name in gateway.LAB_STEPS})
+    everything = [path for s in ACTIVATION_ORDER for path in s.when_changed]
+    assert gateway.activate(everything, lambda _line: None) == [s.name for s in ACTIVATION_ORDER] == done
+    # the agent is running before charon loads the tunnels (its daemon answers their updown hooks)
+    assert done.index("restart-agent") < done.index("restart-charon") < done.index("load-swanctl")
+    done.clear()
+    swanctl = [path for path in everything if path.startswith("/etc/swanctl/")][:1]
+    assert gateway.activate(swanctl, lambda _line: None) == [s.name for s in activation_steps(swanctl)] == done
+    assert done == ["restart-agent", "load-swanctl"]
 
 
 def test_aws_sends_on_one_tunnel_sticky_and_moves_only_when_it_is_down():

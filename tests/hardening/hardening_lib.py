@@ -94,17 +94,18 @@ LOAD_VLAN_CIDRS = [f"172.16.{32 * i}.0/20" for i in range(8)] + ["192.168.0.0/24
 def write_rendered_files(tmp: Path, aws_cidrs: list[str], vlan_cidrs: list[str]) -> tuple[Path, dict]:
     """agent.json + nftables.nft rendered by hostconfig from the default host_config with these CIDRs (the real
     templates, not a hand-written ruleset), paths moved under ``tmp``. Returns (config path, agent.json dict)."""
+    from hostconfig.gateway_paths import AGENT_CONFIG, NFT_RULESET
     from hostconfig.plan import GatewayPlan
-    from hostconfig.render import AGENT_CONFIG_PATH, NFT_RULESET_PATH, render_gateway_files
+    from hostconfig.render import render_gateway_files
 
     host_config = json.loads((REPO / "tests" / "fixtures" / "host_config.default.json").read_text())
     host_config["aws"]["cidrs"] = aws_cidrs
     host_config["linode"]["vlan_cidrs"] = vlan_cidrs
     files = {f.path: f.content for f in render_gateway_files(GatewayPlan.from_host_config(host_config))}
-    data = json.loads(files[AGENT_CONFIG_PATH])
+    data = json.loads(files[AGENT_CONFIG.path])
     data["paths"] = {"nft_ruleset": str(tmp / "nftables.nft"), "state_dir": str(tmp / "state"),
                      "metrics_file": str(tmp / "metrics" / "hybrid_vpn.prom"), "vici_socket": str(tmp / "charon.vici")}
-    (tmp / "nftables.nft").write_bytes(files[NFT_RULESET_PATH])
+    (tmp / "nftables.nft").write_bytes(files[NFT_RULESET.path])
     config = tmp / "agent.json"
     config.write_text(json.dumps(data, indent=2))
     return config, data
