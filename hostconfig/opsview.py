@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hostconfig import gateway_paths
+from hostconfig.agent.status_contract import ContractError, StatusReport, TunnelStatus
 from hostconfig.plan import GatewayPlan, PlanError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class TunnelRow:
     name: str
     outside_ip: str
     aws: AwsTunnel | None
-    gateway: dict[str, Any] | None  # the tunnel's entry of `vpnctl status --json`
+    gateway: TunnelStatus | None  # the tunnel's entry of `vpnctl status --json`
     flags: tuple[str, ...] = ()
 
 
@@ -107,7 +108,7 @@ def aws_view_from_response(vpn: dict[str, Any], customer_gateway_ip: str | None)
                    customer_gateway_ip=customer_gateway_ip)
 
 
-def compare(plan: GatewayPlan, aws: AwsView | Unreachable, gateway: dict[str, Any] | Unreachable) -> OpsReport:
+def compare(plan: GatewayPlan, aws: AwsView | Unreachable, gateway: StatusReport | Unreachable) -> OpsReport:
     """Rows per tunnel (tunnel order is AWS's) and every disagreement between the plan, AWS and the gateway."""
     flags: list[str] = []
     aws_by_ip: dict[str, AwsTunnel] = {}
@@ -133,15 +134,14 @@ def compare(plan: GatewayPlan, aws: AwsView | Unreachable, gateway: dict[str, An
         if aws.customer_gateway_ip is not None and aws.customer_gateway_ip != str(plan.gateway.public_ip):
             flags.append(f"outside IP mismatch: the customer gateway is {aws.customer_gateway_ip} but the gateway's "
                          f"public IP is {plan.gateway.public_ip}: AWS expects IKE from the wrong address")
-    gw_by_name: dict[str, dict[str, Any]] = {}
+    gw_by_name: dict[str, TunnelStatus] = {}
     daemon = "unknown"
     if isinstance(gateway, Unreachable):
         flags.append(f"gateway view unavailable: {gateway.reason}")
     else:
-        gw_by_name = {str(t.get("name")): t for t in gateway.get("tunnels", []) if isinstance(t, dict)}
-        running = (gateway.get("daemon") or {}).get("running")
-        daemon = "running" if running else "NOT running"
-        if not running:
+        gw_by_name = {t.name: t for t in gateway.tunnels}
+        daemon = "running" if gateway.daemon.running else "NOT running"
+        if not gateway.daemon.running:
             flags.append("the failover daemon is not running on the gateway (`vpnctl doctor` there says why)")
         for name in sorted(set(gw_by_name) - {t.name for t in plan.tunnels}):
             flags.append(f"the gateway reports a tunnel {name!r} that host_config does not know: its agent.json is "
@@ -158,8 +158,8 @@ def compare(plan: GatewayPlan, aws: AwsView | Unreachable, gateway: dict[str, An
                      rows=tuple(rows), flags=tuple(flags))
 
 
-def _tunnel_flags(plan: GatewayPlan, ip: str, a: AwsTunnel | None, g: dict[str, Any] | None,
-                  aws: AwsView | Unreachable, gateway: dict[str, Any] | Unreachable) -> list[str]:
+def _tunnel_flags(plan: GatewayPlan, ip: str, a: AwsTunnel | None, g: TunnelStatus | None,
+                  aws: AwsView | Unreachable, gateway: StatusReport | Unreachable) -> list[str]:
     flags = []
     if isinstance(aws, AwsView) and a is None:
         flags.append(f"outside IP mismatch: AWS reports no tunnel with outside IP {ip} (the VPN connection was "
@@ -168,18 +168,17 @@ def _tunnel_flags(plan: GatewayPlan, ip: str, a: AwsTunnel | None, g: dict[str, 
         flags.append("the gateway's agent does not know this tunnel (its agent.json differs): `pulumi up`")
     if a is None or g is None:
         return flags
-    child = str(g.get("child_sa"))
+    child = g.child_sa
     installed = child == "INSTALLED"
     if a.status == "UP" and not installed:
-        flags.append(f"AWS says UP but the gateway's CHILD_SA is {child} (IKE {g.get('ike_sa')}): the SA AWS sees is "
+        flags.append(f"AWS says UP but the gateway's CHILD_SA is {child} (IKE {g.ike_sa}): the SA AWS sees is "
                      "not this gateway's, or charon lost it; `vpnctl doctor` on the gateway")
     if a.status != "UP" and installed:
         message = a.status_message or "no message"
         flags.append(f"the gateway has an installed CHILD_SA but AWS says {a.status} ({message}): AWS's telemetry "
                      "lags by a few minutes; if it stays, ESP from the gateway does not reach AWS (Cloud Firewall, "
                      "NAT)")
-    probe = g.get("probe") or {}
-    if installed and probe.get("up") is False:
+    if installed and g.probe is not None and not g.probe.up:
         flags.append("CHILD_SA installed but the gateway's probes through it are unanswered: ESP is lost in one "
                      "direction, or the AWS inside address does not answer")
     routes = len(plan.vlan_cidrs)
@@ -204,9 +203,8 @@ def render_text(report: OpsReport) -> str:
                     f"{'-' if a.accepted_route_count is None else a.accepted_route_count:>6}  "
                     f"{(a.status_message or '-')[:24]:<24}") if a else f"{'?':<5} {'-':<20} {'-':>6}  {'-':<24}"
         if g:
-            probe = g.get("probe") or {}
-            probe_text = "-" if not probe else ("up" if probe.get("up") else "down")
-            gw_part = f"{str(g.get('ike_sa')):<12} {str(g.get('child_sa')):<10} {str(g.get('role')):<8} {probe_text}"
+            probe_text = "-" if g.probe is None else ("up" if g.probe.up else "down")
+            gw_part = f"{g.ike_sa:<12} {g.child_sa:<10} {g.role:<8} {probe_text}"
         else:
             gw_part = f"{'?':<12} {'?':<10} {'?':<8} ?"
         lines.append(f"{row.name:<10} {row.outside_ip:<16} | {aws_part} | {gw_part}")
@@ -221,6 +219,8 @@ def render_text(report: OpsReport) -> str:
 
 def render_json(report: OpsReport) -> str:
     data = asdict(report)
+    for row, out in zip(report.rows, data["rows"], strict=True):
+        out["gateway"] = None if row.gateway is None else row.gateway.to_json()  # the contract's keys
     data["disagreements"] = report.all_flags
     return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
 
@@ -283,7 +283,7 @@ def ec2_client(region: str) -> Any:
     return boto3.client("ec2", region_name=region)
 
 
-def read_gateway_view(target: Any, vpnctl: str = DEFAULT_VPNCTL) -> dict[str, Any]:
+def read_gateway_view(target: Any, vpnctl: str = DEFAULT_VPNCTL) -> StatusReport:
     """`vpnctl status --json` on the gateway over SSH (pinned host key, as delivery connects)."""
     from hostconfig.deliver.push import connect, run_remote
 
@@ -294,13 +294,16 @@ def read_gateway_view(target: Any, vpnctl: str = DEFAULT_VPNCTL) -> dict[str, An
         client.close()
     if result.status != 0:
         raise RuntimeError(f"`{vpnctl} status --json` exited {result.status}: {result.stderr.strip()[:300]}")
+    return parse_gateway_status(result.stdout, vpnctl)
+
+
+def parse_gateway_status(text: str, vpnctl: str = DEFAULT_VPNCTL) -> StatusReport:
+    """The gateway's `vpnctl status --json` through its definition; a mismatch (another vpnctl version, not JSON) is a
+    RuntimeError naming the field, so the gateway view is flagged unavailable instead of misread."""
     try:
-        data = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        raise RuntimeError(f"`{vpnctl} status --json` did not print JSON") from None
-    if not isinstance(data, dict):
-        raise RuntimeError(f"`{vpnctl} status --json` printed {type(data).__name__}, expected an object")
-    return data
+        return StatusReport.loads(text)
+    except ContractError as exc:
+        raise RuntimeError(f"`{vpnctl} status --json` on the gateway: {exc}") from None
 
 
 def ssh_target(plan: GatewayPlan, args: argparse.Namespace) -> Any:
@@ -318,13 +321,13 @@ def ssh_target(plan: GatewayPlan, args: argparse.Namespace) -> Any:
 
 
 def gather(plan: GatewayPlan, ec2: Any, target: Any, vpnctl: str,
-           gateway_reader: Callable[[Any, str], dict[str, Any]] = read_gateway_view) -> OpsReport:
+           gateway_reader: Callable[[Any, str], StatusReport] = read_gateway_view) -> OpsReport:
     try:
         aws: AwsView | Unreachable = read_aws_view(plan, ec2)
     except Exception as exc:  # noqa: BLE001 - credentials, throttling, not found: shown as a flag, not a crash
         aws = Unreachable(f"{type(exc).__name__}: {exc}")
     try:
-        gateway: dict[str, Any] | Unreachable = gateway_reader(target, vpnctl)
+        gateway: StatusReport | Unreachable = gateway_reader(target, vpnctl)
     except Exception as exc:  # noqa: BLE001 - unreachable, host key mismatch, vpnctl missing: shown as a flag
         gateway = Unreachable(f"{type(exc).__name__}: {exc}")
     return compare(plan, aws, gateway)
@@ -347,7 +350,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_status(args: argparse.Namespace, ec2: Any = None,
-               gateway_reader: Callable[[Any, str], dict[str, Any]] = read_gateway_view) -> int:
+               gateway_reader: Callable[[Any, str], StatusReport] = read_gateway_view) -> int:
     """Exit 0 when both sides agree, 1 on any disagreement or unreachable side, 2 on bad input."""
     try:
         plan = load_plan(args.outputs, args.stack, args.cwd)

@@ -13,16 +13,11 @@ from pathlib import Path
 import pytest
 
 from hostconfig.agent.config import AgentConfig, parse_config
-from hostconfig.agent.desired import TunnelView, desired_state
-from hostconfig.agent.doctor import (
-    FAIL,
+from hostconfig.agent.desired import ActualLink, ActualRoute, ActualRule, TunnelView, desired_state
+from hostconfig.agent.doctor import render_json, render_text
+from hostconfig.agent.doctor_checks import FAIL, OK, SKIP, CheckResult, evaluate
+from hostconfig.agent.doctor_facts import (
     LOG_PATTERNS,
-    OK,
-    SKIP,
-    ActualLink,
-    ActualRoute,
-    ActualRule,
-    CheckResult,
     DaemonFacts,
     DoctorFacts,
     LogFacts,
@@ -33,13 +28,10 @@ from hostconfig.agent.doctor import (
     XfrmPolicy,
     XfrmState,
     _recent,
-    evaluate,
     match_log_lines,
     parse_xfrm_policies,
     parse_xfrm_states,
     read_log_facts,
-    render_json,
-    render_text,
 )
 from hostconfig.agent.vici_client import TunnelSaState
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -16,7 +17,9 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
+from testlib import contract_example
 
+from hostconfig.agent.status_contract import ProbeView, StatusReport, TunnelStatus
 from hostconfig.opsview import (
     AwsTunnel,
     AwsView,
@@ -52,17 +55,21 @@ def aws_view(*tunnels: AwsTunnel, routes: dict[str, str] | None = None, cgw: str
                    cgw or FIXTURE["gateway"]["public_ip"])
 
 
+STATUS = StatusReport.from_json(contract_example("status"))  # docs/contracts.md §3a, what `vpnctl status --json` prints
+
+
 def gw_tunnel(name: str, child: str = "INSTALLED", ike: str = "ESTABLISHED", role: str = "active",
-              probe_up: bool | None = True) -> dict[str, Any]:
-    return {"name": name, "interface": name.replace("tunnel", "vti-aws"), "role": role, "primary": name == "tunnel1",
-            "ike_sa": ike, "child_sa": child,
-            "probe": None if probe_up is None else {"up": probe_up, "rtt_seconds": 0.01, "since": 1.0, "reason": "x"},
-            "link": True, "bytes": {"rx": 1, "tx": 2}, "last_updown": None}
+              probe_up: bool | None = True) -> TunnelStatus:
+    base = STATUS.tunnels[0 if name == "tunnel1" else 1]
+    probe = None if probe_up is None else ProbeView(up=probe_up, rtt_seconds=0.01, since=1.0, reason="x")
+    return dataclasses.replace(base, name=name, interface=name.replace("tunnel", "vti-aws"), role=role,
+                               primary=name == "tunnel1", ike_sa=ike, child_sa=child, probe=probe)
 
 
-def gw_view(*tunnels: dict[str, Any], running: bool = True) -> dict[str, Any]:
-    return {"tunnels": list(tunnels or (gw_tunnel("tunnel1"), gw_tunnel("tunnel2", role="standby"))),
-            "daemon": {"running": running, "active": "tunnel1"}, "vici": "reachable", "kernel": {}}
+def gw_view(*tunnels: TunnelStatus, running: bool = True) -> StatusReport:
+    return dataclasses.replace(STATUS, tunnels=list(tunnels or (gw_tunnel("tunnel1"),
+                                                                gw_tunnel("tunnel2", role="standby"))),
+                               daemon=dataclasses.replace(STATUS.daemon, running=running))
 
 
 # ------------------------------------------------------------------------------------------------ pure comparison

@@ -1,14 +1,29 @@
-"""Helpers shared by the root tests: waiting on a condition, and a real charon in a test's network namespace with
-its own strongswan.conf and VICI socket (see lab-notes.md). tests/ is on sys.path through tests/conftest.py."""
+"""Helpers shared by the tests: waiting on a condition, a real charon in a test's network namespace with its own
+strongswan.conf and VICI socket (see lab-notes.md), and the JSON examples of docs/contracts.md. tests/ is on sys.path
+through tests/conftest.py."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+CONTRACTS_DOC = Path(__file__).resolve().parents[1] / "docs" / "contracts.md"
+
+
+def contract_example(name: str) -> dict:
+    """The JSON example after `<!-- example: NAME -->` in docs/contracts.md: tests build their documents from it, so
+    the documented example is the one the code is tested with."""
+    text = CONTRACTS_DOC.read_text()
+    found = re.search(r"<!-- example: " + re.escape(name) + r" -->\n```json\n(.*?)\n```", text, re.DOTALL)
+    if found is None:
+        raise LookupError(f"{CONTRACTS_DOC}: no JSON example marked '<!-- example: {name} -->'")
+    return json.loads(found.group(1))
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):

@@ -33,16 +33,20 @@ def one_shot_view(config: AgentConfig, kernel: Any, event: tuple[str, bool] | No
     """Health view for reconcile/updown: a running daemon's, else charon's, else the kernel's current routes."""
     from .desired import ACTIVE_METRIC, TunnelView
     from .health import view_for_one_shot
-    from .state import DAEMON_STATE, daemon_state_is_fresh, read_json
+    from .state import daemon_state_is_fresh, read_daemon_state
+    from .status_contract import ContractError
     from .vici_client import ViciUnavailable, installed_tunnels, list_sas
 
     names = config.tunnel_names
-    daemon = read_json(config.paths.state_dir / DAEMON_STATE)
+    try:
+        daemon = read_daemon_state(config.paths.state_dir)
+    except ContractError as exc:
+        log.info("%s: ignoring the daemon's state", exc)
+        daemon = None
     daemon_view = None
-    if daemon_state_is_fresh(daemon):
-        up = frozenset(n for n in daemon.get("up", []) if n in names)
-        active = daemon.get("active") if daemon.get("active") in up else None
-        daemon_view = TunnelView(up, active)
+    if daemon is not None and daemon_state_is_fresh(daemon):
+        up = frozenset(n for n in daemon.up if n in names)
+        daemon_view = TunnelView(up, daemon.active if daemon.active in up else None)
     vici_up = None
     if ask_vici and daemon_view is None:
         try:
@@ -142,7 +146,7 @@ def cmd_status(config: AgentConfig, args: argparse.Namespace) -> int:
 
     status = gather_status(config)
     if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True, default=str))
+        sys.stdout.write(status.dumps())
     else:
         sys.stdout.write(render_status(status))
     return 0
@@ -150,17 +154,21 @@ def cmd_status(config: AgentConfig, args: argparse.Namespace) -> int:
 
 def cmd_metrics(config: AgentConfig, args: argparse.Namespace) -> int:
     from .metrics import render_metrics, write_metrics
-    from .state import DAEMON_STATE, daemon_state_is_fresh, read_json
+    from .state import daemon_state_is_fresh, read_daemon_state
+    from .status_contract import ContractError
 
-    snapshot = read_json(config.paths.state_dir / DAEMON_STATE)
-    if not daemon_state_is_fresh(snapshot):
-        # Stale numbers would look healthy: publish only what we know (nothing is up, no active tunnel).
-        snapshot = {"tunnels": {t.name: {"up": False} for t in config.tunnels}, "active": None,
-                    "switches_total": (snapshot or {}).get("switches_total", 0)}
+    try:
+        state = read_daemon_state(config.paths.state_dir)
+    except ContractError as exc:
+        log.warning("%s: publishing every tunnel down", exc)
+        state = None
+    switches = state.switches_total if state is not None else 0
+    if not daemon_state_is_fresh(state):
+        state = None  # stale numbers would look healthy: publish only what we know (nothing up, no active tunnel)
     if args.write:
-        write_metrics(config.paths.metrics_file, snapshot)
+        write_metrics(config.paths.metrics_file, state, config.tunnel_names, switches)
     else:
-        sys.stdout.write(render_metrics(snapshot))
+        sys.stdout.write(render_metrics(state, config.tunnel_names, switches))
     return 0
 
 

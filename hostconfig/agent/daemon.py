@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
 
 from .config import AgentConfig
 from .desired import LinkMode, TunnelView
@@ -38,7 +38,8 @@ from .metrics import write_metrics
 from .nft import NftError
 from .probe import IcmpProber, ProbeResult
 from .reconcile import Reconciler
-from .state import DAEMON_STATE, LockTimeout, reconcile_lock, write_json
+from .state import LockTimeout, reconcile_lock, write_daemon_state
+from .status_contract import DaemonState, ProbeHealth, ReconcileRecord, RepairRecord, Switch, TunnelState
 from .vici_client import (
     Connector,
     UpdownEvent,
@@ -193,14 +194,15 @@ class Repairer:
                 errors.append(f"{what}: {exc}")
         state.record(action, now, self.wall())
         if errors and state.last is not None:
-            state.last["errors"] = errors
+            state.last = replace(state.last, errors=errors)
             log.warning("repair %s: %s", action.tunnel, "; ".join(errors))
 
-    def snapshot(self, name: str, now: float) -> dict[str, Any]:
+    def snapshot(self, name: str, now: float) -> RepairRecord:
         state = self.states[name]
         next_in = state.next_allowed(self.policy) - now
-        return {"total": state.total, "by_kind": dict(state.by_kind), "attempts": state.attempts, "last": state.last,
-                "waiting": self.waiting.get(name), "next_allowed_in_seconds": round(next_in, 1) if next_in > 0 else 0}
+        return RepairRecord(total=state.total, by_kind=dict(state.by_kind), attempts=state.attempts, last=state.last,
+                            waiting=self.waiting.get(name),
+                            next_allowed_in_seconds=round(next_in, 1) if next_in > 0 else 0.0)
 
 
 class FailoverDaemon:
@@ -232,8 +234,8 @@ class FailoverDaemon:
         self.view: TunnelView | None = None
         self.reason = "starting"
         self.switches_total = 0
-        self.last_switch: dict[str, Any] | None = None
-        self.last_reconcile: dict[str, Any] | None = None
+        self.last_switch: Switch | None = None
+        self.last_reconcile: ReconcileRecord | None = None
         self.pending_routes = False
         self.retry_at = 0.0
         self.vici: ViciEventStream | None = None
@@ -303,8 +305,8 @@ class FailoverDaemon:
         if decision.active != self.active:
             log.info("switch %s -> %s: %s", self.active or "none", decision.active or "none (unreachable only)",
                      decision.reason)
-            self.last_switch = {"at": self.wall(), "from": self.active, "to": decision.active,
-                                "reason": decision.reason}
+            self.last_switch = Switch(at=self.wall(), from_tunnel=self.active, to_tunnel=decision.active,
+                                      reason=decision.reason)
             if self.view is not None:
                 self.switches_total += 1
         self.active = decision.active
@@ -360,8 +362,10 @@ class FailoverDaemon:
         self.pending_routes = False
         if not result.ok:
             self._retry_later()
-        self.last_reconcile = {"at": self.wall(), "routes_only": routes_only, "seconds": round(result.seconds, 4),
-                               "changes": [str(c) for c in result.changes], "problems": result.problems}
+        self.last_reconcile = ReconcileRecord(at=self.wall(), routes_only=routes_only,
+                                              seconds=round(result.seconds, 4),
+                                              changes=[str(c) for c in result.changes],
+                                              problems=list(result.problems))
 
     def _retry_later(self) -> None:
         # Retried from evaluate() at most once per second: a persistent problem must not become a busy loop.
@@ -424,33 +428,36 @@ class FailoverDaemon:
 
     # ---- outputs ---------------------------------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> DaemonState:
         now, wall = self.clock(), self.wall()
 
-        def entry(h: TunnelHealth) -> dict[str, Any]:
-            return {"up": h.up, "reason": h.reason, "rtt_seconds": h.last_rtt,
-                    "since": None if h.changed_at is None else wall - (now - h.changed_at),
-                    "consecutive_ok": h.consecutive_ok, "consecutive_miss": h.consecutive_miss}
+        def since(h: TunnelHealth) -> float | None:
+            return None if h.changed_at is None else wall - (now - h.changed_at)
+
+        def target(h: TunnelHealth) -> ProbeHealth:
+            return ProbeHealth(up=h.up, reason=h.reason, rtt_seconds=h.last_rtt, since=since(h),
+                               consecutive_ok=h.consecutive_ok, consecutive_miss=h.consecutive_miss)
 
         tunnels = {}
         for t in self.config.tunnels:
-            tunnels[t.name] = {**entry(self.health[t.name]), "interface": t.interface,
-                               "probe_error": self.probers[t.name].last_error,
-                               "repair": self.repairer.snapshot(t.name, now)}
-        return {
-            "pid": os.getpid(), "updated_at": wall, "active": self.active, "reason": self.reason,
-            "up": sorted(n for n, h in self.health.items() if h.up), "switches_total": self.switches_total,
-            "repairs_total": self.repairer.total,
-            "last_switch": self.last_switch, "tunnels": tunnels,
-            "extra_targets": {n: entry(h) for n, h in self.targets.items()}, "vici": self.vici_status,
-            "last_reconcile": self.last_reconcile, "link_mode": self.link_mode,
-        }
+            h = self.health[t.name]
+            tunnels[t.name] = TunnelState(up=h.up, reason=h.reason, rtt_seconds=h.last_rtt, since=since(h),
+                                          consecutive_ok=h.consecutive_ok, consecutive_miss=h.consecutive_miss,
+                                          interface=t.interface, probe_error=self.probers[t.name].last_error,
+                                          repair=self.repairer.snapshot(t.name, now))
+        return DaemonState(
+            pid=os.getpid(), updated_at=wall, active=self.active, reason=self.reason,
+            up=sorted(n for n, h in self.health.items() if h.up), switches_total=self.switches_total,
+            repairs_total=self.repairer.total, last_switch=self.last_switch, tunnels=tunnels,
+            extra_targets={n: target(h) for n, h in self.targets.items()}, vici=self.vici_status,
+            last_reconcile=self.last_reconcile, link_mode=self.link_mode,
+        )
 
     def write_outputs(self) -> None:
         snap = self.snapshot()
         # Separately: the metrics live on another filesystem than the state dir, and with /run full the monitoring
         # must still see the switches (the lab's fault matrix found them frozen behind the failed state write).
-        self._write_output("state", lambda: write_json(self.config.paths.state_dir / DAEMON_STATE, snap))
+        self._write_output("state", lambda: write_daemon_state(self.config.paths.state_dir, snap))
         self._write_output("metrics", lambda: write_metrics(self.config.paths.metrics_file, snap))
 
     def _write_output(self, what: str, write: Callable[[], None]) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from .config import DEFAULT_REPAIR_HOLD_SECONDS
 from .desired import TunnelView
+from .status_contract import LastRepair
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class RepairState:
     last_at: float | None = None
     total: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
-    last: dict[str, Any] | None = None  # the last repair as status shows it
+    last: LastRepair | None = None  # the last repair as status shows it
 
     def observe(self, health: TunnelHealth, sas: TunnelSaFacts, now: float, policy: RepairPolicy) -> None:
         dead = not health.up and sas.child_installed
@@ -231,9 +231,9 @@ class RepairState:
         self.last_at = now
         self.dead_since = None
         self.duplicated_since = None
-        self.last = {"at": wall, "kind": action.kind, "reason": action.reason,
-                     "deleted_ike_sas": list(action.delete_ike_ids), "deleted_child_sas": list(action.delete_child_ids),
-                     "initiated": action.initiate}
+        self.last = LastRepair(at=wall, kind=action.kind, reason=action.reason,
+                               deleted_ike_sas=list(action.delete_ike_ids),
+                               deleted_child_sas=list(action.delete_child_ids), initiated=action.initiate, errors=[])
 
     def next_allowed(self, policy: RepairPolicy) -> float:
         return float("-inf") if self.last_at is None else self.last_at + policy.backoff(self.attempts)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AgentError
+from .status_contract import ContractError, DaemonState, DaemonSummary
 
 log = logging.getLogger(__name__)
 
@@ -59,25 +60,59 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def daemon_state_is_fresh(data: dict[str, Any] | None, now: float | None = None) -> bool:
+def write_daemon_state(state_dir: Path, state: DaemonState) -> None:
+    atomic_write_text(state_dir / DAEMON_STATE, state.dumps())
+
+
+def read_daemon_state(state_dir: Path) -> DaemonState | None:
+    """The daemon's last state, or None when it wrote none. Raises ContractError (naming the field) when the file
+    cannot be read or is not a daemon state of this version (a hint for status, never trusted blindly)."""
+    path = state_dir / DAEMON_STATE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ContractError(f"daemon state: cannot read {path}: {exc.strerror}") from None
+    return DaemonState.loads(text)
+
+
+def daemon_state_is_fresh(state: DaemonState | None, now: float | None = None) -> bool:
     """True when a daemon wrote this recently and its process still exists."""
-    if not data:
+    if state is None:
         return False
     now = time.time() if now is None else now
-    try:
-        updated = float(data["updated_at"])
-        pid = int(data["pid"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    if now - updated > FRESH_SECONDS:
+    if now - state.updated_at > FRESH_SECONDS:
         return False
     try:
-        os.kill(pid, 0)
+        os.kill(state.pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
     return True
+
+
+def daemon_summary(state_dir: Path) -> tuple[DaemonSummary, DaemonState | None]:
+    """What status says about the daemon (liveness from its lock and state file), and its state when readable."""
+    try:
+        daemon, error = read_daemon_state(state_dir), None
+    except ContractError as exc:
+        daemon, error = None, str(exc)
+    liveness = daemon_liveness(state_dir, daemon)
+    summary = DaemonSummary(
+        running=liveness != "stopped",
+        state_file="fresh" if liveness == "running" else ("stale" if liveness == "stale" else None),
+        state_error=error,
+        updated_at=daemon.updated_at if daemon else None,
+        active=daemon.active if daemon else None,
+        reason=daemon.reason if daemon else None,
+        switches_total=daemon.switches_total if daemon else None,
+        repairs_total=daemon.repairs_total if daemon else None,
+        last_switch=daemon.last_switch if daemon else None,
+        vici=daemon.vici if daemon else None,
+    )
+    return summary, daemon
 
 
 class LockTimeout(AgentError, TimeoutError):
@@ -121,7 +156,7 @@ def daemon_lock_held(state_dir: Path) -> bool | None:
     return False
 
 
-def daemon_liveness(state_dir: Path, snapshot: dict[str, Any] | None, now: float | None = None) -> str:
+def daemon_liveness(state_dir: Path, snapshot: DaemonState | None, now: float | None = None) -> str:
     """"running" (lock held, state fresh), "stale" (lock held, state not written lately: full disk?), or "stopped".
 
     Without an answer from the lock (no permission), a fresh state file alone says running.

@@ -11,6 +11,7 @@ import pytest
 from agent_testlib import write_config
 
 from hostconfig.agent.bundle import build_zipapp
+from hostconfig.agent.status_contract import StatusReport
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -22,7 +23,8 @@ def test_zipapp_contents_and_runs_on_system_python(tmp_path):
     names = zipfile.ZipFile(pyz).namelist()
     for needed in ("__main__.py", "hostconfig/__init__.py", "hostconfig/agent/cli.py", "hostconfig/contract/rules.py",
                    "hostconfig/contract/reader.py", "pyroute2/__init__.py", "vici/session.py",
-                   "hostconfig/gateway_paths.py"):
+                   "hostconfig/gateway_paths.py", "hostconfig/agent/status_contract.py", "hostconfig/agent/doctor.py",
+                   "hostconfig/agent/doctor_facts.py", "hostconfig/agent/doctor_checks.py"):
         assert needed in names
     assert not any("__pycache__" in n for n in names)
     # the agent, its contract and the table it reads, not the renderer (jinja2 is not on the gateway)
@@ -43,6 +45,13 @@ def test_zipapp_contents_and_runs_on_system_python(tmp_path):
     data = json.loads(status.stdout)
     assert [t["name"] for t in data["tunnels"]] == ["tunnel1", "tunnel2"]
     assert data["vici"].startswith("unreachable") and data["daemon"]["running"] is False
+    assert StatusReport.loads(status.stdout).version == 1  # the operator's reader accepts the bundled writer's output
+    # the doctor's three modules are all there: facts gathered, checks run, report printed (FAILs: no gateway here)
+    doctor = subprocess.run([SYSTEM_PYTHON, "-I", str(pyz), "doctor", "--json", "--no-probe", "--tunnel-links", "given",
+                             "--config", str(config)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert doctor.returncode == 1, doctor.stderr
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["daemon"]["status"] == "FAIL" and checks["probe tunnel1"]["status"] == "skip"
     bad = subprocess.run([SYSTEM_PYTHON, "-I", str(pyz), "status", "--config", str(tmp_path / "nope.json")],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert bad.returncode == 2 and "no such file" in bad.stderr

@@ -12,6 +12,8 @@ import sys
 import pytest
 from agent_testlib import REPO, wait_for, write_config
 
+from hostconfig.agent.status_contract import DaemonState, StatusReport
+
 pytestmark = pytest.mark.root
 
 
@@ -30,10 +32,13 @@ def stop(proc: subprocess.Popen[str]) -> int:
 
 
 def state(gateway) -> dict:
+    """The daemon's state file as JSON, after checking it against its definition (docs/contracts.md §3a)."""
     try:
-        return json.loads((gateway.tmp / "state" / "daemon-state.json").read_text())
-    except (OSError, ValueError):
+        text = (gateway.tmp / "state" / "daemon-state.json").read_text()
+    except OSError:
         return {}
+    DaemonState.loads(text)  # raises, naming the field, when the daemon writes something else
+    return json.loads(text)
 
 
 def active_dev(gateway) -> str | None:
@@ -107,6 +112,7 @@ def test_failover_failback_restart_and_outputs(fast_gateway):
                                  "status", "--json", "--config", str(gw.config)], capture_output=True, text=True,
                                 env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)})
         data = json.loads(status.stdout)
+        assert StatusReport.loads(status.stdout).daemon.running  # what the operator's reader accepts
         roles = {t["name"]: t["role"] for t in data["tunnels"]}
         assert roles == {"tunnel1": "active", "tunnel2": "standby"}
         assert data["daemon"]["running"] is True and data["kernel"]["leak_protection"] is True

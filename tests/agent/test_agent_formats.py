@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import struct
 from ipaddress import IPv4Address
 
 import pytest
 from agent_testlib import BASE_CONFIG, RULESET
+from testlib import contract_example
 
 from hostconfig.agent.config import parse_config
 from hostconfig.agent.metrics import render_metrics
 from hostconfig.agent.nft import NftError, read_ruleset, transaction
 from hostconfig.agent.probe import checksum, echo_request, parse_echo_reply
+from hostconfig.agent.status_contract import DaemonState
 from hostconfig.agent.vici_client import installed_tunnels, parse_ike_sas, tunnel_sa_states
 
 CFG = parse_config(copy.deepcopy(BASE_CONFIG))
@@ -51,8 +54,11 @@ def test_ruleset_must_only_touch_our_table(tmp_path):
 
 
 def test_metrics_text():
-    text = render_metrics({"active": "tunnel2", "switches_total": 3, "tunnels": {
-        "tunnel1": {"up": False, "rtt_seconds": None}, "tunnel2": {"up": True, "rtt_seconds": 0.0123}}})
+    example = DaemonState.from_json(contract_example("daemon-state"))
+    state = dataclasses.replace(example, active="tunnel2", switches_total=3, tunnels={
+        "tunnel1": dataclasses.replace(example.tunnels["tunnel1"], up=False, rtt_seconds=None),
+        "tunnel2": dataclasses.replace(example.tunnels["tunnel2"], up=True, rtt_seconds=0.0123)})
+    text = render_metrics(state)
     assert 'hybrid_vpn_tunnel_up{tunnel="tunnel1"} 0' in text
     assert 'hybrid_vpn_tunnel_up{tunnel="tunnel2"} 1' in text
     assert 'hybrid_vpn_active_tunnel{tunnel="tunnel2"} 1' in text

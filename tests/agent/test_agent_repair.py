@@ -67,7 +67,7 @@ def test_dead_tunnel_with_installed_child_is_reestablished_after_the_hold_only()
     assert (action.kind, action.tunnel, action.delete_ike_ids, action.initiate) == ("reestablish", "tunnel2", (2,),
                                                                                     True)
     assert "tunnel1 answers probes" in action.reason
-    assert w.repairs["tunnel2"].total == 1 and w.repairs["tunnel2"].last["kind"] == "reestablish"
+    assert w.repairs["tunnel2"].total == 1 and w.repairs["tunnel2"].last.kind == "reestablish"
 
 
 def test_a_probe_miss_that_heals_within_the_hold_is_not_repaired():
@@ -158,7 +158,7 @@ def test_a_dead_duplicated_tunnel_is_reestablished_not_deduplicated():
     w = World({"tunnel1": True, "tunnel2": False}, sas={"tunnel1": INSTALLED["tunnel1"], "tunnel2": crossed})
     made = w.run(5.0)
     assert made == [(5.0, "reestablish", "tunnel2")]
-    assert w.repairs["tunnel2"].last["reason"].endswith("(duplicated); tunnel1 answers probes")
+    assert w.repairs["tunnel2"].last.reason.endswith("(duplicated); tunnel1 answers probes")
 
 
 def test_a_brief_duplicate_during_a_rekey_is_left_to_charon():

@@ -314,7 +314,7 @@ def test_crossed_initiations_are_deduplicated_to_one_sa_the_peer_has(pair):
             deduped = result
     if deduped is None:
         pytest.skip("no crossing left the gateway a lasting duplicate in six tries (timing): nothing to dedupe")
-    print(f"crossed on attempt {attempt}: {deduped['repairs']['tunnel1']['last']['reason']}; "
+    print(f"crossed on attempt {attempt}: {deduped['repairs']['tunnel1'].last.reason}; "
           f"events {deduped['events']}")
     # forced: the orphan is gone within the run (unforced, charon kept it ~14 s behind an unanswered DPD)
     gw_sas, aws_sas = pair.gw.sas("tunnel1"), pair.aws.installed("tunnel1")

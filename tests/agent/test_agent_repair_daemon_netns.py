@@ -12,6 +12,8 @@ from agent_testlib import wait_for, write_config
 from fake_vici import FakeVici
 from test_agent_daemon_netns import break_tunnel, start_daemon, state, stop
 
+from hostconfig.agent.status_contract import StatusReport
+
 pytestmark = pytest.mark.root
 
 
@@ -48,7 +50,9 @@ def test_daemon_rebuilds_the_probe_dead_tunnel_once_and_shows_it(gateway):
         assert 'hybrid_vpn_repairs_total{tunnel="tunnel2",kind="reestablish"} 1' in metrics
         status = gateway.vpnctl("status")
         assert "tunnel2 repair: 1 repair(s); last " in status.stdout and "data-path repairs: 1" in status.stdout
-        as_json = json.loads(gateway.vpnctl("status", "--json").stdout)
+        printed = gateway.vpnctl("status", "--json").stdout
+        as_json = json.loads(printed)
+        assert StatusReport.loads(printed).tunnel("tunnel2").repair.total == 1  # through the operator's reader
         t2 = next(t for t in as_json["tunnels"] if t["name"] == "tunnel2")
         assert t2["repair"]["total"] == 1 and as_json["daemon"]["repairs_total"] == 1
         # still dead on the new SA: the next rebuild waits for the 20 s backoff; tunnel1 is never touched

@@ -3,10 +3,12 @@ file is stale (full disk) from a stopped one."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
 import pytest
+from testlib import contract_example
 
 from hostconfig.agent.state import (
     DAEMON_LOCK,
@@ -16,10 +18,12 @@ from hostconfig.agent.state import (
     daemon_lock_held,
 )
 from hostconfig.agent.status import render_status
+from hostconfig.agent.status_contract import DaemonState, DaemonSummary, StatusReport
 
 
-def snapshot(age_seconds: float) -> dict:
-    return {"pid": os.getpid(), "updated_at": time.time() - age_seconds, "active": "tunnel1"}
+def snapshot(age_seconds: float) -> DaemonState:
+    return dataclasses.replace(DaemonState.from_json(contract_example("daemon-state")), pid=os.getpid(),
+                               updated_at=time.time() - age_seconds)
 
 
 def test_one_daemon_per_state_dir_and_the_lock_says_who(tmp_path):
@@ -62,9 +66,14 @@ def test_liveness_without_a_readable_lock_falls_back_to_the_state_file(tmp_path)
 
 
 def test_status_text_tells_a_stale_state_file_from_a_stopped_daemon():
-    base = {"tunnels": [], "vici": "reachable", "kernel": {"rule": True, "leak_protection": True, "routes": 3}}
-    stale = render_status({**base, "daemon": {"running": True, "state_file": "stale", "updated_at": 0}})
+    base = dataclasses.replace(StatusReport.from_json(contract_example("status")), tunnels=[])
+
+    def status(**daemon: object) -> StatusReport:
+        return dataclasses.replace(base, daemon=dataclasses.replace(base.daemon, **daemon))
+
+    stale = render_status(status(running=True, state_file="stale", updated_at=0.0))
     assert "daemon: running, but its state file is stale" in stale and "full or read-only state dir" in stale
-    stopped = render_status({**base, "daemon": {"running": False, "state_file": None}})
+    stopped = render_status(status(running=False, state_file=None))
     assert "daemon: not running" in stopped
-    assert "daemon: running\n" in render_status({**base, "daemon": {"running": True, "state_file": "fresh"}})
+    assert "daemon: running\n" in render_status(status(running=True, state_file="fresh"))
+    assert isinstance(base.daemon, DaemonSummary)

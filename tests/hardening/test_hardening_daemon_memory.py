@@ -36,12 +36,12 @@ def _switch_many(config: str) -> dict:
             before = rss_kib()
         daemon.view = views[i % 2]
         daemon.apply(routes_only=True)
-        problems.extend((daemon.last_reconcile or {}).get("problems", []))
+        problems.extend(daemon.last_reconcile.problems if daemon.last_reconcile else [])
     gc.collect()
     after = rss_kib()
     daemon.kernel.close()
     return {"growth_kib": after - before, "handles": daemon.kernel_handles_opened, "renew_every": 1,  # per reconcile
-            "problems": problems, "changes": len((daemon.last_reconcile or {}).get("changes", []))}
+            "problems": problems, "changes": len(daemon.last_reconcile.changes if daemon.last_reconcile else [])}
 
 
 def test_three_hundred_switches_renew_the_netlink_handle_and_stay_correct(netns, tmp_path):
