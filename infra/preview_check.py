@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from infra.aws_rules import AWS_RESERVED_INSIDE, LINK_LOCAL
 from infra.config import NAMESPACE, ConfigError, StackConfig
 from infra.outputs import GatewayFacts, TunnelFacts, build_host_config, ssh_host_public_key_line
 
@@ -127,12 +128,23 @@ def _placeholder_outside_ips(config: StackConfig) -> tuple[str, str]:
     return PLACEHOLDER_OUTSIDE_IPS[0]  # AWS CIDRs hold every documentation range: the refusal is real
 
 
+def _inside_left_to_aws(config: StackConfig) -> list[str]:
+    """AWS picks the inside /30s anywhere in 169.254.0.0/16 it likes: an AWS CIDR there may get one inside it, which
+    the agent refuses (its probes to the AWS inside address would follow the AWS routes). Only a stack that chooses
+    its /30s itself can be checked, so the others may not put AWS CIDRs in 169.254.0.0/16."""
+    if config.tunnels.inside_cidrs is not None:
+        return []
+    return [f"{NAMESPACE}:aws.cidrs[{i}]: {cidr} overlaps 169.254.0.0/16, where AWS picks the tunnels' inside /30s "
+            "when tunnels.inside_cidrs is absent, and the gateway agent refuses an AWS CIDR that overlaps one; "
+            f"a right value: set {NAMESPACE}:tunnels.inside_cidrs to two /30s outside {cidr}, e.g. "
+            "[169.254.10.0/30, 169.254.11.0/30], or keep aws.cidrs out of 169.254.0.0/16"
+            for i, cidr in enumerate(config.aws.cidrs) if ipaddress.IPv4Network(cidr).overlaps(LINK_LOCAL)]
+
+
 def _placeholder_inside_cidrs(config: StackConfig) -> tuple[str, str]:
     """When AWS picks the /30s: two it could pick (link-local, not reserved) that overlap no configured network."""
     if config.tunnels.inside_cidrs is not None:
         return config.tunnels.inside_cidrs
-    from infra.aws_rules import AWS_RESERVED_INSIDE
-
     taken = [ipaddress.IPv4Network(c) for c in (*config.aws.cidrs, *config.linode.vlan_cidrs,
                                                  config.linode.subnet_cidr)]
     free = []
@@ -211,7 +223,7 @@ def preview_problems(config: StackConfig, *, stack: str, label: str) -> list[str
     from hostconfig.plan import PlanError
     from hostconfig.render import AGENT_CONFIG_PATH, RenderError
 
-    problems: list[str] = []
+    problems = _inside_left_to_aws(config)
     try:
         render_user_data(hostname=label, ssh_host_ed25519_private=_PRIVATE_KEY_PLACEHOLDER,
                          ssh_host_ed25519_public=_placeholder_public_key())
