@@ -190,3 +190,41 @@ def test_every_agent_json_key_maps_to_a_stack_key_or_the_program():
 ])
 def test_stack_key_of(path, agent_json, key):
     assert stack_key_of(path, agent_json=agent_json)[0] == key
+
+
+# ---------------------------------------------------------------------------------------- under `pulumi preview`
+
+def _preview(stack_config: dict[str, Any], registered: list) -> None:
+    """The program as `pulumi preview` runs it (preview=True) against the emulated cloud."""
+    import runpy
+
+    import pulumi
+    from pulumi.runtime import settings
+    from pulumi.runtime.config import set_all_config
+    from pulumi.runtime.stack import run_in_stack
+    from pulumi.runtime.sync_await import _sync_await
+
+    from lab.cloud import PROGRAM, CloudMocks, SecretMarkingMonitor
+
+    mocks = CloudMocks()
+    monitor = SecretMarkingMonitor(mocks)
+    monitor.registrations = registered
+    settings.set_root_resource(None)
+    pulumi.runtime.set_mocks(mocks, project="hybrid-vpn", stack="lab", preview=True, monitor=monitor)
+    settings.set_root_resource(None)
+    set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in stack_config.items()}, [])
+    try:
+        _sync_await(run_in_stack(lambda: runpy.run_path(str(PROGRAM), run_name="__main__")))
+    finally:
+        settings.set_root_resource(None)
+        set_all_config({}, [])
+
+
+def test_pulumi_preview_itself_refuses_what_the_renderer_would():
+    registered: list = []
+    _preview(stack("lab"), registered)  # the good stack previews
+    assert registered
+    registered.clear()
+    with pytest.raises(ConfigError, match=r"hybrid-vpn:crypto.dpd_timeout_seconds: .*30..3600"):
+        _preview(_lab("crypto", dpd_timeout_seconds=7200), registered)
+    assert registered == []
