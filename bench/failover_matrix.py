@@ -44,7 +44,7 @@ def esp_drop_script(outside_ip: str) -> str:
     """Same classifier as the fault matrix: NAT-T ESP has a non-zero SPI where IKE has a zero non-ESP marker."""
     return (f"table inet {FAULT_TABLE} {{ chain forward {{ type filter hook forward priority -10; "
             f"ip daddr {outside_ip} udp dport 4500 @th,64,32 != 0 drop; "
-            f"ip saddr {outside_ip} udp sport 4500 @th,64,32 != 0 drop; }} }}")
+            f"ip saddr {outside_ip} udp sport 4500 @th,64,32 != 0 drop; }}; }}")  # nft needs the ';' after a chain
 
 
 def settle(aws_sends_on: str) -> None:
@@ -83,8 +83,11 @@ def one_run(kind: Kind) -> tuple[float | None, float | None, float | None]:
         at = driver.lab_clock(driver.lab("break", "tunnel1", check=True))
         heal = lambda: driver.lab("heal", "tunnel1", check=True)  # noqa: E731
     elif kind.name == "esp-dead":
-        at = driver.lab_now()
-        driver.lab("exec", "inet", "sh", "-c", f"echo '{esp_drop_script(TUNNEL1_OUTSIDE)}' | nft -f -", check=True)
+        # The clock is read in the same exec, right after the rule is in: a separate `lab exec` round trip (seconds
+        # under load) put the fault's time before the gap by more than outage_around's slack, which read as 0 s.
+        applied = driver.lab("exec", "inet", "sh", "-c", f"echo '{esp_drop_script(TUNNEL1_OUTSIDE)}' | nft -f - && "
+                             "echo \"lab clock $(date +%s.%N)\"", check=True)
+        at = driver.lab_clock(applied)
         heal = lambda: driver.lab("exec", "inet", "nft", "delete", "table", "inet", FAULT_TABLE, check=True)  # noqa
     else:
         r = driver.lab("maintenance", "tunnel1", "15", check=True, timeout=900)

@@ -16,20 +16,24 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-# The AWS rules the program validated are checked again here (the input may come from any stack, or by hand).
-from infra.aws_rules import (
-    AWS_DPD_ACTIONS,
-    AWS_PHASE1_DH,
-    AWS_PHASE2_DH,
-    AWS_RESERVED_INSIDE,
-    AWS_STARTUP_ACTIONS,
-    MAX_ROUTES_TO_AWS,
-    MAX_TUNNEL_MTU,
-    PHASE1_LIFETIME,
-    PHASE2_LIFETIME,
-    PSK_PATTERN,
-    REPLAY_WINDOW,
+# The rules the program validated are checked again here, by the same code (the input may come from any program
+# version, or by hand).
+from hostconfig.contract import rules
+from hostconfig.contract.crypto import CryptoProfile, PhaseProposal, read_crypto
+from hostconfig.contract.reader import (
+    NETWORK_RULE,
+    REQUIRED,
+    ContractError,
+    Problem,
+    Reader,
+    RuleBroken,
+    Unknown,
+    to_interface,
+    to_ipv4,
+    to_network,
+    type_name,
 )
+from hostconfig.contract.rules import LINK_LOCAL, NamePattern
 from infra.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -52,9 +56,6 @@ METRICS_FILE = "/var/lib/prometheus/node-exporter/hybrid_vpn.prom"
 VICI_SOCKET = "/run/charon.vici"
 IKE_PORT, NAT_T_PORT = 500, 4500
 SSH_PORT = 22
-# 169.254.0.0/16: the tunnels' inside addresses and the Linode metadata service (169.254.169.254, which serves the user
-# data). The VLAN never needs it: its AWS traffic goes to the AWS CIDRs.
-LINK_LOCAL = IPv4Network("169.254.0.0/16")
 
 # --- AWS Site-to-Site VPN tunnel options (shared/aws-vpn-facts.md) mapped to strongSwan keywords. ---
 # encryption name -> (strongSwan keyword, is AEAD)
@@ -82,8 +83,6 @@ DH_GROUPS = {
     23: "modp2048s224",
     24: "modp2048s256",
 }
-PHASE1_DH_GROUPS = frozenset(AWS_PHASE1_DH)
-PHASE2_DH_GROUPS = frozenset(AWS_PHASE2_DH)
 
 # The gateway's reaction to a dead peer. AWS's action is what AWS does when *it* declares the gateway dead; the
 # gateway must bring the tunnel back in every case, because (a) with startup action `add` AWS never initiates, so a
@@ -107,19 +106,17 @@ RETRANSMIT_TIMEOUT = 2.0
 RETRANSMIT_BASE = 1.4
 RETRANSMIT_TRIES = 3
 
-_IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
-_TUNNEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-_STACK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Values only host_config holds (names the program makes), so their rules live here.
+_STACK = NamePattern(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"), "a stack name", "dev")
+_LABEL = NamePattern(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"), "a Linode label", "hybrid-vpn-dev-gw")
+_SSH_HOST_KEY = NamePattern(re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/]+=*( [^\n]*)?$"),
+                            "an OpenSSH public key line", "ssh-ed25519 AAAA... name")
 
 
-class PlanError(ValueError):
-    """The host_config object is unusable. ``problems`` lists every finding, one line each."""
+class PlanError(ContractError):
+    """The host_config object is unusable. ``problems`` lists every finding (``host_config.x.y`` keys), one a line."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        head = f"host_config is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"
-        super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]))
+    subject = "host_config"
 
 
 # ------------------------------------------------------------------------------------------------ the plan dataclasses
@@ -148,25 +145,8 @@ class TunnelSpec:
     mark: int
 
 
-@dataclass(frozen=True)
-class PhaseSpec:
-    encryption: tuple[str, ...]  # AWS names, in preference order
-    integrity: tuple[str, ...]
-    dh_groups: tuple[int, ...]
-    lifetime_seconds: int
-
-
-@dataclass(frozen=True)
-class CryptoProfile:
-    ike_version: int
-    phase1: PhaseSpec
-    phase2: PhaseSpec
-    rekey_margin_seconds: int
-    rekey_fuzz_percent: int
-    replay_window: int
-    dpd_timeout_seconds: int
-    dpd_timeout_action: str
-    startup_action: str
+# The one crypto profile (hostconfig/contract/crypto.py); PhaseSpec is its phase under the plan's older name.
+PhaseSpec = PhaseProposal
 
 
 @dataclass(frozen=True)
@@ -218,559 +198,25 @@ class GatewayPlan:
 
 
 # ------------------------------------------------------------------------------------------------------ validation
+# Read through the contract's collecting reader with its rules (hostconfig/contract): the program checked the same
+# rules at preview; they are checked again here because host_config may come from any program version, or by hand.
+# Unknown keys are tolerated (a newer program may add fields) but logged: they may also be typos.
+_WARN = Unknown.WARN
+_GATEWAY_KEYS = ("label", "public_ip", "private_ip", "public_interface", "vlan_interface", "vlan_address",
+                 "ssh_host_public_key")
+_TUNNEL_KEYS = ("name", "interface", "outside_ip", "inside_cidr", "aws_inside_ip", "gateway_inside_ip", "mark", "psk")
+_FAILOVER_KEYS = ("primary", "probe_interval_ms", "probe_timeout_ms", "down_after", "up_after", "failback_hold_seconds",
+                  "extra_probe_targets")
+_TOP_KEYS = ("kind", "version", "stack", "gateway", "aws", "linode", "crypto", "tunnels", "tunnel_mtu", "tcp_mss",
+             "failover", "admin_cidrs")
 
 
-class _Missing:
-    pass
-
-
-_MISSING = _Missing()
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "an object",
-    }.get(type(value), type(value).__name__)
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 50 else text[:47] + "..."
-
-
-class _PlanBuilder:
-    """Reads the host_config object field by field, collecting problems instead of stopping at the first."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    # -- primitive readers: return the value, or None after recording a problem --------------------------------------
-
-    def problem(self, path: str, what: str, expected: str) -> None:
-        self.problems.append(f"{path}: {what}; expected {expected}")
-
-    def get(self, obj: Any, key: str, path: str, expected: str) -> Any:
-        if not isinstance(obj, dict):
-            return None  # the parent's problem is already recorded
-        if key not in obj:
-            self.problem(f"{path}.{key}", "missing", expected)
-            return _MISSING
-        return obj[key]
-
-    def obj(self, parent: Any, key: str, path: str, example: str, known: tuple[str, ...]) -> dict | None:
-        value = self.get(parent, key, path, f"an object like {example}")
-        if value is None or value is _MISSING:
-            return None
-        where = f"{path}.{key}"
-        if not isinstance(value, dict):
-            self.problem(where, f"got {_type_name(value)}", f"an object like {example}")
-            return None
-        unknown = sorted(set(value) - set(known))
-        if unknown:
-            # Tolerated so a newer program can add fields, but said out loud: it may also be a typo.
-            log.warning("%s: ignoring unknown keys %s (known: %s)", where, ", ".join(unknown), ", ".join(known))
-        return value
-
-    def check(self, parent: Any, key: str, path: str, expected: str, convert: Callable[[Any], Any]) -> Any:
-        """Read ``parent[key]`` and convert it; ``convert`` raises ValueError/TypeError for a bad value."""
-        value = self.get(parent, key, path, expected)
-        if value is None or value is _MISSING:
-            return None
-        try:
-            return convert(value)
-        except (ValueError, TypeError):
-            self.problem(f"{path}.{key}", f"got {_type_name(value)} {_shown(value)}", expected)
-            return None
-
-    def integer(self, parent: Any, key: str, path: str, low: int, high: int, example: int, rule: str = "") -> Any:
-        expected = f"an integer {low}..{high}{' (' + rule + ')' if rule else ''} like {example}"
-
-        def convert(v: Any) -> int:
-            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-                raise ValueError
-            return v
-
-        return self.check(parent, key, path, expected, convert)
-
-    def string(self, parent: Any, key: str, path: str, pattern: re.Pattern[str], rule: str, example: str) -> Any:
-        def convert(v: Any) -> str:
-            # fullmatch: "$" also matches before a trailing newline ("eth0\n" would pass and break the files).
-            if not isinstance(v, str) or not pattern.fullmatch(v):
-                raise ValueError
-            return v
-
-        return self.check(parent, key, path, f"{rule} like {example}", convert)
-
-    def ipv4(self, parent: Any, key: str, path: str, example: str) -> Any:
-        return self.check(parent, key, path, f"an IPv4 address like {example}", _to_ipv4)
-
-    def network(self, parent: Any, key: str, path: str, example: str) -> Any:
-        return self.check(parent, key, path, f"an IPv4 network in CIDR form, no host bits, like {example}", _to_net)
-
-    def choice(self, parent: Any, key: str, path: str, choices: tuple[str, ...]) -> Any:
-        def convert(v: Any) -> str:
-            if v not in choices:
-                raise ValueError
-            return v
-
-        return self.check(parent, key, path, f"one of {', '.join(choices)} (AWS names)", convert)
-
-    def items(self, parent: Any, key: str, path: str, low: int, high: int, example: str) -> list | None:
-        value = self.get(parent, key, path, f"a list of {low}..{high} items like {example}")
-        if value is None or value is _MISSING:
-            return None
-        if not isinstance(value, list) or not low <= len(value) <= high:
-            got = f"a list of {len(value)}" if isinstance(value, list) else f"got {_type_name(value)}"
-            self.problem(f"{path}.{key}", got, f"a list of {low}..{high} items like {example}")
-            return None
-        return value
-
-    def each(self, values: list, path: str, expected: str, convert: Callable[[Any], Any]) -> tuple | None:
-        out = []
-        ok = True
-        for i, v in enumerate(values):
-            try:
-                out.append(convert(v))
-            except (ValueError, TypeError):
-                self.problem(f"{path}[{i}]", f"got {_type_name(v)} {_shown(v)}", expected)
-                ok = False
-        if ok and len(set(out)) != len(out):
-            self.problem(path, "duplicate entries", "each entry once")
-            ok = False
-        return tuple(out) if ok else None
-
-    def networks(self, parent: Any, key: str, path: str, low: int, high: int, example: str) -> tuple | None:
-        values = self.items(parent, key, path, low, high, f'["{example}"]')
-        if values is None:
-            return None
-        return self.each(
-            values, f"{path}.{key}", f"an IPv4 network in CIDR form, no host bits, like {example}", _to_net
-        )
-
-    # -- the sections ----------------------------------------------------------------------------------------------
-
-    def build(self, obj: Any) -> GatewayPlan:
-        p = "host_config"
-        if not isinstance(obj, dict):
-            raise PlanError(
-                [f"{p}: got {_type_name(obj)}; expected the JSON object exported as stack output host_config"]
-            )
-        self.check(obj, "kind", p, f'"{SCHEMA_KIND}"', _equals(SCHEMA_KIND))
-        self.check(
-            obj,
-            "version",
-            p,
-            f"{SCHEMA_VERSION} (this renderer reads version {SCHEMA_VERSION})",
-            _equals(SCHEMA_VERSION),
-        )
-        stack = self.string(obj, "stack", p, _STACK, "a stack name", '"dev"')
-        gateway = self.gateway(obj, p)
-        aws = self.obj(
-            obj, "aws", p, '{"region": ..., "cidrs": [...]}', ("region", "vpn_connection_id", "vgw_id", "cidrs")
-        )
-        aws_region = self.check(aws, "region", f"{p}.aws", 'a region name like "us-east-1"', _nonempty_str)
-        vpn_id = self.check(aws, "vpn_connection_id", f"{p}.aws", 'an id like "vpn-0123456789abcdef0"', _nonempty_str)
-        vgw_id = self.check(aws, "vgw_id", f"{p}.aws", 'an id like "vgw-0123456789abcdef0"', _nonempty_str)
-        aws_cidrs = self.networks(aws, "cidrs", f"{p}.aws", 1, MAX_ROUTES_TO_AWS, "10.0.0.0/16")
-        linode = self.obj(
-            obj, "linode", p, '{"vlan_cidrs": [...], ...}', ("region", "vlan_label", "vlan_cidrs", "subnet_cidr")
-        )
-        linode_region = self.check(linode, "region", f"{p}.linode", 'a region name like "us-ord"', _nonempty_str)
-        vlan_label = self.string(
-            linode,
-            "vlan_label",
-            f"{p}.linode",
-            re.compile(r"^[A-Za-z0-9-]{1,64}$"),
-            "a VLAN label of letters, digits and dashes",
-            '"hybrid-vpn-dev"',
-        )
-        vlan_cidrs = self.networks(linode, "vlan_cidrs", f"{p}.linode", 1, MAX_ROUTES_TO_AWS, "172.16.0.0/12")
-        subnet_cidr = self.network(linode, "subnet_cidr", f"{p}.linode", "10.8.0.0/24")
-        crypto = self.crypto(obj, p)
-        tunnels = self.tunnels(obj, p)
-        mtu = self.integer(obj, "tunnel_mtu", p, 576, MAX_TUNNEL_MTU, 1419, "AWS maximum tunnel MTU 1446")
-        mss = self.integer(obj, "tcp_mss", p, 536, MAX_TUNNEL_MTU - 40, 1379)
-        failover = self.failover(obj, p)
-        admin_cidrs = self.admin_cidrs(obj, p)
-
-        if not self.problems:
-            self.cross_checks(p, gateway, aws_cidrs, vlan_cidrs, subnet_cidr, tunnels, mtu, mss, failover)
-        if self.problems:
-            raise PlanError(self.problems)
-        plan = GatewayPlan(
-            stack=stack, gateway=gateway, aws_region=aws_region, vpn_connection_id=vpn_id, vgw_id=vgw_id,
-            aws_cidrs=aws_cidrs, linode_region=linode_region, vlan_label=vlan_label, vlan_cidrs=vlan_cidrs,
-            subnet_cidr=subnet_cidr, crypto=crypto, tunnels=tunnels, tunnel_mtu=mtu, tcp_mss=mss, failover=failover,
-            admin_cidrs=admin_cidrs,
-        )  # fmt: skip
-        log.info(
-            "plan for stack %s: %d tunnels, %d AWS CIDRs, %d VLAN CIDRs",
-            stack,
-            len(tunnels),
-            len(aws_cidrs),
-            len(vlan_cidrs),
-        )
-        return plan
-
-    def admin_cidrs(self, obj: dict, p: str) -> tuple[IPv4Network, ...] | None:
-        """Optional: a program that does not export them yet gets SSH open to any source in the gateway's input policy
-        (the Cloud Firewall still filters), and a warning."""
-        if "admin_cidrs" not in obj:
-            log.warning("host_config carries no admin_cidrs: the gateway's input policy accepts SSH from any source "
-                        "(only the Cloud Firewall filters it)")
-            return None
-        return self.networks(obj, "admin_cidrs", p, 0, 100, "192.0.2.0/24")
-
-    def gateway(self, obj: dict, p: str) -> GatewaySpec | None:
-        g = self.obj(
-            obj,
-            "gateway",
-            p,
-            '{"public_ip": "203.0.113.10", ...}',
-            (
-                "label",
-                "public_ip",
-                "private_ip",
-                "public_interface",
-                "vlan_interface",
-                "vlan_address",
-                "ssh_host_public_key",
-            ),
-        )
-        gp = f"{p}.gateway"
-        label = self.string(g, "label", gp, _LABEL, "a label", '"hybrid-vpn-dev-gw"')
-        public_ip = self.ipv4(g, "public_ip", gp, "203.0.113.10")
-        private_ip = self.ipv4(g, "private_ip", gp, "10.8.0.2")
-        ifrule = "a Linux interface name (1-15 letters, digits, '_', '.', '-')"
-        public_if = self.string(g, "public_interface", gp, _IFNAME, ifrule, '"eth0"')
-        vlan_if = self.string(g, "vlan_interface", gp, _IFNAME, ifrule, '"eth1"')
-        vlan_address = self.check(
-            g, "vlan_address", gp, "an IPv4 address with prefix length like 172.16.1.1/24", _to_interface
-        )
-        ssh_key = self.check(
-            g, "ssh_host_public_key", gp, 'an OpenSSH public key like "ssh-ed25519 AAAA... name"', _ssh_public_key
-        )
-        if g is None or None in (label, public_ip, private_ip, public_if, vlan_if, vlan_address, ssh_key):
-            return None
-        if public_if == vlan_if:
-            self.problem(f"{gp}.vlan_interface", f"same as public_interface ({public_if})", 'a second NIC like "eth1"')
-        return GatewaySpec(label, public_ip, private_ip, public_if, vlan_if, vlan_address, ssh_key)
-
-    def phase(
-        self, c: Any, key: str, p: str, dh_allowed: frozenset[int], lifetime: tuple[int, int]
-    ) -> PhaseSpec | None:
-        ph = self.obj(
-            c,
-            key,
-            p,
-            '{"encryption": ["AES256"], "integrity": ["SHA2-256"], "dh_groups": [14], ...}',
-            ("encryption", "integrity", "dh_groups", "lifetime_seconds"),
-        )
-        pp = f"{p}.{key}"
-        enc_list = self.items(ph, "encryption", pp, 1, len(ENCRYPTION), '["AES256"]')
-        enc = (
-            self.each(enc_list, f"{pp}.encryption", f"one of {', '.join(ENCRYPTION)}", _member(ENCRYPTION))
-            if enc_list is not None
-            else None
-        )
-        integ_list = self.items(ph, "integrity", pp, 0, len(INTEGRITY), '["SHA2-256"]')
-        integ = (
-            self.each(integ_list, f"{pp}.integrity", f"one of {', '.join(INTEGRITY)}", _member(INTEGRITY))
-            if integ_list is not None
-            else None
-        )
-        dh_list = self.items(ph, "dh_groups", pp, 1, len(dh_allowed), "[14]")
-        allowed = ", ".join(str(g) for g in sorted(dh_allowed))
-        dh = (
-            self.each(dh_list, f"{pp}.dh_groups", f"a DH group AWS allows here ({allowed})", _member(dh_allowed))
-            if dh_list is not None
-            else None
-        )
-        life = self.integer(ph, "lifetime_seconds", pp, lifetime[0], lifetime[1], lifetime[1], "AWS range")
-        if None in (ph, enc, integ, dh, life):
-            return None
-        needs_integrity = key == "phase1" or any(not ENCRYPTION[e][1] for e in enc)
-        if needs_integrity and not integ:
-            why = "IKE needs a PRF" if key == "phase1" else "non-GCM encryption needs an integrity algorithm"
-            self.problem(f"{pp}.integrity", f"empty ({why})", '["SHA2-256"]')
-            return None
-        return PhaseSpec(enc, integ, dh, life)
-
-    def crypto(self, obj: dict, p: str) -> CryptoProfile | None:
-        c = self.obj(
-            obj,
-            "crypto",
-            p,
-            '{"ike_version": 2, "phase1": {...}, ...}',
-            (
-                "ike_version",
-                "phase1",
-                "phase2",
-                "rekey_margin_seconds",
-                "rekey_fuzz_percent",
-                "replay_window",
-                "dpd_timeout_seconds",
-                "dpd_timeout_action",
-                "startup_action",
-            ),
-        )
-        cp = f"{p}.crypto"
-        ike = self.check(c, "ike_version", cp, "2 (IKEv2 only, as the design requires)", _equals(2))
-        phase1 = self.phase(c, "phase1", cp, PHASE1_DH_GROUPS, PHASE1_LIFETIME)
-        phase2 = self.phase(c, "phase2", cp, PHASE2_DH_GROUPS, PHASE2_LIFETIME)
-        margin = self.integer(
-            c, "rekey_margin_seconds", cp, 60, PHASE2_LIFETIME[1] // 2, 270, "AWS: 60 up to half the phase 2 lifetime"
-        )
-        fuzz = self.integer(c, "rekey_fuzz_percent", cp, 0, 100, 100)
-        replay = self.integer(c, "replay_window", cp, REPLAY_WINDOW[0], REPLAY_WINDOW[1], 1024)
-        dpd = self.integer(c, "dpd_timeout_seconds", cp, 30, 3600, 30, "AWS minimum 30")
-        dpd_action = self.choice(c, "dpd_timeout_action", cp, AWS_DPD_ACTIONS)
-        startup = self.choice(c, "startup_action", cp, AWS_STARTUP_ACTIONS)
-        if None in (c, ike, phase1, phase2, margin, fuzz, replay, dpd, dpd_action, startup):
-            return None
-        if phase2.lifetime_seconds >= phase1.lifetime_seconds:
-            self.problem(
-                f"{cp}.phase2.lifetime_seconds",
-                f"{phase2.lifetime_seconds} is not below phase 1's {phase1.lifetime_seconds}",
-                "a phase 2 lifetime below the phase 1 lifetime (AWS rule) like 3600",
-            )
-        if margin > phase2.lifetime_seconds // 2:
-            self.problem(
-                f"{cp}.rekey_margin_seconds",
-                f"{margin} is more than half the phase 2 lifetime ({phase2.lifetime_seconds})",
-                f"60..{phase2.lifetime_seconds // 2} (AWS rule) like 270",
-            )
-        return CryptoProfile(ike, phase1, phase2, margin, fuzz, replay, dpd, dpd_action, startup)
-
-    def tunnels(self, obj: dict, p: str) -> tuple[TunnelSpec, ...] | None:
-        items = self.items(obj, "tunnels", p, 2, 2, "the VPN connection's two tunnels, tunnel1 first")
-        if items is None:
-            return None
-        out = []
-        for i, item in enumerate(items):
-            tp = f"{p}.tunnels[{i}]"
-            if not isinstance(item, dict):
-                self.problem(tp, f"got {_type_name(item)}", '{"name": "tunnel1", "outside_ip": ..., ...}')
-                continue
-            out.append(self.tunnel(item, tp, i))
-        if len(out) != len(items) or None in out:
-            return None
-        tunnels = tuple(out)
-        for attr, what in (
-            ("name", "name"),
-            ("interface", "interface"),
-            ("mark", "mark"),
-            ("outside_ip", "outside_ip"),
-            ("inside_cidr", "inside_cidr"),
-        ):
-            values = [getattr(t, attr) for t in tunnels]
-            if len(set(values)) != len(values):
-                self.problem(
-                    f"{p}.tunnels[1].{what}",
-                    f"same as tunnels[0].{what} ({values[1]})",
-                    f"a distinct {what} per tunnel",
-                )
-        return tunnels
-
-    def tunnel(self, t: dict, tp: str, i: int) -> TunnelSpec | None:
-        n = i + 1
-        name = self.string(t, "name", tp, _TUNNEL_NAME, "a name of letters, digits, '_', '-'", f'"tunnel{n}"')
-        interface = self.string(t, "interface", tp, _IFNAME, "a Linux interface name (1-15 chars)", f'"vti-aws{n}"')
-        outside = self.ipv4(t, "outside_ip", tp, f"198.51.100.{n}")
-        inside = self.network(t, "inside_cidr", tp, f"169.254.1{n - 1}.0/30")
-        aws_inside = self.ipv4(t, "aws_inside_ip", tp, f"169.254.1{n - 1}.1")
-        gw_inside = self.ipv4(t, "gateway_inside_ip", tp, f"169.254.1{n - 1}.2")
-        mark = self.integer(t, "mark", tp, 1, 0xFFFFFFFF, 100 * n)
-        psk = self._psk(t, f"{tp}.psk")
-        if None in (name, interface, outside, inside, aws_inside, gw_inside, mark, psk):
-            return None
-        if inside.prefixlen != 30 or not inside.subnet_of(LINK_LOCAL) or inside in AWS_RESERVED_INSIDE:
-            self.problem(
-                f"{tp}.inside_cidr",
-                f"{inside} is not a usable AWS inside CIDR",
-                "a /30 inside 169.254.0.0/16 that AWS does not reserve like 169.254.10.0/30",
-            )
-            return None
-        hosts = list(inside.hosts())
-        if aws_inside != hosts[0]:
-            self.problem(
-                f"{tp}.aws_inside_ip",
-                f"{aws_inside} is not the first usable address of {inside}",
-                f"{hosts[0]} (AWS takes the first)",
-            )
-        if gw_inside != hosts[1]:
-            self.problem(
-                f"{tp}.gateway_inside_ip",
-                f"{gw_inside} is not the second usable address of {inside}",
-                f"{hosts[1]} (the customer gateway takes the second)",
-            )
-        return TunnelSpec(name, interface, outside, inside, aws_inside, gw_inside, psk, mark)
-
-    def _psk(self, t: dict, where: str) -> Secret | None:
-        rule = (
-            "8 to 64 letters, digits, '.' or '_', not starting with '0' (AWS rule) like "
-            '"Example_psk.0123456789abcdef"'
-        )
-        if "psk" not in t:
-            self.problem(where, "missing", rule)
-            return None
-        value = t["psk"]
-        if not isinstance(value, str):
-            self.problem(where, f"got {_type_name(value)}", rule)
-            return None
-        if not PSK_PATTERN.fullmatch(value):
-            # Never echo the value: it is (or was meant to be) a secret.
-            self.problem(where, f"invalid value of length {len(value)} (not shown)", rule)
-            return None
-        return Secret(value)
-
-    def failover(self, obj: dict, p: str) -> FailoverSpec | None:
-        f = self.obj(
-            obj,
-            "failover",
-            p,
-            '{"primary": "tunnel1", ...}',
-            (
-                "primary",
-                "probe_interval_ms",
-                "probe_timeout_ms",
-                "down_after",
-                "up_after",
-                "failback_hold_seconds",
-                "extra_probe_targets",
-            ),
-        )
-        fp = f"{p}.failover"
-        primary = self.string(f, "primary", fp, _TUNNEL_NAME, "a tunnel name", '"tunnel1"')
-        # The agent's limits (hostconfig/agent/config.py): anything wider renders an agent.json the gateway refuses.
-        interval = self.integer(f, "probe_interval_ms", fp, 20, 60000, 200)
-        timeout = self.integer(f, "probe_timeout_ms", fp, 10, 60000, 600)
-        down = self.integer(f, "down_after", fp, 1, 1000, 3)
-        up = self.integer(f, "up_after", fp, 1, 1000, 5)
-        hold = self.integer(f, "failback_hold_seconds", fp, 0, 86400, 20, "seconds")
-        targets_list = self.items(f, "extra_probe_targets", fp, 0, 16, '["10.0.4.85"]')
-        targets = (
-            self.each(targets_list, f"{fp}.extra_probe_targets", "an IPv4 address like 10.0.4.85", _to_ipv4)
-            if targets_list is not None
-            else None
-        )
-        if None in (f, primary, interval, timeout, down, up, hold, targets):
-            return None
-        return FailoverSpec(primary, interval, timeout, down, up, hold, targets)
-
-    def cross_checks(
-        self,
-        p: str,
-        gateway: GatewaySpec,
-        aws_cidrs: tuple[IPv4Network, ...],
-        vlan_cidrs: tuple[IPv4Network, ...],
-        subnet: IPv4Network,
-        tunnels: tuple[TunnelSpec, ...],
-        mtu: int,
-        mss: int,
-        failover: FailoverSpec,
-    ) -> None:
-        for i, aws in enumerate(aws_cidrs):
-            for j, vlan in enumerate(vlan_cidrs):
-                if aws.overlaps(vlan):
-                    self.problem(
-                        f"{p}.aws.cidrs[{i}]",
-                        f"{aws} overlaps linode.vlan_cidrs[{j}] {vlan}",
-                        "AWS and Linode networks that do not overlap, like 10.0.0.0/16 and 172.16.0.0/12",
-                    )
-            if aws.overlaps(subnet):
-                self.problem(
-                    f"{p}.aws.cidrs[{i}]",
-                    f"{aws} overlaps the gateway's subnet linode.subnet_cidr {subnet}",
-                    "an AWS network outside the gateway's own subnet (its default route would break)",
-                )
-            for t in tunnels:
-                if t.outside_ip in aws:
-                    self.problem(
-                        f"{p}.aws.cidrs[{i}]",
-                        f"{aws} contains {t.name}'s outside_ip {t.outside_ip}",
-                        "AWS private networks only (the tunnel endpoints must stay reachable in clear)",
-                    )
-        nics = {gateway.public_interface: "public_interface", gateway.vlan_interface: "vlan_interface", "lo": None}
-        for i, t in enumerate(tunnels):
-            if t.interface in nics:
-                owner = f"gateway.{nics[t.interface]}" if nics[t.interface] else "the loopback"
-                self.problem(
-                    f"{p}.tunnels[{i}].interface",
-                    f"{t.interface!r} is {owner}; the agent creates, re-addresses and deletes a tunnel's interface, "
-                    "so it must be a VTI of its own, never a NIC the gateway lives on",
-                    f'a name no NIC uses like "vti-aws{i + 1}"',
-                )
-        if gateway.private_ip not in subnet:
-            self.problem(
-                f"{p}.gateway.private_ip",
-                f"{gateway.private_ip} is outside linode.subnet_cidr {subnet}",
-                f"an address of {subnet} like {next(subnet.hosts())}",
-            )
-        if not any(gateway.vlan_address.ip in net for net in vlan_cidrs):
-            self.problem(
-                f"{p}.gateway.vlan_address",
-                f"{gateway.vlan_address.ip} is in none of linode.vlan_cidrs",
-                "the gateway's VLAN address inside a VLAN CIDR that AWS routes back, like 172.16.1.1/24",
-            )
-        if mss > mtu - 40:
-            self.problem(
-                f"{p}.tcp_mss",
-                f"{mss} does not fit tunnel_mtu {mtu} (IPv4 + TCP headers take 40)",
-                f"at most {mtu - 40} like 1379",
-            )
-        if failover.primary not in {t.name for t in tunnels}:
-            self.problem(
-                f"{p}.failover.primary",
-                f"{failover.primary!r} names no tunnel",
-                " or ".join(repr(t.name) for t in tunnels),
-            )
-        if failover.probe_timeout_ms < failover.probe_interval_ms:
-            log.info(
-                "failover probe timeout %d ms is shorter than the interval %d ms",
-                failover.probe_timeout_ms,
-                failover.probe_interval_ms,
-            )
-
-
-def _to_ipv4(v: Any) -> IPv4Address:
-    if not isinstance(v, str):
-        raise TypeError
-    return IPv4Address(v)
-
-
-def _to_net(v: Any) -> IPv4Network:
-    if not isinstance(v, str) or "/" not in v:
-        raise TypeError
-    return IPv4Network(v, strict=True)
-
-
-def _to_interface(v: Any) -> IPv4Interface:
-    if not isinstance(v, str) or "/" not in v:
-        raise TypeError
-    iface = IPv4Interface(v)
-    if iface.network.prefixlen >= 31 or iface.ip in (iface.network.network_address, iface.network.broadcast_address):
-        raise ValueError
-    return iface
+def _required(keys: tuple[str, ...]) -> dict[str, Any]:
+    return dict.fromkeys(keys, REQUIRED)
 
 
 def _nonempty_str(v: Any) -> str:
     if not isinstance(v, str) or not v.strip() or any(ord(ch) < 32 for ch in v):
-        raise ValueError
-    return v
-
-
-def _ssh_public_key(v: Any) -> str:
-    if not isinstance(v, str) or not re.fullmatch(
-        r"^(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/]+=*( [^\n]*)?$", v
-    ):
         raise ValueError
     return v
 
@@ -784,13 +230,192 @@ def _equals(expected: Any) -> Callable[[Any], Any]:
     return convert
 
 
-def _member(allowed: Any) -> Callable[[Any], Any]:
-    def convert(v: Any) -> Any:
-        if isinstance(v, bool) or v not in allowed:
-            raise ValueError
-        return v
+def _vlan_address(v: Any) -> IPv4Interface:
+    address = to_interface(v)
+    if problem := rules.vlan_address_problem(address):
+        raise RuleBroken(problem)
+    return address
 
-    return convert
+
+def _aws_cidr(v: Any) -> IPv4Network:
+    net = to_network(v)
+    if problem := rules.aws_cidr_problem(net):
+        raise RuleBroken(problem)
+    return net
+
+
+def _inside_cidr(v: Any) -> IPv4Network:
+    net = to_network(v)
+    if problem := rules.inside_cidr_problem(net):
+        raise RuleBroken(problem, "169.254.10.0/30")
+    return net
+
+
+def _psk(v: Any) -> Secret:
+    if problem := rules.psk_problem(v):
+        raise RuleBroken(problem)
+    return Secret(v)
+
+
+class _PlanBuilder:
+    """Reads the host_config object, collecting every problem instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def build(self, obj: Any) -> GatewayPlan:
+        if not isinstance(obj, dict):
+            raise PlanError([Problem("host_config", f"got {type_name(obj)}; expected the JSON object exported as "
+                                     "stack output host_config")])
+        r = Reader(self.problems, "host_config", obj, {**_required(_TOP_KEYS), "admin_cidrs": None}, unknown=_WARN)
+        r.check("kind", _equals(SCHEMA_KIND), f'"{SCHEMA_KIND}"', SCHEMA_KIND)
+        r.check("version", _equals(SCHEMA_VERSION), f"version {SCHEMA_VERSION} (the version this renderer reads)",
+                str(SCHEMA_VERSION))
+        stack = r.string("stack", _STACK)
+        gateway = self.gateway(r)
+        aws = r.sub("aws", _required(("region", "vpn_connection_id", "vgw_id", "cidrs")), unknown=_WARN,
+                    example='{"region": ..., "cidrs": [...]}')
+        aws_region = aws.check("region", _nonempty_str, "a region name", "us-east-1")
+        vpn_id = aws.check("vpn_connection_id", _nonempty_str, "an id", "vpn-0123456789abcdef0")
+        vgw_id = aws.check("vgw_id", _nonempty_str, "an id", "vgw-0123456789abcdef0")
+        aws_cidrs = aws.list_of("cidrs", _aws_cidr, NETWORK_RULE, '["10.0.0.0/16"]', 1, rules.MAX_AWS_CIDRS,
+                                why=rules.MAX_AWS_CIDRS_WHY)
+        linode = r.sub("linode", _required(("region", "vlan_label", "vlan_cidrs", "subnet_cidr")), unknown=_WARN,
+                       example='{"vlan_cidrs": [...], ...}')
+        linode_region = linode.check("region", _nonempty_str, "a region name", "us-ord")
+        vlan_label = linode.string("vlan_label", rules.VLAN_LABEL)
+        vlan_cidrs = linode.list_of("vlan_cidrs", to_network, NETWORK_RULE, '["172.16.0.0/12"]', 1,
+                                    rules.MAX_ROUTES_TO_AWS, why=rules.MAX_ROUTES_TO_AWS_WHY)
+        subnet_cidr = linode.network("subnet_cidr", "10.8.0.0/24")
+        crypto = read_crypto(r, "crypto", unknown=_WARN)
+        tunnels = self.tunnels(r)
+        mtu = r.integer("tunnel_mtu", rules.TUNNEL_MTU)
+        mss = r.integer("tcp_mss", rules.TCP_MSS)
+        failover = self.failover(r)
+        admin_cidrs = self.admin_cidrs(r)
+
+        if not self.problems:
+            self.cross_checks(r, gateway, aws_cidrs, vlan_cidrs, subnet_cidr, tunnels, mtu, mss, failover)
+        if self.problems:
+            raise PlanError(self.problems)
+        plan = GatewayPlan(
+            stack=stack, gateway=gateway, aws_region=aws_region, vpn_connection_id=vpn_id, vgw_id=vgw_id,
+            aws_cidrs=aws_cidrs, linode_region=linode_region, vlan_label=vlan_label, vlan_cidrs=vlan_cidrs,
+            subnet_cidr=subnet_cidr, crypto=crypto, tunnels=tunnels, tunnel_mtu=mtu, tcp_mss=mss, failover=failover,
+            admin_cidrs=admin_cidrs,
+        )  # type: ignore[arg-type]  # fmt: skip
+        log.info("plan for stack %s: %d tunnels, %d AWS CIDRs, %d VLAN CIDRs", stack, len(plan.tunnels),
+                 len(plan.aws_cidrs), len(plan.vlan_cidrs))
+        return plan
+
+    def admin_cidrs(self, r: Reader) -> tuple[IPv4Network, ...] | None:
+        """Optional: a program that does not export them yet gets SSH open to any source in the gateway's input policy
+        (the Cloud Firewall still filters), and a warning."""
+        if not r.has("admin_cidrs"):
+            log.warning("host_config carries no admin_cidrs: the gateway's input policy accepts SSH from any source "
+                        "(only the Cloud Firewall filters it)")
+            return None
+        return r.list_of("admin_cidrs", to_network, NETWORK_RULE, '["192.0.2.0/24"]', 0, 100)
+
+    def gateway(self, r: Reader) -> GatewaySpec | None:
+        g = r.sub("gateway", _required(_GATEWAY_KEYS), unknown=_WARN, example='{"public_ip": "203.0.113.10", ...}')
+        label = g.string("label", _LABEL)
+        public_ip = g.ipv4("public_ip", "203.0.113.10")
+        private_ip = g.ipv4("private_ip", "10.8.0.2")
+        public_if = g.string("public_interface", rules.INTERFACE_NAME, "eth0")
+        vlan_if = g.string("vlan_interface", rules.INTERFACE_NAME, "eth1")
+        vlan_address = g.check("vlan_address", _vlan_address, "an IPv4 address with prefix length", "172.16.1.1/24")
+        ssh_key = g.string("ssh_host_public_key", _SSH_HOST_KEY)
+        if None in (label, public_ip, private_ip, public_if, vlan_if, vlan_address, ssh_key):
+            return None
+        if public_if == vlan_if:
+            g.fail("vlan_interface", f"{vlan_if!r} is also the public_interface; the VLAN is a second NIC", "eth1")
+        return GatewaySpec(label, public_ip, private_ip, public_if, vlan_if, vlan_address, ssh_key)  # type: ignore
+
+    def tunnels(self, r: Reader) -> tuple[TunnelSpec, ...] | None:
+        items = r.items("tunnels", 2, 2, "the VPN connection's two tunnels, tunnel1 first")
+        if items is None:
+            return None
+        parsed = [self.tunnel(r, item, i) for i, item in enumerate(items)]
+        if None in parsed:
+            return None
+        tunnels = tuple(parsed)
+        for attr, example in (("name", "tunnel1 and tunnel2"), ("interface", "vti-aws1 and vti-aws2"),
+                              ("mark", "100 and 200"), ("outside_ip", "the two outside IPs AWS gives"),
+                              ("inside_cidr", "169.254.10.0/30 and 169.254.11.0/30")):
+            if found := rules.distinct_problem(attr, [getattr(t, attr) for t in tunnels]):
+                r.fail(f"tunnels[{found[0]}].{attr}", found[1], example)
+        return tunnels  # type: ignore[return-value]
+
+    def tunnel(self, r: Reader, item: Any, i: int) -> TunnelSpec | None:
+        n = i + 1
+        t = r.element("tunnels", i, item, _required(_TUNNEL_KEYS), unknown=_WARN,
+                      example='{"name": "tunnel1", "outside_ip": ..., ...}')
+        name = t.string("name", rules.TUNNEL_NAME, f"tunnel{n}")
+        interface = t.string("interface", rules.INTERFACE_NAME, f"vti-aws{n}")
+        outside = t.ipv4("outside_ip", f"198.51.100.{n}")
+        inside = t.check("inside_cidr", _inside_cidr, NETWORK_RULE, f"169.254.1{i}.0/30")
+        aws_inside = t.ipv4("aws_inside_ip", f"169.254.1{i}.1")
+        gw_inside = t.ipv4("gateway_inside_ip", f"169.254.1{i}.2")
+        mark = t.integer("mark", rules.MARK)
+        # Never echoed: it is (or was meant to be) a secret.
+        psk = t.check("psk", _psk, "a pre-shared key", rules.PSK_EXAMPLE)
+        if None in (name, interface, outside, inside, aws_inside, gw_inside, mark, psk):
+            return None
+        aws_ip, gateway_ip = rules.inside_addresses(inside)
+        if aws_inside != aws_ip:
+            t.fail("aws_inside_ip", f"{aws_inside} is not the first usable address of {inside} (AWS takes the first)",
+                   str(aws_ip))
+        if gw_inside != gateway_ip:
+            t.fail("gateway_inside_ip", f"{gw_inside} is not the second usable address of {inside} (the customer "
+                   "gateway takes the second)", str(gateway_ip))
+        return TunnelSpec(name, interface, outside, inside, aws_inside, gw_inside, psk, mark)  # type: ignore
+
+    def failover(self, r: Reader) -> FailoverSpec | None:
+        f = r.sub("failover", _required(_FAILOVER_KEYS), unknown=_WARN, example='{"primary": "tunnel1", ...}')
+        primary = f.string("primary", rules.TUNNEL_NAME)
+        interval = f.integer("probe_interval_ms", rules.PROBE_INTERVAL_MS)
+        timeout = f.integer("probe_timeout_ms", rules.PROBE_TIMEOUT_MS)
+        down = f.integer("down_after", rules.DOWN_AFTER)
+        up = f.integer("up_after", rules.UP_AFTER)
+        hold = f.integer("failback_hold_seconds", rules.FAILBACK_HOLD_SECONDS)
+        targets = f.list_of("extra_probe_targets", to_ipv4, "an IPv4 address", '["10.0.4.85"]', 0,
+                            rules.MAX_EXTRA_PROBE_TARGETS)
+        if None in (primary, interval, timeout, down, up, hold, targets):
+            return None
+        return FailoverSpec(primary, interval, timeout, down, up, hold, targets)  # type: ignore[arg-type]
+
+    def cross_checks(self, r: Reader, gateway: GatewaySpec, aws_cidrs: tuple[IPv4Network, ...],
+                     vlan_cidrs: tuple[IPv4Network, ...], subnet: IPv4Network, tunnels: tuple[TunnelSpec, ...],
+                     mtu: int, mss: int, failover: FailoverSpec) -> None:
+        for j, vlan in enumerate(vlan_cidrs):
+            for aws in aws_cidrs:
+                if problem := rules.sides_overlap_problem(vlan, aws):
+                    r.fail(f"linode.vlan_cidrs[{j}]", problem, "10.0.0.0/16 and 172.16.0.0/12")
+        for i, aws in enumerate(aws_cidrs):
+            if problem := rules.sides_overlap_problem(subnet, aws):
+                r.fail(f"aws.cidrs[{i}]", f"{problem}: the gateway's own subnet linode.subnet_cidr (its default "
+                       "route would break)", "an AWS network outside the gateway's subnet")
+            for t in tunnels:
+                if t.outside_ip in aws:
+                    r.fail(f"aws.cidrs[{i}]", f"{aws} contains {t.name}'s outside_ip {t.outside_ip}: the tunnel "
+                           "endpoints must stay reachable in clear", "AWS private networks only")
+        nics = {gateway.public_interface: "gateway.public_interface", gateway.vlan_interface: "gateway.vlan_interface"}
+        for i, t in enumerate(tunnels):
+            if problem := rules.tunnel_interface_problem(t.interface, nics):
+                r.fail(f"tunnels[{i}].interface", problem, f"vti-aws{i + 1}")
+        if gateway.private_ip not in subnet:
+            r.fail("gateway.private_ip", f"{gateway.private_ip} is outside linode.subnet_cidr {subnet}",
+                   str(next(subnet.hosts())))
+        if problem := rules.vlan_address_outside_problem(gateway.vlan_address, vlan_cidrs):
+            r.fail("gateway.vlan_address", problem, "172.16.1.1/24 with vlan_cidrs [172.16.0.0/12]")
+        if problem := rules.mss_problem(mss, mtu):
+            r.fail("tcp_mss", problem, str(mtu - 40))
+        if failover.primary not in {t.name for t in tunnels}:
+            r.fail("failover.primary", f"{failover.primary!r} names no tunnel", " or ".join(t.name for t in tunnels))
+        if failover.probe_timeout_ms < failover.probe_interval_ms:
+            log.info("failover probe timeout %d ms is shorter than the interval %d ms", failover.probe_timeout_ms,
+                     failover.probe_interval_ms)
 
 
 # ---------------------------------------------------------------------------------------- strongSwan mapping (pure)

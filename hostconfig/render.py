@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 
 from hostconfig import plan as planmod
+from hostconfig.contract import rules
 from hostconfig.plan import GatewayPlan
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ class UnsafeValue(ValueError):
 # ------------------------------------------------------------------------------------------------- quoting filters
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_NFT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
 def swan_quote(value: Any) -> str:
@@ -84,8 +84,8 @@ def ipsec_quote(value: Any) -> str:
 def nft_quote(value: Any) -> str:
     """An interface name as an nftables string."""
     text = str(value)
-    if not _NFT_NAME.fullmatch(text):
-        raise UnsafeValue("nft_quote: not an interface name (1-15 letters, digits, '_', '.', '-')")
+    if rules.INTERFACE_NAME.problem(text):
+        raise UnsafeValue(f"nft_quote: not {rules.INTERFACE_NAME.rule}")
     return f'"{text}"'
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hostconfig import plan as planmod
+from hostconfig.contract import rules
 from hostconfig.plan import GatewayPlan, PlanError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,9 +108,9 @@ def test_a_tunnel_on_a_nic_names_the_key_the_rule_and_a_right_value():
     obj["tunnels"][0]["interface"] = obj["gateway"]["public_interface"]
     [problem] = problems_of(obj)
     assert problem == (
-        "host_config.tunnels[0].interface: 'eth0' is gateway.public_interface; the agent creates, re-addresses and "
-        "deletes a tunnel's interface, so it must be a VTI of its own, never a NIC the gateway lives on; expected a "
-        'name no NIC uses like "vti-aws1"'
+        "host_config.tunnels[0].interface: 'eth0' is gateway.public_interface; the agent owns, recreates and "
+        "re-addresses the tunnel interfaces, so a tunnel may not take a name the gateway already uses; example: "
+        "vti-aws1"
     )
 
 
@@ -120,7 +121,7 @@ def test_missing_field_names_the_path_and_an_example():
     obj = load_input()
     del obj["tunnels"][1]["outside_ip"]
     assert problems_of(obj) == [
-        "host_config.tunnels[1].outside_ip: missing; expected an IPv4 address like 198.51.100.2"
+        "host_config.tunnels[1].outside_ip: is required; example: 198.51.100.2"
     ]
 
 
@@ -129,8 +130,9 @@ def test_wrong_type_names_the_path_the_value_and_the_rule():
     obj["tunnels"][0]["mark"] = "100"
     obj["tcp_mss"] = True
     problems = problems_of(obj)
-    assert "host_config.tunnels[0].mark: got a string '100'; expected an integer 1..4294967295 like 100" in problems
-    assert any(p.startswith("host_config.tcp_mss: got a boolean True; expected an integer") for p in problems)
+    assert ("host_config.tunnels[0].mark: must be an integer 1..4294967295 (a VTI key/mark per tunnel), got '100'; "
+            "example: 100") in problems
+    assert any(p.startswith("host_config.tcp_mss: must be an integer 536..1406 bytes") for p in problems)
 
 
 def test_every_problem_is_reported_at_once():
@@ -146,7 +148,7 @@ def test_every_problem_is_reported_at_once():
         "host_config.crypto.phase1.encryption[0]",
         "host_config.failover.down_after",
     ]
-    assert "expected one of AES128, AES256, AES128-GCM-16, AES256-GCM-16" in problems[2]
+    assert "'3DES' is not offered by AWS (allowed: AES128, AES256, AES128-GCM-16, AES256-GCM-16)" in problems[2]
 
 
 def test_a_bad_psk_is_refused_without_showing_it():
@@ -154,8 +156,9 @@ def test_a_bad_psk_is_refused_without_showing_it():
     obj["tunnels"][0]["psk"] = "0secret-with-dash"
     problems = problems_of(obj)
     assert problems == [
-        "host_config.tunnels[0].psk: invalid value of length 17 (not shown); expected 8 to 64 letters, digits, '.' or"
-        " '_', not starting with '0' (AWS rule) like \"Example_psk.0123456789abcdef\""
+        "host_config.tunnels[0].psk: (value hidden, 17 characters) breaks AWS's pre-shared key rule: starts with "
+        "'0'; rule: 8 to 64 characters, only letters, digits, '.' and '_', not starting with '0'; example: "
+        "Example_psk.0123456789abcdef"
     ]
     assert "0secret-with-dash" not in str(PlanError(problems))
 
@@ -164,55 +167,56 @@ def test_a_bad_psk_is_refused_without_showing_it():
     "mutate, path, fragment",
     [
         (lambda o: o.update(kind="other"), "host_config.kind", "hybrid-vpn/host-config"),
-        (lambda o: o.update(version=2), "host_config.version", "this renderer reads version 1"),
-        (lambda o: o["crypto"].update(ike_version=1), "host_config.crypto.ike_version", "IKEv2 only"),
+        (lambda o: o.update(version=2), "host_config.version", "the version this renderer reads"),
+        (lambda o: o["crypto"].update(ike_version=1), "host_config.crypto.ike_version", "only IKEv2"),
         (lambda o: o["crypto"]["phase1"].update(dh_groups=[5]), "host_config.crypto.phase1.dh_groups[0]", "14"),
-        (lambda o: o["crypto"]["phase2"].update(dh_groups=[]), "host_config.crypto.phase2.dh_groups", "1..13"),
+        (lambda o: o["crypto"]["phase2"].update(dh_groups=[]), "host_config.crypto.phase2.dh_groups", "1 to 13"),
         (lambda o: o["crypto"]["phase1"].update(integrity=[]), "host_config.crypto.phase1.integrity", "PRF"),
         (lambda o: o["crypto"]["phase2"].update(integrity=[]), "host_config.crypto.phase2.integrity", "non-GCM"),
         (lambda o: o["crypto"]["phase2"].update(lifetime_seconds=600), "host_config.crypto.phase2.lifetime_seconds",
          "900..3600"),
         (lambda o: o["crypto"]["phase1"].update(lifetime_seconds=3600), "host_config.crypto.phase2.lifetime_seconds",
-         "below the phase 1 lifetime"),
+         "must be below phase1.lifetime_seconds"),
         (lambda o: (o["crypto"].update(rekey_margin_seconds=1000), o["crypto"]["phase2"].update(lifetime_seconds=1800)),
-         "host_config.crypto.rekey_margin_seconds", "more than half"),
+         "host_config.crypto.rekey_margin_seconds", "above half"),
         (lambda o: o["crypto"].update(dpd_timeout_action="hold"), "host_config.crypto.dpd_timeout_action",
          "clear, restart, none"),
         (lambda o: o["crypto"].update(replay_window=32), "host_config.crypto.replay_window", "64..2048"),
         (lambda o: o["tunnels"][0].update(inside_cidr="169.254.5.0/30"), "host_config.tunnels[0].inside_cidr",
-         "AWS does not reserve"),
+         "reserved by AWS"),
         (lambda o: o["tunnels"][0].update(inside_cidr="10.1.0.0/30", aws_inside_ip="10.1.0.1",
                                           gateway_inside_ip="10.1.0.2"), "host_config.tunnels[0].inside_cidr",
          "169.254.0.0/16"),
         (lambda o: o["tunnels"][0].update(aws_inside_ip="169.254.10.2", gateway_inside_ip="169.254.10.1"),
          "host_config.tunnels[0].aws_inside_ip", "AWS takes the first"),
-        (lambda o: o["tunnels"][1].update(mark=100), "host_config.tunnels[1].mark", "distinct"),
-        (lambda o: o["tunnels"][1].update(interface="vti-aws1"), "host_config.tunnels[1].interface", "distinct"),
+        (lambda o: o["tunnels"][1].update(mark=100), "host_config.tunnels[1].mark", "each tunnel needs its own"),
+        (lambda o: o["tunnels"][1].update(interface="vti-aws1"), "host_config.tunnels[1].interface",
+         "each tunnel needs"),
         (lambda o: o["tunnels"][0].update(interface="a-name-much-too-long"), "host_config.tunnels[0].interface",
          "1-15"),
         (lambda o: o.update(tunnels=o["tunnels"][:1]), "host_config.tunnels", "two tunnels"),
-        (lambda o: o["aws"].update(cidrs=["172.16.0.0/16"]), "host_config.aws.cidrs[0]", "do not overlap"),
+        (lambda o: o["aws"].update(cidrs=["172.16.0.0/16"]), "host_config.linode.vlan_cidrs[0]", "must not overlap"),
         (lambda o: o["aws"].update(cidrs=["10.8.0.0/16"]), "host_config.aws.cidrs[0]", "own subnet"),
-        (lambda o: o["aws"].update(cidrs=[]), "host_config.aws.cidrs", "1..100"),
-        (lambda o: o["aws"].update(cidrs=["10.0.0.0/16", "10.0.0.0/16"]), "host_config.aws.cidrs", "once"),
+        (lambda o: o["aws"].update(cidrs=[]), "host_config.aws.cidrs", "1 to 100"),
+        (lambda o: o["aws"].update(cidrs=["10.0.0.0/16", "10.0.0.0/16"]), "host_config.aws.cidrs[1]", "once"),
         (lambda o: o["gateway"].update(vlan_address="192.168.1.1/24"), "host_config.gateway.vlan_address",
-         "inside a VLAN CIDR"),
+         "outside every VLAN CIDR"),
         (lambda o: o["gateway"].update(vlan_address="172.16.1.1"), "host_config.gateway.vlan_address",
          "prefix length"),
         (lambda o: o["gateway"].update(private_ip="10.9.0.2"), "host_config.gateway.private_ip", "10.8.0.1"),
         (lambda o: o["gateway"].update(vlan_interface="eth0"), "host_config.gateway.vlan_interface", "second NIC"),
-        (lambda o: o.update(tcp_mss=1400), "host_config.tcp_mss", "at most 1379"),
+        (lambda o: o.update(tcp_mss=1400), "host_config.tcp_mss", "MSS <= MTU - 40"),
         (lambda o: o.update(tunnel_mtu=1500), "host_config.tunnel_mtu", "1446"),
-        (lambda o: o["failover"].update(primary="tunnel3"), "host_config.failover.primary", "'tunnel1' or"),
+        (lambda o: o["failover"].update(primary="tunnel3"), "host_config.failover.primary", "names no tunnel"),
         (lambda o: o["failover"].update(extra_probe_targets=["10.0.0"]), "host_config.failover.extra_probe_targets[0]",
          "IPv4 address"),
-        (lambda o: o.pop("linode"), "host_config.linode", "missing"),
+        (lambda o: o.pop("linode"), "host_config.linode", "is required"),
         # issue 13 point 10: the agent creates, re-addresses and deletes a tunnel's link; eth0 is the gateway itself.
         (lambda o: o["tunnels"][0].update(interface="eth0"), "host_config.tunnels[0].interface",
          "is gateway.public_interface"),
         (lambda o: o["tunnels"][1].update(interface="eth1"), "host_config.tunnels[1].interface",
          "is gateway.vlan_interface"),
-        (lambda o: o["tunnels"][1].update(interface="lo"), "host_config.tunnels[1].interface", '"vti-aws2"'),
+        (lambda o: o["tunnels"][1].update(interface="lo"), "host_config.tunnels[1].interface", "example: vti-aws2"),
         (lambda o: o.update(admin_cidrs=["192.0.2.7/24"]), "host_config.admin_cidrs[0]", "no host bits"),
         (lambda o: o.update(gateway=[]), "host_config.gateway", "got a list"),
     ],
@@ -240,7 +244,7 @@ def test_every_aws_dh_group_maps_to_a_strongswan_keyword():
         18: "modp8192", 19: "ecp256", 20: "ecp384", 21: "ecp521", 22: "modp1024s160", 23: "modp2048s224",
         24: "modp2048s256",
     }  # fmt: skip
-    assert set(planmod.DH_GROUPS) == planmod.PHASE1_DH_GROUPS | planmod.PHASE2_DH_GROUPS
+    assert set(planmod.DH_GROUPS) == set(rules.AWS_PHASE1_DH) | set(rules.AWS_PHASE2_DH)
 
 
 def phase(enc, integ, dh, life=3600):
@@ -291,7 +295,7 @@ def test_a_dead_peer_is_noticed_within_the_aws_dpd_timeout(dpd_timeout):
 def test_actions_the_gateway_takes_for_each_aws_setting():
     assert planmod.GATEWAY_START_ACTION == {"add": "start", "start": "trap"}
     assert set(planmod.GATEWAY_DPD_ACTION.values()) == {"restart"}
-    assert set(planmod.GATEWAY_DPD_ACTION) == set(planmod.AWS_DPD_ACTIONS)
+    assert set(planmod.GATEWAY_DPD_ACTION) == set(rules.AWS_DPD_ACTIONS)
 
 
 # --------------------------------------------------------------------------------------------------- view models

@@ -304,8 +304,8 @@ def test_cli_bad_input_lists_every_problem_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     result = run_cli("render", "--outputs", "-", "--out", str(out), stdin=json.dumps({"host_config": obj}))
     assert result.returncode == 2
-    assert "host_config.tunnels[1].outside_ip: missing" in result.stderr
-    assert "host_config.tunnels[0].psk: invalid" in result.stderr
+    assert "host_config.tunnels[1].outside_ip: is required" in result.stderr
+    assert "host_config.tunnels[0].psk: (value hidden, 16 characters) breaks AWS's pre-shared key rule" in result.stderr
     assert "0-invalid-secret" not in result.stderr + result.stdout
     assert not out.exists()
 

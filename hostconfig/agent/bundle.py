@@ -1,4 +1,5 @@
-"""Build `vpnctl` as one executable zipapp: hostconfig.agent plus the pure-Python pyroute2 and vici packages.
+"""Build `vpnctl` as one executable zipapp: hostconfig.agent, the contract it validates agent.json with
+(hostconfig.contract) and the pure-Python pyroute2 and vici packages.
 
 The gateway then needs only its system Python 3.11+. ``python -m hostconfig.agent.bundle OUT`` builds it.
 """
@@ -17,6 +18,8 @@ log = logging.getLogger(__name__)
 
 INTERPRETER = "/usr/bin/env python3"
 BUNDLED = ("pyroute2", "vici")
+# The hostconfig packages the agent imports: itself and the rules it shares with the program and the renderer.
+HOSTCONFIG_PACKAGES = ("agent", "contract")
 _MAIN = '''\
 import sys
 
@@ -57,7 +60,8 @@ def build_zipapp(out_path: Path | str) -> Path:
         init = hostconfig_dir / "__init__.py"
         # The package marker is owned by the renderer; an empty one is equivalent when it is absent.
         (root / "hostconfig" / "__init__.py").write_text(init.read_text() if init.exists() else "")
-        _copy_package(agent_dir, root / "hostconfig" / "agent")
+        for package in HOSTCONFIG_PACKAGES:
+            _copy_package(hostconfig_dir / package, root / "hostconfig" / package)
         for name in BUNDLED:
             module = __import__(name)
             _copy_package(Path(module.__file__).resolve().parent, root / name)

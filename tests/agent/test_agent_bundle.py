@@ -20,8 +20,8 @@ def test_zipapp_contents_and_runs_on_system_python(tmp_path):
     assert pyz.read_bytes().startswith(b"#!/usr/bin/env python3\n")
     assert pyz.stat().st_mode & 0o111
     names = zipfile.ZipFile(pyz).namelist()
-    for needed in ("__main__.py", "hostconfig/__init__.py", "hostconfig/agent/cli.py", "pyroute2/__init__.py",
-                   "vici/session.py"):
+    for needed in ("__main__.py", "hostconfig/__init__.py", "hostconfig/agent/cli.py", "hostconfig/contract/rules.py",
+                   "hostconfig/contract/reader.py", "pyroute2/__init__.py", "vici/session.py"):
         assert needed in names
     assert not any("__pycache__" in n for n in names)
     if shutil.which(SYSTEM_PYTHON) is None:

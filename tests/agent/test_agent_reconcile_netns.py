@@ -186,7 +186,7 @@ def test_bad_config_applies_nothing(gateway):
     data["mtu"] = "big"
     gateway.config.write_text(json.dumps(data))
     proc = gateway.vpnctl("reconcile", "--tunnel-links", "given")
-    assert proc.returncode == 2 and "mtu: must be an integer 576..9000, e.g. 1419" in proc.stderr
+    assert proc.returncode == 2 and "mtu: must be an integer 576..1446 bytes" in proc.stderr
     assert gateway.ip("route", "show", "table", "1519", check=False).stdout.strip() == ""
     assert subprocess.run(["ip", "netns", "exec", gateway.ns, "nft", "list", "tables"], capture_output=True,
                           text=True).stdout.strip() == ""

@@ -221,5 +221,5 @@ def test_repair_hold_is_optional_in_agent_json_and_checked(tmp_path):
     data["probe"]["repair_hold_seconds"] = 12
     assert load_config(write_config(tmp_path, data)).probe.repair_hold_seconds == 12
     data["probe"]["repair_hold_seconds"] = 0
-    with pytest.raises(ConfigError, match=r"probe\.repair_hold_seconds: must be an integer 1\.\.3600, e\.g\. 5"):
+    with pytest.raises(ConfigError, match=r"probe\.repair_hold_seconds: 0 is out of range: 1\.\.3600 seconds"):
         load_config(write_config(tmp_path, data))

@@ -40,42 +40,46 @@ P = "host_config"
 
 # (id, edit of the host_config, fragments the message must hold: field path, rule, example)
 CASES = [
-    ("missing-top-field", edit(("tunnel_mtu",), _DELETE), [f"{P}.tunnel_mtu: missing", "like 1419"]),
+    ("missing-top-field", edit(("tunnel_mtu",), _DELETE), [f"{P}.tunnel_mtu: is required", "example: 1419"]),
     ("missing-nested-field", edit(("gateway", "private_ip"), _DELETE),
-     [f"{P}.gateway.private_ip: missing", "an IPv4 address like"]),
+     [f"{P}.gateway.private_ip: is required", "example: 10.8.0.2"]),
     ("missing-tunnel-field", edit(("tunnels", 1, "outside_ip"), _DELETE),
-     [f"{P}.tunnels[1].outside_ip: missing", "like 198.51.100.2"]),
-    ("missing-section", edit(("failover",), _DELETE), [f"{P}.failover: missing", "an object like"]),
-    ("wrong-type-string-for-int", edit(("tunnel_mtu",), "1419"), [f"{P}.tunnel_mtu: got a string", "like 1419"]),
+     [f"{P}.tunnels[1].outside_ip: is required", "example: 198.51.100.2"]),
+    ("missing-section", edit(("failover",), _DELETE), [f"{P}.failover: is required", "example: {"]),
+    ("wrong-type-string-for-int", edit(("tunnel_mtu",), "1419"),
+     [f"{P}.tunnel_mtu: must be an integer", "got '1419'", "example: 1419"]),
     ("wrong-type-string-for-list", edit(("aws", "cidrs"), "10.0.0.0/16"),
-     [f"{P}.aws.cidrs: got a string", '["10.0.0.0/16"]']),
+     [f"{P}.aws.cidrs: must be a list, got a string", '["10.0.0.0/16"]']),
     ("wrong-type-int-for-ip", edit(("gateway", "public_ip"), 3405803786),
-     [f"{P}.gateway.public_ip: got an integer", "an IPv4 address like"]),
-    ("wrong-type-object-for-list", edit(("tunnels",), {"tunnel1": {}}), [f"{P}.tunnels: got an object", "like"]),
-    ("wrong-type-bool-for-int", edit(("tunnels", 0, "mark"), True), [f"{P}.tunnels[0].mark: got a boolean",
-                                                                      "like 100"]),
+     [f"{P}.gateway.public_ip: 3405803786 is not an IPv4 address", "example: 203.0.113.10"]),
+    ("wrong-type-object-for-list", edit(("tunnels",), {"tunnel1": {}}),
+     [f"{P}.tunnels: must be a list, got an object", "example:"]),
+    ("wrong-type-bool-for-int", edit(("tunnels", 0, "mark"), True), [f"{P}.tunnels[0].mark: must be an integer",
+                                                                      "got True", "example: 100"]),
     ("wrong-kind", edit(("kind",), "hybrid-vpn/agent-config"), [f"{P}.kind", '"hybrid-vpn/host-config"']),
-    ("wrong-version", edit(("version",), 2), [f"{P}.version", "this renderer reads version 1"]),
-    ("version-as-string", edit(("version",), "1"), [f"{P}.version: got a string", "reads version 1"]),
-    ("psk-starts-with-zero", edit(("tunnels", 0, "psk"), "0" + PSK1[1:]), [f"{P}.tunnels[0].psk", "AWS rule"]),
+    ("wrong-version", edit(("version",), 2), [f"{P}.version", "the version this renderer reads"]),
+    ("version-as-string", edit(("version",), "1"), [f"{P}.version: '1' is not version 1", "this renderer reads"]),
+    ("psk-starts-with-zero", edit(("tunnels", 0, "psk"), "0" + PSK1[1:]),
+     [f"{P}.tunnels[0].psk", "AWS's pre-shared key rule: starts with '0'"]),
     ("psk-too-short", edit(("tunnels", 0, "psk"), "short12"), [f"{P}.tunnels[0].psk", "8 to 64"]),
     ("psk-too-long", edit(("tunnels", 1, "psk"), "a" * 65), [f"{P}.tunnels[1].psk", "8 to 64"]),
     ("psk-forbidden-character", edit(("tunnels", 0, "psk"), "Hardening-psk-with-dash"),
-     [f"{P}.tunnels[0].psk", "letters, digits, '.' or '_'"]),
-    ("psk-quote", edit(("tunnels", 0, "psk"), 'Hardening"psk'), [f"{P}.tunnels[0].psk", "AWS rule"]),
-    ("psk-trailing-newline", edit(("tunnels", 0, "psk"), PSK1 + "\n"), [f"{P}.tunnels[0].psk", "AWS rule"]),
-    ("psk-not-a-string", edit(("tunnels", 0, "psk"), 12345678), [f"{P}.tunnels[0].psk: got an integer"]),
+     [f"{P}.tunnels[0].psk", "other than letters, digits, '.' and '_'"]),
+    ("psk-quote", edit(("tunnels", 0, "psk"), 'Hardening"psk'), [f"{P}.tunnels[0].psk", "AWS's pre-shared key rule"]),
+    ("psk-trailing-newline", edit(("tunnels", 0, "psk"), PSK1 + "\n"),
+     [f"{P}.tunnels[0].psk", "AWS's pre-shared key rule"]),
+    ("psk-not-a-string", edit(("tunnels", 0, "psk"), 12345678), [f"{P}.tunnels[0].psk: must be a string"]),
     ("interface-trailing-newline", edit(("gateway", "public_interface"), "eth0\n"),
-     [f"{P}.gateway.public_interface", "a Linux interface name", '"eth0"']),
+     [f"{P}.gateway.public_interface", "a Linux interface name", "example: eth0"]),
     ("tunnel-interface-shell", edit(("tunnels", 0, "interface"), "$(touch /tmp/x)"),
-     [f"{P}.tunnels[0].interface", '"vti-aws1"']),
-    ("stack-trailing-newline", edit(("stack",), "dev\n"), [f"{P}.stack", '"dev"']),
+     [f"{P}.tunnels[0].interface", "example: vti-aws1"]),
+    ("stack-trailing-newline", edit(("stack",), "dev\n"), [f"{P}.stack", "example: dev"]),
     # Values the renderer used to accept and the agent on the gateway then refused (the push succeeded, the agent
     # did not start): refused here, at render time.
     ("probe-interval-below-agent-minimum", edit(("failover", "probe_interval_ms"), 10),
-     [f"{P}.failover.probe_interval_ms", "an integer 20..60000", "like 200"]),
+     [f"{P}.failover.probe_interval_ms", "10 is out of range: 20..60000 ms", "example: 200"]),
     ("failback-hold-fraction", edit(("failover", "failback_hold_seconds"), 2.5),
-     [f"{P}.failover.failback_hold_seconds", "an integer", "like 20"]),
+     [f"{P}.failover.failback_hold_seconds", "must be an integer", "example: 20"]),
 ]
 
 
@@ -104,7 +108,7 @@ def test_bad_host_config_is_refused_and_nothing_is_written(tmp_path, case, chang
     assert "Traceback" not in proc.stderr
     for fragment in expected:
         assert fragment in proc.stderr, f"{fragment!r} not in {proc.stderr!r}"
-    assert "expected" in proc.stderr
+    assert "example:" in proc.stderr
     assert PSK1 not in proc.stderr + proc.stdout and PSK2 not in proc.stderr + proc.stdout
     assert proc.stdout == ""
     assert tree_fingerprint(out) == before

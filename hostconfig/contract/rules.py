@@ -1,0 +1,265 @@
+"""Every limit and rule the stack config, host_config and agent.json share, each written once beside its source.
+
+AWS's rules cite /work/shared/aws-vpn-facts.md ("AWS facts"), Linode's cite linode-facts.md ("Linode facts"); the
+rest are the gateway's own (what the agent and charon on the gateway can really do). The readers (infra/config.py,
+hostconfig/plan.py, hostconfig/agent/config.py) take their verdicts from here, so a value accepted by
+``pulumi preview`` is accepted by the renderer and by the agent.
+
+A check returns ``None`` when the value is right, else the rule it breaks as text for a message (the reader adds the
+key and an example). Pure, standard library only: the agent's zipapp ships this module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_network
+from typing import Any
+
+
+@dataclass(frozen=True)
+class IntLimit:
+    """An integer range (``high`` None: no maximum), with its unit, why, and a right example."""
+
+    low: int
+    high: int | None
+    unit: str
+    example: int
+    why: str = ""
+
+    @property
+    def rule(self) -> str:
+        span = f"{self.low}..{self.high}" if self.high is not None else f">= {self.low}"
+        return f"{span} {self.unit}".rstrip() + (f" ({self.why})" if self.why else "")
+
+    def problem(self, value: Any) -> str | None:
+        # bool is an int in Python; a YAML/JSON `true` is never a number here.
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be an integer {self.rule}, got {value!r}"
+        if value < self.low or (self.high is not None and value > self.high):
+            return f"{value} is out of range: {self.rule}"
+        return None
+
+
+@dataclass(frozen=True)
+class NamePattern:
+    pattern: re.Pattern[str]
+    rule: str
+    example: str
+
+    def problem(self, value: Any) -> str | None:
+        if not isinstance(value, str):
+            return f"must be a string ({self.rule}), got {value!r}"
+        # fullmatch: "$" also matches before a trailing newline ("vti-aws1\n" would pass and break the files).
+        if not self.pattern.fullmatch(value):
+            return f"{value[:60]!r} is not valid: {self.rule}"
+        return None
+
+
+# ================================================================================================ AWS (AWS facts)
+# "Tunnel options": algorithms, DH groups, lifetimes, rekey, replay window, DPD, startup action.
+IKE_VERSION = 2  # "IKE versions: ikev1, ikev2 (use ikev2 only)"
+AWS_ENCRYPTION = ("AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16")
+AWS_INTEGRITY = ("SHA1", "SHA2-256", "SHA2-384", "SHA2-512")
+AWS_PHASE1_DH = (2, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24)
+AWS_PHASE2_DH = (2, 5, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24)
+AWS_DPD_ACTIONS = ("clear", "restart", "none")
+AWS_STARTUP_ACTIONS = ("add", "start")
+PHASE1_LIFETIME = (900, 28800)
+PHASE2_LIFETIME = (900, 3600)
+LIFETIME = {
+    "phase1": IntLimit(*PHASE1_LIFETIME, "seconds for phase1", 28800),
+    "phase2": IntLimit(*PHASE2_LIFETIME, "seconds for phase2", 3600),
+}
+DH_GROUPS_ALLOWED = {"phase1": AWS_PHASE1_DH, "phase2": AWS_PHASE2_DH}
+REKEY_MARGIN_MIN = 60
+# The upper bound depends on phase 2's lifetime ("60 s up to half the phase 2 lifetime"): see rekey_margin_problem.
+REKEY_MARGIN = IntLimit(REKEY_MARGIN_MIN, None, "seconds, at most half of phase2.lifetime_seconds", 270)
+REKEY_FUZZ = IntLimit(0, 100, "percent", 100)
+REPLAY_WINDOW = (64, 2048)
+REPLAY = IntLimit(*REPLAY_WINDOW, "packets", 1024)
+DPD_TIMEOUT_MIN = 30
+# AWS documents only the minimum. The maximum is the gateway's: the renderer sets charon's dpd_delay to a third of it
+# and for that long AWS keeps sending return traffic into a dead tunnel; beyond an hour is a typo, not a policy. (The
+# stack reader had no maximum, the renderer 3600: preview accepted what apply() refused.)
+DPD_TIMEOUT = IntLimit(DPD_TIMEOUT_MIN, 3600, "seconds", 30, "AWS minimum 30; an hour at most")
+# "Inside CIDR: a /30 inside 169.254.0.0/16 ... Reserved and refused by AWS: ..."
+AWS_RESERVED_INSIDE = tuple(
+    ip_network(c)
+    for c in ("169.254.0.0/30", "169.254.1.0/30", "169.254.2.0/30", "169.254.3.0/30", "169.254.4.0/30",
+              "169.254.5.0/30", "169.254.169.252/30")
+)
+# 169.254.0.0/16: the tunnels' inside addresses and the Linode metadata service (169.254.169.254, the user data).
+LINK_LOCAL = ip_network("169.254.0.0/16")
+RFC1918 = tuple(ip_network(c) for c in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+MAX_ROUTES_TO_AWS = 100  # "Limits": 100 routes from the customer gateway to a VGW
+MAX_ROUTES_TO_AWS_WHY = "AWS's limit of 100 routes from a customer gateway to a VGW; summarise them"
+# "Maximum tunnel MTU is 1446 (MSS 1406) ... AWS's own strongSwan template uses VTI MTU 1419 ... clamp MSS to 1379".
+# The agent had 9000 (any Linux link): a VTI above 1446 sends what AWS drops, since PMTUD is not supported.
+MAX_TUNNEL_MTU = 1446
+TUNNEL_MTU = IntLimit(576, MAX_TUNNEL_MTU, "bytes", 1419, "AWS maximum tunnel MTU; AWS's strongSwan template uses 1419")
+TCP_MSS = IntLimit(536, MAX_TUNNEL_MTU - 40, "bytes", 1379, "AWS maximum MSS 1406; AWS templates clamp to 1379")
+PSK_RULE = "8 to 64 characters, only letters, digits, '.' and '_', not starting with '0'"
+PSK_PATTERN = re.compile(r"^(?!0)[A-Za-z0-9._]{8,64}$")
+PSK_EXAMPLE = "Example_psk.0123456789abcdef"
+
+
+def psk_problem(psk: Any) -> str | None:
+    """AWS's pre-shared key rule. Never echoes the value: messages end up in logs and CI output."""
+    if not isinstance(psk, str):
+        return f"must be a string ({PSK_RULE})"
+    if PSK_PATTERN.fullmatch(psk):
+        return None
+    if len(psk) < 8:
+        broken = "shorter than 8 characters"
+    elif len(psk) > 64:
+        broken = "longer than 64 characters"
+    elif psk.startswith("0"):
+        broken = "starts with '0'"
+    else:
+        broken = "contains a character other than letters, digits, '.' and '_'"
+    return f"(value hidden, {len(psk)} characters) breaks AWS's pre-shared key rule: {broken}; rule: {PSK_RULE}"
+
+
+def inside_cidr_problem(net: IPv4Network) -> str | None:
+    """AWS's tunnel inside CIDR rule."""
+    if net.prefixlen != 30 or not net.subnet_of(LINK_LOCAL):
+        return f"{net} is not a /30 inside 169.254.0.0/16 (AWS tunnel inside CIDR rule)"
+    if net in AWS_RESERVED_INSIDE:
+        reserved = ", ".join(str(r) for r in AWS_RESERVED_INSIDE)
+        return f"{net} is reserved by AWS (reserved: {reserved}); use another /30 in 169.254.0.0/16"
+    return None
+
+
+def inside_addresses(net: IPv4Network) -> tuple[IPv4Address, IPv4Address]:
+    """(AWS's, the gateway's) address of an inside /30: "AWS (VGW) takes the first usable address, the customer
+    gateway the second"."""
+    first, second = list(net.hosts())[:2]
+    return first, second
+
+
+def phase_integrity_problem(phase: str, encryption: Iterable[str], integrity: Iterable[str]) -> str | None:
+    """Phase 1 always needs an integrity algorithm (IKE takes its PRF from it, AEAD or not); phase 2 only for a non-GCM
+    cipher. GCM and CBC in one list are fine: the renderer gives each kind its own strongSwan proposal. (The stack
+    reader refused a mix and an empty phase 2 list that the renderer handles: the golden custom-crypto scenario.)"""
+    if list(integrity):
+        return None
+    if phase == "phase1":
+        return "is empty (IKE needs a PRF, taken from the integrity algorithm)"
+    if any(not e.endswith("-GCM-16") for e in encryption):
+        return "is empty (non-GCM encryption needs an integrity algorithm)"
+    return None
+
+
+def phase2_lifetime_problem(phase1_seconds: int, phase2_seconds: int) -> str | None:
+    if phase2_seconds >= phase1_seconds:
+        return f"{phase2_seconds} must be below phase1.lifetime_seconds ({phase1_seconds}) (AWS rule)"
+    return None
+
+
+def rekey_margin_problem(margin: int, phase2_seconds: int) -> str | None:
+    if margin > phase2_seconds // 2:
+        return (f"{margin} is above half of phase2.lifetime_seconds ({phase2_seconds} / 2 = {phase2_seconds // 2}) "
+                "(AWS rule)")
+    return None
+
+
+def aws_cidr_problem(net: IPv4Network) -> str | None:
+    """An AWS CIDR the gateway routes into the tunnels must leave 169.254.0.0/16 alone: the probes to AWS's inside
+    address would follow the AWS routes, and AWS picks the inside /30s anywhere in it when the stack does not.
+    (Only the agent checked this, against the actual /30s, after the connection existed.)"""
+    if net.overlaps(LINK_LOCAL):
+        return (f"{net} overlaps 169.254.0.0/16, where the tunnels' inside addresses live (and the metadata "
+                "service): the probes to AWS's inside address would follow the AWS routes")
+    return None
+
+
+def sides_overlap_problem(linode: IPv4Network, aws: IPv4Network) -> str | None:
+    if linode.overlaps(aws):
+        return (f"{linode} overlaps the AWS network {aws}; the two sides must not overlap (routing would be "
+                "ambiguous)")
+    return None
+
+
+# ========================================================================================= Linode (Linode facts)
+# "A VLAN label may contain only ASCII letters, digits and dashes" (64: the API's length limit).
+VLAN_LABEL = NamePattern(re.compile(r"^[A-Za-z0-9-]{1,64}$"), "1-64 ASCII letters, digits and dashes",
+                         "hybrid-vpn-dev")
+
+
+def vlan_address_problem(address: IPv4Interface) -> str | None:
+    """The gateway's VLAN address (Linode ``ipam_address``): a host of a LAN that the VLAN hosts route through. A /31
+    or /32 leaves no VLAN host beside the gateway on its link (the stack reader accepted a /31, the renderer not)."""
+    net = address.network
+    if net.prefixlen >= 31:
+        return f"{address}: a /{net.prefixlen} leaves no room for VLAN hosts beside the gateway; use /30 or shorter"
+    if address.ip in (net.network_address, net.broadcast_address):
+        return f"{address} is the network or broadcast address of {net}"
+    return None
+
+
+def vlan_address_outside_problem(address: IPv4Interface, vlan_cidrs: Iterable[IPv4Network]) -> str | None:
+    cidrs = list(vlan_cidrs)
+    if not any(address.ip in net for net in cidrs):
+        return (f"{address} is outside every VLAN CIDR ({', '.join(str(c) for c in cidrs)}): AWS routes back only "
+                "the VLAN CIDRs")
+    return None
+
+
+# ===================================================================================== the gateway's own rules
+# Linux interface names: at most 15 bytes (IFNAMSIZ 16), no '/', ':' or blanks; a leading letter or digit keeps
+# '.', '..' and option-like names ("-x" to `ip`) out. One pattern for the stack, the plan, the agent and nft quoting.
+INTERFACE_NAME = NamePattern(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"),
+                             "a Linux interface name: 1-15 letters, digits, '_', '.', '-', starting with a letter or "
+                             "digit", "vti-aws1")
+# A tunnel's name is a swanctl section name, a metric label and a state file key: a letter first, no dots.
+TUNNEL_NAME = NamePattern(re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"),
+                          "a tunnel name: a letter, then up to 31 letters, digits, '_', '-'", "tunnel1")
+# Interfaces that exist on every gateway and are never the agent's to create, re-address or delete.
+KERNEL_INTERFACES = {
+    "lo": "the loopback interface",
+    "ip_vti0": "the kernel's own fallback VTI device",  # the ip_vti module creates it when it loads
+}
+
+
+def tunnel_interface_problem(name: str, nics: Mapping[str, str]) -> str | None:
+    """``nics``: the gateway's own NIC names with what each one is. The agent owns, recreates and re-addresses the
+    tunnel interfaces: a tunnel on the public NIC would strip the gateway's own address."""
+    taken = {**KERNEL_INTERFACES, **nics}
+    if name in taken:
+        return (f"{name!r} is {taken[name]}; the agent owns, recreates and re-addresses the tunnel interfaces, so a "
+                "tunnel may not take a name the gateway already uses")
+    return None
+
+
+MARK = IntLimit(1, 2**32 - 1, "", 100, "a VTI key/mark per tunnel")
+# The AWS networks the agent routes into the tunnels, one route per CIDR in its table: bounded like the other direction.
+MAX_AWS_CIDRS = 100
+MAX_AWS_CIDRS_WHY = "the gateway's limit of routes into the tunnels"
+
+
+def distinct_problem(what: str, values: list[Any]) -> tuple[int, str] | None:
+    """(index, rule) of the first value equal to an earlier one: each tunnel needs its own ``what``."""
+    for i, value in enumerate(values):
+        if value in values[:i]:
+            return i, f"{value} is also tunnel{values.index(value) + 1}'s {what}; each tunnel needs its own"
+    return None
+
+
+def mss_problem(mss: int, mtu: int) -> str | None:
+    if mss > mtu - 40:
+        return f"{mss} does not fit the tunnel MTU {mtu} (MSS <= MTU - 40: IPv4 + TCP headers take 40)"
+    return None
+
+
+# The failover agent's probes (hostconfig/agent/probe.py, health.py): what it is built and tested for. The stack reader
+# had tighter, made-up bounds (50 ms, 100 probes, 3600 s) and no limit on extra targets, so the three layers
+# disagreed; these are the agent's, the component that runs them.
+PROBE_INTERVAL_MS = IntLimit(20, 60_000, "ms", 200)
+PROBE_TIMEOUT_MS = IntLimit(10, 60_000, "ms", 600)
+DOWN_AFTER = IntLimit(1, 1000, "lost probes", 3)
+UP_AFTER = IntLimit(1, 1000, "good probes", 5)
+FAILBACK_HOLD_SECONDS = IntLimit(0, 86_400, "seconds", 20)
+MAX_EXTRA_PROBE_TARGETS = 16  # one probe per target per interval, each tunnel: bounded work per tick
+REPAIR_HOLD_SECONDS = IntLimit(1, 3600, "seconds", 5)
