@@ -8,7 +8,7 @@ drift), from the stack config and placeholders for what only the clouds know; re
 the rendered agent.json with the agent's own reader. Any refusal becomes a ``ConfigError`` naming the stack key.
 
 Placeholders are chosen to pass every rule whenever some value the cloud could return would: documentation ranges for
-the outside addresses, AWS's /30 layout for the inside addresses, free link-local /30s when AWS picks them. A
+the outside addresses, AWS's /30 layout for the inside addresses, two unreserved link-local /30s when AWS picks them. A
 refusal therefore means the real deploy would be refused too.
 """
 
@@ -23,7 +23,6 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from infra.aws_rules import AWS_RESERVED_INSIDE, LINK_LOCAL
 from infra.config import NAMESPACE, ConfigError, StackConfig
 from infra.outputs import GatewayFacts, TunnelFacts, build_host_config, ssh_host_public_key_line
 
@@ -104,6 +103,7 @@ PLACEHOLDER_OUTSIDE_IPS = (("198.51.100.1", "198.51.100.2"), ("203.0.113.1", "20
                            ("192.0.2.1", "192.0.2.2"))
 PLACEHOLDER_VPN_CONNECTION_ID = "vpn-00000000000000000"
 PLACEHOLDER_VGW_ID = "vgw-00000000000000000"
+PLACEHOLDER_INSIDE_CIDRS = ("169.254.44.0/30", "169.254.45.0/30")  # not reserved by AWS
 PLACEHOLDER_PSKS = ("Preview_placeholder_psk.tunnel1", "Preview_placeholder_psk.tunnel2")  # AWS's PSK rule
 _PRIVATE_KEY_PLACEHOLDER = "-----BEGIN OPENSSH PRIVATE KEY-----\n(placeholder)\n-----END OPENSSH PRIVATE KEY-----\n"
 
@@ -128,33 +128,9 @@ def _placeholder_outside_ips(config: StackConfig) -> tuple[str, str]:
     return PLACEHOLDER_OUTSIDE_IPS[0]  # AWS CIDRs hold every documentation range: the refusal is real
 
 
-def _inside_left_to_aws(config: StackConfig) -> list[str]:
-    """AWS picks the inside /30s anywhere in 169.254.0.0/16 it likes: an AWS CIDR there may get one inside it, which
-    the agent refuses (its probes to the AWS inside address would follow the AWS routes). Only a stack that chooses
-    its /30s itself can be checked, so the others may not put AWS CIDRs in 169.254.0.0/16."""
-    if config.tunnels.inside_cidrs is not None:
-        return []
-    return [f"{NAMESPACE}:aws.cidrs[{i}]: {cidr} overlaps 169.254.0.0/16, where AWS picks the tunnels' inside /30s "
-            "when tunnels.inside_cidrs is absent, and the gateway agent refuses an AWS CIDR that overlaps one; "
-            f"a right value: set {NAMESPACE}:tunnels.inside_cidrs to two /30s outside {cidr}, e.g. "
-            "[169.254.10.0/30, 169.254.11.0/30], or keep aws.cidrs out of 169.254.0.0/16"
-            for i, cidr in enumerate(config.aws.cidrs) if ipaddress.IPv4Network(cidr).overlaps(LINK_LOCAL)]
-
-
 def _placeholder_inside_cidrs(config: StackConfig) -> tuple[str, str]:
-    """When AWS picks the /30s: two it could pick (link-local, not reserved) that overlap no configured network."""
-    if config.tunnels.inside_cidrs is not None:
-        return config.tunnels.inside_cidrs
-    taken = [ipaddress.IPv4Network(c) for c in (*config.aws.cidrs, *config.linode.vlan_cidrs,
-                                                 config.linode.subnet_cidr)]
-    free = []
-    for third in range(6, 256):
-        net = ipaddress.IPv4Network(f"169.254.{third}.0/30")
-        if net not in AWS_RESERVED_INSIDE and not any(net.overlaps(t) for t in taken):
-            free.append(str(net))
-        if len(free) == 2:
-            return free[0], free[1]
-    return "169.254.10.0/30", "169.254.11.0/30"  # every pick overlaps a configured network: the refusal is real
+    """The configured /30s, or two AWS could pick: no stack CIDR may overlap 169.254.0.0/16, so any free pair does."""
+    return config.tunnels.inside_cidrs or PLACEHOLDER_INSIDE_CIDRS
 
 
 def placeholder_host_config(config: StackConfig, *, stack: str, label: str) -> dict[str, Any]:
@@ -211,7 +187,9 @@ def _translate(message: str, reader: str, *, agent_json: bool = False, default_p
     path, rule = (match.group(1), match.group(2)) if match else (default_path, message)
     key, row = stack_key_of(path, agent_json=agent_json)
     where = f"agent.json {path}" if agent_json else path
-    return f"{key}: {rule} (refused by {reader} at {where}); a right value: {row.example}"
+    if "example" not in rule:
+        rule = f"{rule}; example: {row.example}"
+    return f"{key}: {rule} (refused by {reader} at {where})"
 
 
 def preview_problems(config: StackConfig, *, stack: str, label: str) -> list[str]:
@@ -223,14 +201,14 @@ def preview_problems(config: StackConfig, *, stack: str, label: str) -> list[str
     from hostconfig.plan import PlanError
     from hostconfig.render import AGENT_CONFIG_PATH, RenderError
 
-    problems = _inside_left_to_aws(config)
+    problems: list[str] = []
     try:
         render_user_data(hostname=label, ssh_host_ed25519_private=_PRIVATE_KEY_PLACEHOLDER,
                          ssh_host_ed25519_public=_placeholder_public_key())
     except (UserDataError, RenderError) as exc:
         rule = str(exc).removeprefix("hostname: ")
-        problems.append(f"{STACK_NAME}: {rule} (refused by the cloud-init user data, hostname {label!r}); "
-                        "a right value: dev")
+        problems.append(f"{STACK_NAME}: {rule}; example: dev (refused by the cloud-init user data, hostname "
+                        f"{label!r})")
     try:
         host_config = placeholder_host_config(config, stack=stack, label=label)
         files = render_for_delivery(host_config, None)  # what the delivery renders inside apply()
