@@ -1,8 +1,10 @@
 """Everything at preview (issue 17, part 3): what the renderer or the gateway agent would refuse, the program refuses
 before it registers any resource, naming the stack key. The program runs against the emulated cloud (lab/cloud.py).
 
-On main these configs passed infra/config.py, and the renderer refused them inside apply(), after 20 resources
-(the VPN connection and the Linode instance among them) were registered."""
+Before issue 17 (main at 0539dc0) these configs passed infra/config.py and the renderer refused them inside apply(),
+after 20 resources (the VPN connection and the Linode instance among them) were registered. Since the rules module
+(i17-rules) most are refused by infra/config.py itself; a stack name that is no host name (``lab_eu``, ``dev.eu``) was
+still refused only inside apply(), after 13-15 resources."""
 
 from __future__ import annotations
 
