@@ -26,6 +26,7 @@ from infra.linode import (
     LinodeGatewaySideArgs,
 )
 from infra.outputs import GatewayFacts, TunnelFacts, build_host_config, ssh_host_public_key_line
+from infra.preview_check import check_before_any_resource
 from infra.psk import tunnel_psks
 
 config = load_stack_config()  # raises with every problem listed, before any resource exists
@@ -33,6 +34,7 @@ config = load_stack_config()  # raises with every problem listed, before any res
 aws_provider_settings = aws_provider_args(load_namespace("aws"), config.aws.region)  # refuses bad keys, as above
 stack = pulumi.get_stack()
 label = f"hybrid-vpn-{stack}-gw"
+check_before_any_resource(config, stack=stack, label=label)  # what the renderer or the agent would refuse, refused now
 
 # The gateway's SSH host key is made here so delivery can pin it (no trust on first use).
 host_key = tls.PrivateKey("gateway-ssh-host-key", algorithm="ED25519")
