@@ -198,8 +198,9 @@ def preview_problems(config: StackConfig, *, stack: str, label: str) -> list[str
     from hostconfig.agent.config import parse_config
     from hostconfig.cloudinit import UserDataError, render_user_data
     from hostconfig.deliver.program import render_for_delivery
+    from hostconfig.gateway_paths import AGENT_CONFIG
     from hostconfig.plan import PlanError
-    from hostconfig.render import AGENT_CONFIG_PATH, RenderError
+    from hostconfig.render import RenderError
 
     problems: list[str] = []
     try:
@@ -216,7 +217,7 @@ def preview_problems(config: StackConfig, *, stack: str, label: str) -> list[str
         return problems + [_translate(p, "the gateway renderer (hostconfig/plan.py)") for p in exc.problems]
     except RenderError as exc:
         return problems + [_translate(str(exc), "a gateway template (hostconfig/render.py)")]
-    agent_json = next(f for f in files if f["path"] == AGENT_CONFIG_PATH)
+    agent_json = next(f for f in files if f["path"] == AGENT_CONFIG.path)
     try:
         parse_config(json.loads(base64.b64decode(agent_json["content_b64"])))
     except AgentConfigError as exc:

@@ -347,15 +347,16 @@ def end_to_end(host_config: dict[str, Any], label: str) -> None:
     from hostconfig.agent.config import parse_config
     from hostconfig.cloudinit import render_user_data
     from hostconfig.deliver.program import render_for_delivery
+    from hostconfig.gateway_paths import AGENT_CONFIG
     from hostconfig.plan import GatewayPlan
-    from hostconfig.render import AGENT_CONFIG_PATH, render_legacy_files
+    from hostconfig.render import render_legacy_files
 
     render_user_data(hostname=label, ssh_host_ed25519_private="-----BEGIN OPENSSH PRIVATE KEY-----\nx\n"
                      "-----END OPENSSH PRIVATE KEY-----", ssh_host_ed25519_public=host_config["gateway"][
                          "ssh_host_public_key"])
     files = render_for_delivery(copy.deepcopy(host_config), None)
     render_legacy_files(GatewayPlan.from_host_config(copy.deepcopy(host_config)))
-    agent = next(f for f in files if f["path"] == AGENT_CONFIG_PATH)
+    agent = next(f for f in files if f["path"] == AGENT_CONFIG.path)
     parse_config(json.loads(base64.b64decode(agent["content_b64"])))
 
 
