@@ -40,7 +40,7 @@ from lab.vm import ensure_kernel
 log = logging.getLogger(__name__)
 
 # Bump when the recipe below changes: a new key, a new build.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 SUITE = "bookworm"
 # The host's own mirror (deb.debian.org, as apt-get --print-uris shows), the suites a Linode Debian 12 image uses.
 MIRRORS = (
@@ -126,6 +126,9 @@ def _hooks(kernel_tree: Path, version: str, packages: tuple[str, ...]) -> list[s
         f'chroot "$1" mkinitramfs -o /boot/initrd.img-{q(version)} {q(version)}',
         f'printf %s {q(CLOUD_CFG)} > "$1/etc/cloud/cloud.cfg.d/{CLOUD_CFG_NAME}"',
         f'printf %s {q(FSTAB)} > "$1/etc/fstab"',
+        # A cloud image has its default locale generated: cloud-init 22.4 runs update-locale LANG=en_US.UTF-8 before
+        # locale-gen, which fails (and fails cloud-init) when the locale does not exist yet.
+        'sed -i "s/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/" "$1/etc/locale.gen" && chroot "$1" locale-gen',
         # An empty machine-id, as in cloud images: systemd makes one at the instance's first boot.
         'truncate -s 0 "$1/etc/machine-id"',
         'rm -f "$1/etc/ssh/ssh_host_"*',  # every instance gets its own keys: here, the pinned one from user data
