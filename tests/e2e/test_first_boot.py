@@ -107,6 +107,14 @@ def test_cloud_init_completes_without_error(gateway, cloud_init_done):
     _ok(gateway.ssh("systemctl is-enabled hybrid-vpn-failover.service hybrid-vpn-guard.service strongswan.service"))
     assert _ok(gateway.ssh("systemctl is-active strongswan.service")).strip() == "active"
     assert gateway.ssh("systemctl is-active strongswan-starter.service").stdout.strip() != "active"
+    assert _charon_processes(gateway) == {"charon-systemd": 1, "charon": 0, "starter": 0}
+
+
+def _charon_processes(gateway) -> dict[str, int]:
+    """IKE daemons by process name: charon-systemd (strongswan.service) and the starter's charon, which must not run."""
+    names = ("charon-systemd", "charon", "starter")
+    out = _ok(gateway.ssh("; ".join(f"pgrep -c -x {n} || true" for n in names)))
+    return dict(zip(names, (int(n) for n in out.split()), strict=True))
 
 
 def test_delivery_pushes_and_activates_through_systemd(gateway, delivered):
@@ -114,8 +122,7 @@ def test_delivery_pushes_and_activates_through_systemd(gateway, delivered):
     assert "/usr/local/sbin/vpnctl" in delivered["changed_paths"]
     states = gateway.ssh("systemctl is-active " + " ".join(UNITS)).stdout.split()
     assert states == ["active"] * len(UNITS), dict(zip(UNITS, states, strict=False))
-    charons = _ok(gateway.ssh("pgrep -c -f '/usr/lib/ipsec/charon|/usr/sbin/charon-systemd' || true")).strip()
-    assert charons == "1", f"{charons} charon processes (one expected: charon-systemd)"
+    assert _charon_processes(gateway) == {"charon-systemd": 1, "charon": 0, "starter": 0}
     # the push installed the delivered host key and sshd serves it; the bootstrap key is gone
     assert gateway.presents(gateway.op.delivered_host_key)
     assert gateway.ssh("nft list table inet hybrid_vpn").returncode == 0
