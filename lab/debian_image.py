@@ -210,21 +210,11 @@ def ensure_image(packages: tuple[str, ...]) -> DebianImage:
 def product_packages() -> tuple[str, ...]:
     """The packages of the user data the program renders (any host key will do: the list does not depend on it)."""
     from hostconfig.cloudinit import render_user_data
+    from lab.first_boot import ed25519_keypair
 
-    with_key = _throwaway_host_key()
-    return packages_of_user_data(render_user_data(hostname="hybrid-vpn-lab-gw", ssh_host_ed25519_private=with_key[0],
-                                                  ssh_host_ed25519_public=with_key[1]))
-
-
-def _throwaway_host_key() -> tuple[str, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, public.decode() + " throwaway"
+    private, public = ed25519_keypair("throwaway")
+    return packages_of_user_data(render_user_data(hostname="hybrid-vpn-lab-gw", ssh_host_ed25519_private=private,
+                                                  ssh_host_ed25519_public=public))
 
 
 def main(argv: list[str]) -> int:

@@ -76,7 +76,7 @@ def _write_secret(path: Path, text: str) -> None:
 
 # --- the operator side: `python -m lab.first_boot prepare DIR` ------------------------------------------------------
 
-def _ed25519_keypair(comment: str) -> tuple[str, str]:
+def ed25519_keypair(comment: str) -> tuple[str, str]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -95,7 +95,7 @@ def prepare(out_dir: Path) -> None:
     from lab.addresses import LAB_PLAN
 
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ops_private, ops_public = _ed25519_keypair("hybrid-vpn-first-boot-operator")
+    ops_private, ops_public = ed25519_keypair("hybrid-vpn-first-boot-operator")
     _write_secret(out_dir / "id_ed25519", ops_private)
     config = copy.deepcopy(cloud.stack_config_from_file(host_config_source.STACK_CONFIG))
     config["hybrid-vpn:linode"]["authorized_keys"] = [ops_public]
