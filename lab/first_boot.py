@@ -370,8 +370,10 @@ def stop(vm: GatewayVm) -> None:
             os.killpg(vm.qemu.pid, signal.SIGKILL)
             vm.qemu.wait(timeout=30)
     teardown_namespaces()
-    for name in ("disk.ext4", "seed.iso"):
+    # The disk and the secrets go (the operator's output holds the PSKs and keys); logs and captures stay for a look.
+    for name in ("disk.ext4", "seed.iso", OPERATOR_FILE, "id_ed25519"):
         (vm.out / name).unlink(missing_ok=True)
+    shutil.rmtree(vm.out / "seed", ignore_errors=True)
 
 
 def reset_run_dir() -> Path:
