@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 LAB_VERBS := up down status exec break heal prefer maintenance restart lifetimes
 
-.PHONY: setup test test-fast lab lint golden bench $(LAB_VERBS)
+.PHONY: setup test test-fast lab lint golden bench first-boot $(LAB_VERBS)
 
 setup:
 	@scripts/setup-machine
@@ -28,6 +28,11 @@ bench: setup
 	$(PY) bench/agent_bench.py
 	$(PY) bench/delivery_bench.py
 	$(PY) bench/load_bench.py
+
+# The gateway's first boot on a real Debian 12 VM (lab/README.md, "First boot"); the image is built once per machine.
+first-boot: setup
+	$(PY) -m lab.debian_image build
+	$(PY) -m pytest tests/e2e/test_first_boot.py $(PYTEST_ARGS)
 
 # `make lab` = `make lab up`; `make lab down`, `make lab status`, `make lab break tunnel1`, ...
 lab: setup
