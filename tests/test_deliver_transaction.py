@@ -6,6 +6,8 @@ files are created with their mode by the SFTP OPEN itself, and no error chains a
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import threading
 import time
@@ -15,7 +17,7 @@ import pytest
 import test_deliver_push as push_tests  # the same sshd fixture and gateway file set as the push tests
 from test_deliver_push import AGENT, SWANCTL, VALIDATE, activations, gateway_files, leftovers, on_gateway
 
-from hostconfig.deliver import CommandFailed, DeliveryError, push_files
+from hostconfig.deliver import CommandFailed, DeliveryError, push_files, remote_txn
 from hostconfig.deliver.changes import PREVIOUS_SUFFIX, TEMP_MARKER
 from hostconfig.deliver.push import DELIVERY_STATE_DIR
 from hostconfig.deliver.sshd_lab import SshdLab, prepare_sshd
@@ -79,6 +81,33 @@ def test_cut_after_every_remote_step_converges_on_the_next_push(lab: SshdLab, ro
             assert "connection lost" in str(failure.value), cut_at
         push(lab, root, rotated)
         assert_converged(root, rotated)
+
+
+def test_the_manifest_is_gone_before_the_result_appears(tmp_path: Path, monkeypatch):
+    """The client returns as soon as the result exists: a manifest removed after it was seen on a loaded host by
+    the next check ('a manifest was left behind'). Checked at the moment the result is written."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    manifest_path = state_dir / "txn-0123456789ab.json"
+    result_path = state_dir / "txn-0123456789ab.result.json"
+    manifest_path.write_text(json.dumps({
+        "state_dir": str(state_dir), "manifest": str(manifest_path), "result": str(result_path), "timeout": 30,
+        "cloud_init": str(tmp_path / "no-cloud-init"), "cloud_init_done": str(tmp_path / "boot-finished"),
+        "files": [], "validate": [], "activate": []}))
+    seen: dict[str, bool] = {}
+    write_atomic = remote_txn._write_atomic
+
+    def watching(path: str, data: dict) -> None:
+        if path == str(result_path):
+            seen["manifest_when_result_written"] = os.path.exists(manifest_path)
+        write_atomic(path, data)
+
+    monkeypatch.setattr(remote_txn, "_write_atomic", watching)
+    monkeypatch.setattr(remote_txn.signal, "signal", lambda *_: None)  # cmd_apply's SIG_IGN is for the gateway
+
+    assert remote_txn.cmd_apply(str(manifest_path)) == 0
+    assert json.loads(result_path.read_text())["status"] == "ok"
+    assert seen == {"manifest_when_result_written": False}, "the result was published while the manifest existed"
 
 
 def test_install_whose_activation_died_is_activated_by_the_next_push(lab: SshdLab, root: Path, psk: str):

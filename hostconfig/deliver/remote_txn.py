@@ -12,8 +12,8 @@ that result and, if it went away, the next push waits on the same lock and then 
 The gateway records what was last ACTIVATED (activated.json, written only after every activation command succeeded),
 not only what is on disk: files that are on disk but whose activation never finished are activated by the next push.
 
-Command: `apply MANIFEST` (paths on the gateway, under the push's remote root): the transaction; it writes the
-manifest's result file, then removes the manifest. Reading the state and waiting for the result are shell scripts in
+Command: `apply MANIFEST` (paths on the gateway, under the push's remote root): the transaction; it removes the
+manifest, then writes the manifest's result file. Reading the state and waiting for the result are shell scripts in
 push.py (an interpreter start costs seconds on a slow host).
 """
 
@@ -302,9 +302,12 @@ def cmd_apply(manifest_path: str) -> int:
             result = {"status": "failed", "stage": "internal", "argv": [], "exit_status": 1,
                       "stderr": f"{type(exc).__name__}", "rolled_back": False,
                       "rollback_problem": "the transaction stopped on an internal error; push again"}
-        _write_atomic(result_path, result)
+        # The manifest goes first: the client returns as soon as the result exists, and a gateway that shows a
+        # result must show no manifest. Killed in between, the client sees "gone" and the next push converges.
         if os.path.exists(manifest_path):
             os.unlink(manifest_path)
+            _sync_dir(os.path.dirname(manifest_path))
+        _write_atomic(result_path, result)
     finally:
         os.close(fd)
     return 0

@@ -46,8 +46,12 @@ def test_daemon_rebuilds_the_probe_dead_tunnel_once_and_shows_it(gateway):
         assert repair["total"] == 1 and repair["by_kind"] == {"reestablish": 1}
         assert repair["last"]["deleted_ike_sas"] == [old["tunnel2"]] and repair["last"]["initiated"] is True
         assert s["tunnels"]["tunnel1"]["repair"]["total"] == 0
-        metrics = (gateway.tmp / "metrics" / "hybrid_vpn.prom").read_text()
-        assert 'hybrid_vpn_repairs_total{tunnel="tunnel2",kind="reestablish"} 1' in metrics
+        # The daemon writes the state file, then the metrics file, from one snapshot: a reader between the two
+        # writes sees the repair in the state only. Wait on the metrics line itself.
+        metrics_file = gateway.tmp / "metrics" / "hybrid_vpn.prom"
+        counted = 'hybrid_vpn_repairs_total{tunnel="tunnel2",kind="reestablish"} 1'
+        wait_for(lambda: metrics_file.exists() and counted in metrics_file.read_text(),
+                 what="the repair in the metrics")
         status = gateway.vpnctl("status")
         assert "tunnel2 repair: 1 repair(s); last " in status.stdout and "data-path repairs: 1" in status.stdout
         printed = gateway.vpnctl("status", "--json").stdout
