@@ -210,7 +210,7 @@ def ensure_image(packages: tuple[str, ...]) -> DebianImage:
 def product_packages() -> tuple[str, ...]:
     """The packages of the user data the program renders (any host key will do: the list does not depend on it)."""
     from hostconfig.cloudinit import render_user_data
-    from lab.first_boot import ed25519_keypair
+    from lab.keys import ed25519_keypair
 
     private, public = ed25519_keypair("throwaway")
     return packages_of_user_data(render_user_data(hostname="hybrid-vpn-lab-gw", ssh_host_ed25519_private=private,

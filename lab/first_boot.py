@@ -39,6 +39,7 @@ import yaml
 
 from lab import paths
 from lab.debian_image import DebianImage
+from lab.keys import ed25519_keypair
 from lab.vm import kvm_usable
 
 log = logging.getLogger(__name__)
@@ -75,17 +76,6 @@ def _write_secret(path: Path, text: str) -> None:
 
 
 # --- the operator side: `python -m lab.first_boot prepare DIR` ------------------------------------------------------
-
-def ed25519_keypair(comment: str) -> tuple[str, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, f"{public.decode()} {comment}"
-
 
 def prepare(out_dir: Path) -> None:
     """Evaluate the program (stacks/Pulumi.lab.yaml, plus an operator key as `linode.authorized_keys` and
