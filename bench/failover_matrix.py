@@ -13,7 +13,6 @@ Needs a running lab (`make lab`, HYBRID_VPN_LAB_RUN as for the tests), or --up t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hostconfig.plan import VPNCTL_PATH  # noqa: E402
+from hostconfig.agent.status_contract import StatusReport  # noqa: E402
+from hostconfig.gateway_paths import VPNCTL  # noqa: E402
 from lab import driver, flows  # noqa: E402
 
 TUNNEL1_OUTSIDE = "198.51.100.1"
@@ -42,21 +42,14 @@ class Kind:
     runs: list[tuple[float | None, float | None, float | None]] = field(default_factory=list)  # to_aws, to_gw, heal
 
 
-def esp_drop_script(outside_ip: str) -> str:
-    """Same classifier as the fault matrix: NAT-T ESP has a non-zero SPI where IKE has a zero non-ESP marker."""
-    return (f"table inet {FAULT_TABLE} {{ chain forward {{ type filter hook forward priority -10; "
-            f"ip daddr {outside_ip} udp dport 4500 @th,64,32 != 0 drop; "
-            f"ip saddr {outside_ip} udp sport 4500 @th,64,32 != 0 drop; }}; }}")  # nft needs the ';' after a chain
-
-
 def repairs_reset() -> bool:
     """No tunnel has repair attempts pending: each run measures a fresh failure. A fault soon after unhealed repairs
     (the tunnel not yet healthy for the backoff reset, 60 s) waits out the backoff first (hostconfig/agent/health.py);
     that is the product's choice against repair loops, measured on its own, not mixed into these medians."""
-    out = driver.lab("exec", "gw", VPNCTL_PATH, "status", "--json", timeout=120)
+    out = driver.lab("exec", "gw", VPNCTL.path, "status", "--json", timeout=120)
     if out.rc != 0:
         return False
-    return all(t["repair"]["attempts"] == 0 for t in json.loads(out.out)["tunnels"])
+    return all(t.repair.attempts == 0 for t in StatusReport.loads(out.out).tunnels)
 
 
 def settle(aws_sends_on: str) -> None:
@@ -98,8 +91,9 @@ def one_run(kind: Kind) -> tuple[float | None, float | None, float | None]:
     elif kind.name == "esp-dead":
         # The clock is read in the same exec, right after the rule is in: a separate `lab exec` round trip (seconds
         # under load) put the fault's time before the gap by more than outage_around's slack, which read as 0 s.
-        applied = driver.lab("exec", "inet", "sh", "-c", f"echo '{esp_drop_script(TUNNEL1_OUTSIDE)}' | nft -f - && "
-                             "echo \"lab clock $(date +%s.%N)\"", check=True)
+        apply_then_clock = 'printf "%s\\n" "$1" | nft -f - && echo "lab clock $(date +%s.%N)"'
+        applied = driver.lab("exec", "inet", "sh", "-c", apply_then_clock, "sh",
+                             driver.esp_drop_ruleset(TUNNEL1_OUTSIDE, FAULT_TABLE), check=True)
         at = driver.lab_clock(applied)
         heal = lambda: driver.lab("exec", "inet", "nft", "delete", "table", "inet", FAULT_TABLE, check=True)  # noqa
     else:

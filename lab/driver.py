@@ -108,6 +108,20 @@ GATEWAY_TO_AWS_BOUND_SECONDS = GATEWAY_DETECTION_SECONDS + 1.0
 LAB_CLOCK = re.compile(r"lab clock (\d+\.\d+)")
 
 
+def esp_drop_ruleset(outside_ip: str, table: str) -> str:
+    """An nftables table (for the `inet` namespace) that drops that tunnel's ESP both ways while its IKE passes.
+    NAT-T puts both on UDP 4500: ESP starts with its non-zero SPI, IKE with a 4-byte zero non-ESP marker (the first
+    32 bits after the UDP header). Counted per rule, by comment."""
+    return f"""table inet {table} {{
+    chain forward {{
+        type filter hook forward priority -10;
+        ip daddr {outside_ip} udp dport 4500 @th,64,32 != 0 counter drop comment "esp_to_aws"
+        ip saddr {outside_ip} udp sport 4500 @th,64,32 != 0 counter drop comment "esp_from_aws"
+        ip daddr {outside_ip} udp dport 4500 @th,64,32 0 counter comment "ike_to_aws"
+    }}
+}}"""
+
+
 def aws_status() -> dict:
     from lab import awspeer
 

@@ -238,16 +238,8 @@ def nft_inet(script: str) -> None:
 
 
 def drop_esp_of(outside_ip: str) -> None:
-    """That tunnel's ESP dropped both ways, its IKE still passing. NAT-T puts both on UDP 4500: ESP starts with its
-    non-zero SPI, IKE with a 4-byte zero non-ESP marker (the first 32 bits after the UDP header)."""
-    nft_inet(f"""table inet {FAULT_TABLE} {{
-    chain forward {{
-        type filter hook forward priority -10;
-        ip daddr {outside_ip} udp dport 4500 @th,64,32 != 0 counter drop comment "esp_to_aws"
-        ip saddr {outside_ip} udp sport 4500 @th,64,32 != 0 counter drop comment "esp_from_aws"
-        ip daddr {outside_ip} udp dport 4500 @th,64,32 0 counter comment "ike_to_aws"
-    }}
-}}""")
+    """That tunnel's ESP dropped both ways, its IKE still passing (lab.driver.esp_drop_ruleset)."""
+    nft_inet(driver.esp_drop_ruleset(outside_ip, FAULT_TABLE))
 
 
 def remove_fault() -> None:
