@@ -9,10 +9,10 @@ arrive by the SSH push (hostconfig.deliver), which then starts the unit.
 from __future__ import annotations
 
 import logging
-import re
 
 from hostconfig import gateway_paths as gp
 from hostconfig import render as rendermod
+from hostconfig.contract import rules
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,6 @@ PACKAGES = (
     "python3",
 )
 
-_HOSTNAME = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
-_ED25519_PUBLIC = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]+=*( [^\n]*)?$")
 _PRIVATE_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
 _PRIVATE_END = "-----END OPENSSH PRIVATE KEY-----"
 
@@ -39,19 +37,16 @@ class UserDataError(ValueError):
 
 
 def _check(hostname: str, private: str, public: str) -> None:
-    if not isinstance(hostname, str) or not _HOSTNAME.fullmatch(hostname):
-        raise UserDataError(
-            f"hostname: got {hostname!r}; expected a host name label (letters, digits, '-', at most "
-            "63 characters) like 'hybrid-vpn-dev-gw'"
-        )
+    if problem := rules.HOSTNAME.problem(hostname):
+        raise UserDataError(f"hostname: {problem}; example: {rules.HOSTNAME.example}")
     lines = private.strip().splitlines() if isinstance(private, str) else []
     if len(lines) < 3 or lines[0] != _PRIVATE_BEGIN or lines[-1] != _PRIVATE_END:
         raise UserDataError(
             "ssh_host_ed25519_private: not an OpenSSH private key (value not shown); expected the "
             f"text from '{_PRIVATE_BEGIN}' to '{_PRIVATE_END}' as ssh-keygen -t ed25519 writes it"
         )
-    if not isinstance(public, str) or not _ED25519_PUBLIC.fullmatch(public.strip()):
-        raise UserDataError(f"ssh_host_ed25519_public: got {public!r:.40}; expected 'ssh-ed25519 AAAA... comment'")
+    if problem := rules.ssh_public_key_problem(public, ("ssh-ed25519",)):
+        raise UserDataError(f"ssh_host_ed25519_public: {problem}; expected 'ssh-ed25519 AAAA... comment'")
 
 
 def _block(text: str) -> str:

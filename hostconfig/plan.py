@@ -10,7 +10,6 @@ Three parts, all pure (no I/O, no Pulumi types):
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -30,12 +29,17 @@ from hostconfig.contract.reader import (
     Reader,
     RuleBroken,
     Unknown,
-    to_interface,
+    ruled,
+    to_aws_cidr,
+    to_inside_cidr,
     to_ipv4,
     to_network,
+    to_private_network,
+    to_ssh_public_key,
+    to_vlan_address,
     type_name,
 )
-from hostconfig.contract.rules import LINK_LOCAL, NamePattern
+from hostconfig.contract.rules import LINK_LOCAL
 from infra.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -108,11 +112,6 @@ RETRANSMIT_TIMEOUT = 2.0
 RETRANSMIT_BASE = 1.4
 RETRANSMIT_TRIES = 3
 
-# Values only host_config holds (names the program makes), so their rules live here.
-_STACK = NamePattern(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"), "a stack name", "dev")
-_LABEL = NamePattern(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"), "a Linode label", "hybrid-vpn-dev-gw")
-_SSH_HOST_KEY = NamePattern(re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/]+=*( [^\n]*)?$"),
-                            "an OpenSSH public key line", "ssh-ed25519 AAAA... name")
 
 
 class PlanError(ContractError):
@@ -232,27 +231,6 @@ def _equals(expected: Any) -> Callable[[Any], Any]:
     return convert
 
 
-def _vlan_address(v: Any) -> IPv4Interface:
-    address = to_interface(v)
-    if problem := rules.vlan_address_problem(address):
-        raise RuleBroken(problem)
-    return address
-
-
-def _aws_cidr(v: Any) -> IPv4Network:
-    net = to_network(v)
-    if problem := rules.aws_cidr_problem(net):
-        raise RuleBroken(problem)
-    return net
-
-
-def _inside_cidr(v: Any) -> IPv4Network:
-    net = to_network(v)
-    if problem := rules.inside_cidr_problem(net):
-        raise RuleBroken(problem, "169.254.10.0/30")
-    return net
-
-
 def _psk(v: Any) -> Secret:
     if problem := rules.psk_problem(v):
         raise RuleBroken(problem)
@@ -273,22 +251,22 @@ class _PlanBuilder:
         r.check("kind", _equals(SCHEMA_KIND), f'"{SCHEMA_KIND}"', SCHEMA_KIND)
         r.check("version", _equals(SCHEMA_VERSION), f"version {SCHEMA_VERSION} (the version this renderer reads)",
                 str(SCHEMA_VERSION))
-        stack = r.string("stack", _STACK)
+        stack = r.check("stack", ruled(rules.stack_name_problem), "a stack name", "dev")
         gateway = self.gateway(r)
         aws = r.sub("aws", _required(("region", "vpn_connection_id", "vgw_id", "cidrs")), unknown=_WARN,
                     example='{"region": ..., "cidrs": [...]}')
         aws_region = aws.check("region", _nonempty_str, "a region name", "us-east-1")
         vpn_id = aws.check("vpn_connection_id", _nonempty_str, "an id", "vpn-0123456789abcdef0")
         vgw_id = aws.check("vgw_id", _nonempty_str, "an id", "vgw-0123456789abcdef0")
-        aws_cidrs = aws.list_of("cidrs", _aws_cidr, NETWORK_RULE, '["10.0.0.0/16"]', 1, rules.MAX_AWS_CIDRS,
+        aws_cidrs = aws.list_of("cidrs", to_aws_cidr, NETWORK_RULE, '["10.0.0.0/16"]', 1, rules.MAX_AWS_CIDRS,
                                 why=rules.MAX_AWS_CIDRS_WHY)
         linode = r.sub("linode", _required(("region", "vlan_label", "vlan_cidrs", "subnet_cidr")), unknown=_WARN,
                        example='{"vlan_cidrs": [...], ...}')
         linode_region = linode.check("region", _nonempty_str, "a region name", "us-ord")
         vlan_label = linode.string("vlan_label", rules.VLAN_LABEL)
-        vlan_cidrs = linode.list_of("vlan_cidrs", to_network, NETWORK_RULE, '["172.16.0.0/12"]', 1,
+        vlan_cidrs = linode.list_of("vlan_cidrs", to_private_network, NETWORK_RULE, '["172.16.0.0/12"]', 1,
                                     rules.MAX_ROUTES_TO_AWS, why=rules.MAX_ROUTES_TO_AWS_WHY)
-        subnet_cidr = linode.network("subnet_cidr", "10.8.0.0/24")
+        subnet_cidr = linode.check("subnet_cidr", to_private_network, NETWORK_RULE, "10.8.0.0/24")
         crypto = read_crypto(r, "crypto", unknown=_WARN)
         tunnels = self.tunnels(r)
         mtu = r.integer("tunnel_mtu", rules.TUNNEL_MTU)
@@ -321,17 +299,18 @@ class _PlanBuilder:
 
     def gateway(self, r: Reader) -> GatewaySpec | None:
         g = r.sub("gateway", _required(_GATEWAY_KEYS), unknown=_WARN, example='{"public_ip": "203.0.113.10", ...}')
-        label = g.string("label", _LABEL)
+        label = g.string("label", rules.HOSTNAME)
         public_ip = g.ipv4("public_ip", "203.0.113.10")
         private_ip = g.ipv4("private_ip", "10.8.0.2")
         public_if = g.string("public_interface", rules.INTERFACE_NAME, "eth0")
         vlan_if = g.string("vlan_interface", rules.INTERFACE_NAME, "eth1")
-        vlan_address = g.check("vlan_address", _vlan_address, "an IPv4 address with prefix length", "172.16.1.1/24")
-        ssh_key = g.string("ssh_host_public_key", _SSH_HOST_KEY)
+        vlan_address = g.check("vlan_address", to_vlan_address, "an IPv4 address with prefix length", "172.16.1.1/24")
+        ssh_key = g.check("ssh_host_public_key", to_ssh_public_key, "an OpenSSH public key line",
+                          "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... hybrid-vpn-dev-gw")
         if None in (label, public_ip, private_ip, public_if, vlan_if, vlan_address, ssh_key):
             return None
-        if public_if == vlan_if:
-            g.fail("vlan_interface", f"{vlan_if!r} is also the public_interface; the VLAN is a second NIC", "eth1")
+        if problem := rules.second_nic_problem(public_if, vlan_if):
+            g.fail("vlan_interface", problem, "eth1")
         return GatewaySpec(label, public_ip, private_ip, public_if, vlan_if, vlan_address, ssh_key)  # type: ignore
 
     def tunnels(self, r: Reader) -> tuple[TunnelSpec, ...] | None:
@@ -356,7 +335,7 @@ class _PlanBuilder:
         name = t.string("name", rules.TUNNEL_NAME, f"tunnel{n}")
         interface = t.string("interface", rules.INTERFACE_NAME, f"vti-aws{n}")
         outside = t.ipv4("outside_ip", f"198.51.100.{n}")
-        inside = t.check("inside_cidr", _inside_cidr, NETWORK_RULE, f"169.254.1{i}.0/30")
+        inside = t.check("inside_cidr", to_inside_cidr, NETWORK_RULE, f"169.254.1{i}.0/30")
         aws_inside = t.ipv4("aws_inside_ip", f"169.254.1{i}.1")
         gw_inside = t.ipv4("gateway_inside_ip", f"169.254.1{i}.2")
         mark = t.integer("mark", rules.MARK)
@@ -365,12 +344,10 @@ class _PlanBuilder:
         if None in (name, interface, outside, inside, aws_inside, gw_inside, mark, psk):
             return None
         aws_ip, gateway_ip = rules.inside_addresses(inside)
-        if aws_inside != aws_ip:
-            t.fail("aws_inside_ip", f"{aws_inside} is not the first usable address of {inside} (AWS takes the first)",
-                   str(aws_ip))
-        if gw_inside != gateway_ip:
-            t.fail("gateway_inside_ip", f"{gw_inside} is not the second usable address of {inside} (the customer "
-                   "gateway takes the second)", str(gateway_ip))
+        wrong = rules.inside_address_problems(inside, aws_inside, gw_inside)
+        for key, right in (("aws", aws_ip), ("gateway", gateway_ip)):
+            if key in wrong:
+                t.fail(f"{key}_inside_ip", wrong[key], str(right))
         return TunnelSpec(name, interface, outside, inside, aws_inside, gw_inside, psk, mark)  # type: ignore
 
     def failover(self, r: Reader) -> FailoverSpec | None:
@@ -413,8 +390,8 @@ class _PlanBuilder:
             r.fail("gateway.vlan_address", problem, "172.16.1.1/24 with vlan_cidrs [172.16.0.0/12]")
         if problem := rules.mss_problem(mss, mtu):
             r.fail("tcp_mss", problem, str(mtu - 40))
-        if failover.primary not in {t.name for t in tunnels}:
-            r.fail("failover.primary", f"{failover.primary!r} names no tunnel", " or ".join(t.name for t in tunnels))
+        if problem := rules.primary_tunnel_problem(failover.primary, (t.name for t in tunnels)):
+            r.fail("failover.primary", problem, " or ".join(t.name for t in tunnels))
         if failover.probe_timeout_ms < failover.probe_interval_ms:
             log.info("failover probe timeout %d ms is shorter than the interval %d ms", failover.probe_timeout_ms,
                      failover.probe_interval_ms)

@@ -8,13 +8,10 @@ naming the key, the rule and a right example. Tests call it without any Pulumi r
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import logging
 import os
 import re
-import struct
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +25,13 @@ from hostconfig.contract.reader import (
     Problem,
     Reader,
     RuleBroken,
-    to_interface,
+    to_aws_cidr,
+    to_inside_cidr,
     to_ipv4,
     to_network,
+    to_private_network,
+    to_ssh_public_key,
+    to_vlan_address,
 )
 from hostconfig.contract.reader import REQUIRED as REQUIRED_KEY
 from hostconfig.contract.rules import (  # noqa: F401  (re-exported: the config's rules are AWS's)
@@ -123,19 +124,7 @@ LINODE_IMAGE = NamePattern(re.compile(r"^(linode|private)/[A-Za-z0-9._-]+$"),
 SSH_USER = NamePattern(re.compile(r"^[a-z_][a-z0-9_-]{0,31}$"), "a Linux user name", "root")
 TAG_KEY = NamePattern(re.compile(r"^[A-Za-z0-9_.:/=+@-]{1,128}$"), "1-128 of letters, digits, _ . : / = + @ -", "team")
 DELIVERY_TIMEOUT = IntLimit(10, 3600, "seconds", 300)
-# OpenSSH public key types and how many SSH strings their key data holds after the type name (RFC 4253 6.6, RFC 5656
-# 3.1, RFC 8709 4, OpenSSH PROTOCOL.u2f). The Linode API and sshd refuse a line whose data does not parse.
-SSH_KEY_FIELDS = {
-    "ssh-ed25519": 1,
-    "ssh-rsa": 2,
-    "ecdsa-sha2-nistp256": 2,
-    "ecdsa-sha2-nistp384": 2,
-    "ecdsa-sha2-nistp521": 2,
-    "sk-ssh-ed25519@openssh.com": 2,
-    "sk-ecdsa-sha2-nistp256@openssh.com": 3,
-}
 SSH_PRIVATE_KEY_EXAMPLE = "pulumi config set --secret --path 'hybrid-vpn:delivery.ssh_private_key' < ~/.ssh/id_ed25519"
-SSH_KEY_EXAMPLE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... you@laptop (the line of ~/.ssh/id_ed25519.pub)"
 # 16-bit private ASNs or 32-bit private ASNs, as CreateVpnGateway accepts them.
 AMAZON_ASN_RANGES = ((64512, 65534), (4200000000, 4294967294))
 CUSTOMER_GATEWAY_ASN = 65000  # unused with static routes, but AWS requires one; must differ from Amazon's
@@ -163,6 +152,11 @@ NOT_INTERNET_SOURCES = tuple((ipaddress.ip_network(net), what) for net, what in 
 OPERATOR_IP_ENV = "HYBRID_VPN_OPERATOR_IP"
 ADMIN_CIDR_EXAMPLE = ("[<your public IPv4>/32], the address you deploy from as the internet sees it (what "
                       "https://checkip.amazonaws.com shows)")
+
+
+# Not a key of the stack file but the stack's own name (`pulumi stack init <name>`): the gateway is named after it.
+STACK_NAME = "the stack name (`pulumi stack init <name>`; the gateway label is hybrid-vpn-<stack>-gw)"
+STACK_NAME_EXAMPLE = "dev (gateway label hybrid-vpn-dev-gw)"
 
 
 class ConfigError(ContractError):
@@ -245,23 +239,15 @@ def _fields(section: str) -> dict[str, Any]:
     return {**DEFAULTS[section], **dict.fromkeys(REQUIRED.get(section, ()), REQUIRED_KEY)}
 
 
-def _private_network(text: Any) -> str:
-    net = to_network(text)
-    if not any(net.subnet_of(block) for block in RFC1918):
-        raise RuleBroken(f"{text} is not inside a private (RFC 1918) range: 10.0.0.0/8, 172.16.0.0/12, "
-                         "192.168.0.0/16")
-    return str(net)
+def _text(convert: Callable[[Any], Any]) -> Callable[[Any], str]:
+    """The stack model keeps networks and addresses as text."""
+    return lambda value: str(convert(value))
 
 
-def _network(text: Any) -> str:
-    return str(to_network(text))
-
-
-def _aws_cidr(text: Any) -> str:
-    net = to_network(text)
-    if problem := rules.aws_cidr_problem(net):
-        raise RuleBroken(problem)
-    return str(net)
+_network = _text(to_network)
+_private_network = _text(to_private_network)
+_aws_cidr = _text(to_aws_cidr)
+_vlan_address = _text(to_vlan_address)
 
 
 def _pattern(pattern: NamePattern) -> Callable[[Any], str]:
@@ -271,44 +257,6 @@ def _pattern(pattern: NamePattern) -> Callable[[Any], str]:
         return item
 
     return convert
-
-
-def ssh_public_key_problem(line: str) -> str | None:
-    """Why ``line`` is not an OpenSSH public key line ``<type> <base64 key data> [comment]``, or None when it is one.
-
-    The key data is parsed, not only pattern-matched: a placeholder such as ``AAAAC3...ReplaceMe`` looks like a key
-    but is refused by the Linode API (or, worse, accepted and never matches), and the SSH push fails minutes later.
-    """
-    fields = line.strip().split(None, 2)
-    if len(fields) < 2:
-        return "expected '<type> <base64 key data> [comment]'"
-    key_type, data = fields[0], fields[1]
-    if key_type not in SSH_KEY_FIELDS:
-        return f"unknown key type {key_type[:40]!r} (known: {', '.join(SSH_KEY_FIELDS)})"
-    try:
-        blob = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        return "the key data is not valid base64 (a placeholder or a truncated copy?)"
-    strings: list[bytes] = []
-    offset = 0
-    while offset < len(blob):
-        if offset + 4 > len(blob):
-            return "the key data ends inside a length field (truncated?)"
-        (length,) = struct.unpack(">I", blob[offset:offset + 4])
-        offset += 4
-        if offset + length > len(blob):
-            return "the key data is shorter than its own length fields say (truncated?)"
-        strings.append(blob[offset:offset + length])
-        offset += length
-    embedded = strings[0].decode("ascii", "replace") if strings else ""
-    if embedded != key_type:
-        return f"the line says {key_type!r} but its key data is of type {embedded[:40]!r}"
-    if len(strings) - 1 != SSH_KEY_FIELDS[key_type]:
-        return f"the key data of a {key_type} key holds {SSH_KEY_FIELDS[key_type]} field(s) after the type, " \
-               f"this one {len(strings) - 1}"
-    if key_type in ("ssh-ed25519", "sk-ssh-ed25519@openssh.com") and len(strings[1]) != 32:
-        return f"an Ed25519 public key is 32 bytes, this one {len(strings[1])}"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -365,13 +313,6 @@ def _parse_aws(root: Reader) -> dict[str, Any]:
     return out
 
 
-def _vlan_address(text: Any) -> str:
-    address = to_interface(text)
-    if problem := rules.vlan_address_problem(address):
-        raise RuleBroken(problem)
-    return str(address)
-
-
 def _parse_linode(root: Reader) -> dict[str, Any]:
     s = root.sub("linode", _fields("linode"), example="{region: us-ord, vlan_label: ..., vlan_cidrs: [...]}")
     out: dict[str, Any] = {}
@@ -379,15 +320,8 @@ def _parse_linode(root: Reader) -> dict[str, Any]:
     out["type"] = s.string("type", LINODE_TYPE)
     out["image"] = s.string("image", LINODE_IMAGE)
 
-    def check_key(item: Any) -> str:
-        if not isinstance(item, str):
-            raise RuleBroken(f"must be a string, got {item!r}")
-        if problem := ssh_public_key_problem(item):
-            raise RuleBroken(f"is not an OpenSSH public key line: {problem}", SSH_KEY_EXAMPLE)
-        return item.strip()
-
-    out["authorized_keys"] = s.list_of("authorized_keys", check_key, "an OpenSSH public key line",
-                                       f"[{SSH_KEY_EXAMPLE}]")
+    out["authorized_keys"] = s.list_of("authorized_keys", to_ssh_public_key, "an OpenSSH public key line",
+                                       f"[{rules.SSH_KEY_EXAMPLE}]")
     out["subnet_cidr"] = s.check("subnet_cidr", _private_network, NETWORK_RULE, "10.8.0.0/24")
     out["vlan_label"] = s.string("vlan_label", rules.VLAN_LABEL)
     out["vlan_cidrs"] = s.list_of("vlan_cidrs", _private_network, NETWORK_RULE, "[172.16.0.0/12]", 1,
@@ -401,14 +335,8 @@ def _parse_tunnels(root: Reader) -> dict[str, Any]:
     s = root.sub("tunnels", _fields("tunnels"), example="{mtu: 1419}")
     out: dict[str, Any] = {}
 
-    def inside(item: Any) -> str:
-        net = to_network(item)
-        if problem := rules.inside_cidr_problem(net):
-            raise RuleBroken(problem, "169.254.10.0/30")
-        return str(net)
-
     example = "[169.254.10.0/30, 169.254.11.0/30]"
-    out["inside_cidrs"] = s.list_of("inside_cidrs", inside, NETWORK_RULE, example, 2, 2, distinct=False)
+    out["inside_cidrs"] = s.list_of("inside_cidrs", _text(to_inside_cidr), NETWORK_RULE, example, 2, 2, distinct=False)
     if out["inside_cidrs"] and (found := rules.distinct_problem("inside CIDR", list(out["inside_cidrs"]))):
         s.fail(f"inside_cidrs[{found[0]}]", found[1], example)
         out["inside_cidrs"] = None
@@ -588,7 +516,7 @@ def _real_cloud_checks(problems: list[str], linode: Mapping[str, Any], admin_cid
     if keys is not None and not keys:
         problems.append(f"{NAMESPACE}:linode.authorized_keys: is empty but delivery.enabled is true: the push logs in "
                         f"as {delivery.ssh_user} with your SSH key, and the gateway would accept none; example: "
-                        f"[{SSH_KEY_EXAMPLE}]")
+                        f"[{rules.SSH_KEY_EXAMPLE}]")
     elif keys and delivery.ssh_private_key is not None:
         from hostconfig.deliver.push import fingerprint, load_private_key
 
@@ -615,17 +543,20 @@ def _real_cloud_checks(problems: list[str], linode: Mapping[str, Any], admin_cid
 # Entry points
 # ---------------------------------------------------------------------------------------------------------------------
 def parse_stack_config(raw: Mapping[str, Any], *, secret_keys: Collection[str] = (), real_cloud: bool = False,
-                       operator_ip: str | None = None) -> StackConfig:
+                       operator_ip: str | None = None, stack: str | None = None) -> StackConfig:
     """Validate the stack config (keys without the ``hybrid-vpn:`` prefix) and build the model.
 
     ``secret_keys``: the top-level keys (``tunnels``, ``delivery``) that arrived as secrets. ``real_cloud``: the
     program deploys to AWS and Linode (not the lab's emulated cloud), so the rules of ``_real_cloud_checks`` apply.
     ``operator_ip``: the deploying machine's public IPv4 address, when known, checked against ``admin_cidrs``.
+    ``stack``: the stack's name, when known (the gateway's host name is made of it).
     Raises ``ConfigError`` listing every problem; nothing is half-applied because nothing is created before this.
     """
     problems: list[Problem | str] = []
+    if stack is not None and (problem := rules.stack_name_problem(stack)):
+        problems.append(Problem(STACK_NAME, problem, STACK_NAME_EXAMPLE))
     if not isinstance(raw, Mapping):
-        raise ConfigError([f"{NAMESPACE}: the stack config must be a mapping of keys"])
+        raise ConfigError([*problems, f"{NAMESPACE}: the stack config must be a mapping of keys"])
     root = Reader(problems, f"{NAMESPACE}:", raw, {**{key: DEFAULTS.get(key, {}) for key in TOP_LEVEL_KEYS},
                                                    **dict.fromkeys(REQUIRED, REQUIRED_KEY)},
                   null_is_default=True)
@@ -676,7 +607,8 @@ def load_stack_config() -> StackConfig:
     secret_keys = [key for key in TOP_LEVEL_KEYS if runtime_config.is_config_secret(f"{NAMESPACE}:{key}")]
     real_cloud = not _cloud_is_emulated()
     operator_ip = os.environ.get(OPERATOR_IP_ENV) or None
-    config = parse_stack_config(raw, secret_keys=secret_keys, real_cloud=real_cloud, operator_ip=operator_ip)
+    config = parse_stack_config(raw, secret_keys=secret_keys, real_cloud=real_cloud, operator_ip=operator_ip,
+                                stack=pulumi.get_stack())
     if real_cloud and config.delivery.enabled and operator_ip is None:
         pulumi.log.warn(f"{OPERATOR_IP_ENV} is not set, so whether hybrid-vpn:admin_cidrs admits this machine is not "
                         "checked before the gateway is created; the SSH push fails after ~10 minutes if it does not. "

@@ -23,12 +23,11 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from infra.config import NAMESPACE, ConfigError, StackConfig
+from infra.config import NAMESPACE, STACK_NAME, ConfigError, StackConfig
 from infra.outputs import GatewayFacts, TunnelFacts, build_host_config, ssh_host_public_key_line
 
 log = logging.getLogger(__name__)
 
-STACK_NAME = "the stack name (`pulumi stack init <name>`; the gateway label is hybrid-vpn-<stack>-gw)"
 FROM_CLOUD = "a value the clouds choose (placeholder at preview)"
 FROM_PROGRAM = "a value the program sets (not the stack config: a bug, please report it)"
 

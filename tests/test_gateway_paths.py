@@ -105,8 +105,11 @@ def test_every_delivered_file_has_the_tables_mode_and_secrecy():
     assert all(f.mode & 0o077 == 0 for f in by_path.values() if f.secret)
 
 
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEVYQU1QTEUtaG9zdC1rZXktbm90LWEtcmVhbC1rZXkh gw"
+
+
 def test_cloud_init_writes_the_tables_modes_and_makes_its_directories():
-    text = render_user_data(hostname="gw", ssh_host_ed25519_public="ssh-ed25519 AAAA gw",
+    text = render_user_data(hostname="gw", ssh_host_ed25519_public=HOST_KEY,
                             ssh_host_ed25519_private="-----BEGIN OPENSSH PRIVATE KEY-----\nx\n"
                                                      "-----END OPENSSH PRIVATE KEY-----")
     for f in (gp.SYSCTL_CONF, gp.FAILOVER_UNIT_FILE, gp.GUARD_UNIT_FILE):

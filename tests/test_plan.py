@@ -55,7 +55,10 @@ def test_default_input_becomes_a_plan():
 
 def test_the_documented_example_of_contracts_section_1_is_accepted():
     # The contract's example has // comments and placeholders ("<secret>", "AAAA..."): strip and fill them only.
-    text = re.sub(r"\s//[^\n]*", "", contract_block("1.")).replace("AAAA...", "AAAAC3NzaC1lZDI1NTE5AAAAIExample")
+    # (The key must parse: type string + 32 bytes, as the one OpenSSH key rule checks.)
+    key = "AAAAC3NzaC1lZDI1NTE5AAAAIEVYQU1QTEUtaG9zdC1rZXktbm90LWEtcmVhbC1rZXkh"  # type + 32 bytes: it parses
+    text = re.sub(r"\s//[^\n]*", "", contract_block("1.")).replace("AAAA...", key)
+    text = re.sub(r"\s//[^\n]*", "", contract_block("1.")).replace("AAAA...", key)
     obj = json.loads(text)
     for i, tunnel in enumerate(obj["tunnels"]):
         assert tunnel["psk"] == "<secret>"

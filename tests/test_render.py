@@ -34,7 +34,7 @@ FAKE_PRIVATE_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nTEST-ONLY-NOT-A-KEY-0123456789abcdefghijklmnopqrstuvwxyz\n"
     "-----END OPENSSH PRIVATE KEY-----\n"
 )
-FAKE_PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTONLYNOTAKEY hybrid-vpn-dev-gw\n"
+FAKE_PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEVYQU1QTEUtaG9zdC1rZXktbm90LWEtcmVhbC1rZXkh hybrid-vpn-dev-gw\n"
 
 
 def load_input(scenario: str) -> dict:
@@ -243,6 +243,10 @@ def test_user_data_is_the_same_unit_the_delivery_pushes(unit):
         ({"hostname": "bad_name!"}, "hostname:"),
         ({"ssh_host_ed25519_private": "not a key"}, "ssh_host_ed25519_private: not an OpenSSH private key"),
         ({"ssh_host_ed25519_public": "ssh-rsa AAAA x"}, "ssh_host_ed25519_public:"),
+        # i17-rest: the one OpenSSH key rule parses the key data (the old pattern took this placeholder).
+        ({"ssh_host_ed25519_public": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTONLYNOTAKEY gw"},
+         "ssh_host_ed25519_public: the key data"),
+        ({"hostname": "a" * 64}, "hostname: .* host name label"),
     ],
 )
 def test_user_data_arguments_are_checked(kwargs, fragment):

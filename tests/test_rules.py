@@ -137,6 +137,15 @@ def mark(value: int) -> dict[str, list]:
             "agent": [(("tunnels", 0, "mark"), value)]}
 
 
+GOOD_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEVYQU1QTEUtaG9zdC1rZXktbm90LWEtcmVhbC1rZXkh hybrid-vpn-dev-gw"
+
+
+def ssh_key(value: str) -> dict[str, list | None]:
+    # The same fact in two roles: an operator's key (stack) and the gateway's host key (plan); the agent has none.
+    return {"stack": [(("linode", "authorized_keys"), [value])], "plan": [(("gateway", "ssh_host_public_key"), value)],
+            "agent": None}
+
+
 CASES: list[tuple[str, bool, bool, dict[str, list | None]]] = [
     ("probe-interval-20ms", True, True, probe("probe_interval_ms", 20)),
     ("probe-interval-19ms", False, False, probe("probe_interval_ms", 19)),
@@ -188,6 +197,12 @@ CASES: list[tuple[str, bool, bool, dict[str, list | None]]] = [
     ("inside-good", True, False, inside("169.254.20.0/30", "169.254.20.1", "169.254.20.2")),
     ("mark-0", False, False, mark(0)),
     ("mark-max", True, False, mark(2**32 - 1)),
+    # i17-rest: the RFC 1918 rule lived only in the stack reader; the plan and the agent routed a public range.
+    ("vlan-cidr-public", False, True, vlan_cidrs(["172.16.0.0/12", "100.64.0.0/16"])),
+    ("vlan-cidr-192-168", True, False, vlan_cidrs(["172.16.0.0/12", "192.168.0.0/16"])),
+    # i17-rest: one OpenSSH key rule; the plan's own pattern took a gateway host key whose data is no key at all.
+    ("ssh-key-placeholder", False, True, ssh_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample gw")),
+    ("ssh-key-good", True, False, ssh_key(GOOD_HOST_KEY)),
     ("tunnel-name-with-dot", False, True,
      {"stack": None, "plan": [(("tunnels", 0, "name"), "tunnel.1")], "agent": [(("tunnels", 0, "name"), "tunnel.1")]}),
 ]
@@ -231,3 +246,47 @@ def test_one_crypto_profile():
     from hostconfig.contract.crypto import CryptoProfile
 
     assert config.CryptoProfile is CryptoProfile and plan.CryptoProfile is CryptoProfile
+
+
+# i17-rest: the stack name makes the gateway's host name (hybrid-vpn-<stack>-gw). Only the preview check's user-data
+# render refused a bad one; now the stack reader does (naming the stack name, with an example), and the plan by the
+# same rule.
+@pytest.mark.parametrize(("stack", "accepted"), [("dev", True), ("a" * 49, True), ("Prod-2", True), ("a" * 50, False),
+                                                 ("lab_eu", False), ("dev.eu", False), ("", True)])
+def test_the_stack_name_rule_is_the_stack_readers_and_the_plans(stack, accepted):
+    from infra.config import STACK_NAME
+
+    try:
+        parse_stack_config(stack_config(), stack=stack)
+        problems = []
+    except StackError as exc:
+        problems = exc.problems
+    assert (problems == []) is accepted, problems
+    if not accepted:
+        assert len(problems) == 1 and problems[0].startswith(f"{STACK_NAME}: ") and "host name" in problems[0]
+        assert "; example: dev" in problems[0]
+    if stack:  # host_config always carries a stack name
+        assert (verdict("plan", [(("stack",), stack)]) == []) is accepted
+
+
+def test_the_stack_reader_reads_the_running_stacks_name(monkeypatch):
+    """load_stack_config passes pulumi.get_stack() on: a program run as stack lab_eu is refused by the reader."""
+    import pulumi
+
+    import infra.config as config
+
+    class Seen(Exception):
+        pass
+
+    def parse(raw: Any, **kwargs: Any) -> None:
+        seen.update(kwargs)
+        raise Seen
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(pulumi, "get_stack", lambda: "lab_eu")
+    monkeypatch.setattr(config, "parse_stack_config", parse)
+    monkeypatch.setattr(config, "_unknown_namespace_keys", lambda: [])
+    monkeypatch.setattr(config, "_cloud_is_emulated", lambda: True)
+    with pytest.raises(Seen):
+        config.load_stack_config()
+    assert seen["stack"] == "lab_eu"

@@ -23,10 +23,11 @@ from hostconfig.contract.reader import (
     ContractError,
     Problem,
     Reader,
-    shown,
+    to_aws_cidr,
     to_interface,
     to_ipv4,
-    to_network,
+    to_private_network,
+    to_vlan_address,
 )
 from hostconfig.contract.rules import IntLimit, NamePattern
 
@@ -172,12 +173,11 @@ def _tunnel(r: Reader, index: int, raw: Any, nics: dict[str, str]) -> TunnelConf
     aws_inside = t.ipv4("aws_inside_ip", f"169.254.1{index}.1")
     if inside is not None and aws_inside is not None:
         aws_ip, gateway_ip = rules.inside_addresses(inside.network)
-        if inside.ip != gateway_ip:
-            t.fail("gateway_inside_cidr", f"{inside.ip} is not the second usable address of {inside.network} (the "
-                   "customer gateway takes the second)", f"{gateway_ip}/30")
-        if aws_inside != aws_ip:
-            t.fail("aws_inside_ip", f"{aws_inside} is not the first usable address of {inside.network} (AWS takes "
-                   "the first)", str(aws_ip))
+        wrong = rules.inside_address_problems(inside.network, aws_inside, inside.ip)
+        if "gateway" in wrong:
+            t.fail("gateway_inside_cidr", wrong["gateway"], f"{gateway_ip}/30")
+        if "aws" in wrong:
+            t.fail("aws_inside_ip", wrong["aws"], str(aws_ip))
     if not t.ok or None in (name, interface, mark, remote, inside, aws_inside):
         return None
     return TunnelConfig(name, interface, mark, remote, inside, aws_inside)  # type: ignore[arg-type]
@@ -191,19 +191,15 @@ def parse_config(data: Any) -> AgentConfig:
                        str(SUPPORTED_VERSION))
     public_interface = r.string("public_interface", rules.INTERFACE_NAME, "eth0")
     vlan_interface = r.string("vlan_interface", rules.INTERFACE_NAME, "eth1")
-    if public_interface is not None and public_interface == vlan_interface:
-        r.fail("vlan_interface", f"{vlan_interface!r} is also the public_interface; the VLAN is a second NIC", "eth1")
-    gateway_vlan_address = r.check("gateway_vlan_address", to_interface, "an IPv4 address with prefix length",
+    if public_interface and vlan_interface and (problem := rules.second_nic_problem(public_interface, vlan_interface)):
+        r.fail("vlan_interface", problem, "eth1")
+    gateway_vlan_address = r.check("gateway_vlan_address", to_vlan_address, "an IPv4 address with prefix length",
                                    "172.16.1.1/24")
-    if gateway_vlan_address is not None and (problem := rules.vlan_address_problem(gateway_vlan_address)):
-        r.fail("gateway_vlan_address", problem, "172.16.1.1/24")
-        gateway_vlan_address = None
     local_outside_ip = r.ipv4("local_outside_ip", "10.8.0.2")
-    aws_cidrs = r.list_of("aws_cidrs", to_network, NETWORK_RULE, "[10.0.0.0/16]", 1, rules.MAX_ROUTES_TO_AWS)
-    for i, cidr in enumerate(aws_cidrs or ()):
-        if problem := rules.aws_cidr_problem(cidr):
-            r.fail(f"aws_cidrs[{i}]", problem, "[10.0.0.0/16]")
-    vlan_cidrs = r.list_of("vlan_cidrs", to_network, NETWORK_RULE, "[172.16.0.0/12]", 1, rules.MAX_ROUTES_TO_AWS)
+    aws_cidrs = r.list_of("aws_cidrs", to_aws_cidr, NETWORK_RULE, "[10.0.0.0/16]", 1, rules.MAX_AWS_CIDRS,
+                          why=rules.MAX_AWS_CIDRS_WHY)
+    vlan_cidrs = r.list_of("vlan_cidrs", to_private_network, NETWORK_RULE, "[172.16.0.0/12]", 1,
+                           rules.MAX_ROUTES_TO_AWS, why=rules.MAX_ROUTES_TO_AWS_WHY)
 
     nics = {name: f"the {key}" for key, name in (("vlan_interface", vlan_interface),
                                                   ("public_interface", public_interface)) if name}
@@ -222,8 +218,9 @@ def parse_config(data: Any) -> AgentConfig:
             tunnels = None
     mtu = r.integer("mtu", rules.TUNNEL_MTU)
     primary = r.get("primary_tunnel", "tunnel1")
-    if tunnels is not None and primary is not MISSING and primary not in [t.name for t in tunnels]:
-        r.fail("primary_tunnel", f"{shown(primary)} names no tunnel", " or ".join(t.name for t in tunnels))
+    if tunnels is not None and primary is not MISSING and (
+            problem := rules.primary_tunnel_problem(primary, (t.name for t in tunnels))):
+        r.fail("primary_tunnel", problem, " or ".join(t.name for t in tunnels))
 
     p = r.sub("probe", _PROBE_FIELDS, example='{"interval_ms": 200, ...}')
     interval = p.integer("interval_ms", rules.PROBE_INTERVAL_MS)

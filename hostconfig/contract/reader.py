@@ -16,6 +16,7 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from hostconfig.contract import rules
 from hostconfig.contract.rules import IntLimit, NamePattern
 
 log = logging.getLogger(__name__)
@@ -305,3 +306,26 @@ def to_interface(v: Any) -> IPv4Interface:
     if "/" not in v:
         raise RuleBroken(f"{shown(v)} needs its prefix length (CIDR form)")
     return address
+
+
+def ruled(problem: Callable[[Any], str | None], convert: Callable[[Any], Any] = lambda v: v,
+          example: str | None = None) -> Callable[[Any], Any]:
+    """A conversion: ``convert`` the value, then refuse it with the rule ``problem`` finds (one of rules.py's)."""
+
+    def conversion(v: Any) -> Any:
+        value = convert(v)
+        if found := problem(value):
+            raise RuleBroken(found, example)
+        return value
+
+    return conversion
+
+
+# The values every reader takes with the same rule, converted once here (the readers keep their own key paths).
+to_aws_cidr = ruled(rules.aws_cidr_problem, to_network)
+to_private_network = ruled(rules.private_network_problem, to_network)  # the VLAN CIDRs and the gateway's subnet
+to_vlan_address = ruled(rules.vlan_address_problem, to_interface)
+to_inside_cidr = ruled(rules.inside_cidr_problem, to_network, "169.254.10.0/30")
+to_ssh_public_key = ruled(lambda v: (problem := rules.ssh_public_key_problem(v))
+                          and f"is not an OpenSSH public key line: {problem}",
+                          lambda v: v.strip() if isinstance(v, str) else v)

@@ -11,7 +11,10 @@ key and an example). Pure, standard library only: the agent's zipapp ships this 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_network
@@ -139,6 +142,18 @@ def inside_addresses(net: IPv4Network) -> tuple[IPv4Address, IPv4Address]:
     return first, second
 
 
+def inside_address_problems(net: IPv4Network, aws_ip: IPv4Address, gateway_ip: IPv4Address) -> dict[str, str]:
+    """Which of the two inside addresses (``aws`` / ``gateway``) is not where AWS puts it in ``net``, and why."""
+    aws_right, gateway_right = inside_addresses(net)
+    found = {}
+    if aws_ip != aws_right:
+        found["aws"] = f"{aws_ip} is not the first usable address of {net} (AWS takes the first)"
+    if gateway_ip != gateway_right:
+        found["gateway"] = (f"{gateway_ip} is not the second usable address of {net} (the customer gateway takes the "
+                            "second)")
+    return found
+
+
 def phase_integrity_problem(phase: str, encryption: Iterable[str], integrity: Iterable[str]) -> str | None:
     """Phase 1 always needs an integrity algorithm (IKE takes its PRF from it, AEAD or not); phase 2 only for a non-GCM
     cipher. GCM and CBC in one list are fine: the renderer gives each kind its own strongSwan proposal. (The stack
@@ -188,6 +203,15 @@ VLAN_LABEL = NamePattern(re.compile(r"^[A-Za-z0-9-]{1,64}$"), "1-64 ASCII letter
                          "hybrid-vpn-dev")
 
 
+def private_network_problem(net: IPv4Network) -> str | None:
+    """The Linode side's networks (the VLAN CIDRs, the VPC subnet) are private: Linode VLANs and VPC subnets take
+    RFC 1918 ranges only, and a public range routed into the tunnels would capture that range's internet traffic.
+    (Only the stack reader checked it; the plan and the agent took any network.)"""
+    if not any(net.subnet_of(block) for block in RFC1918):
+        return f"{net} is not inside a private (RFC 1918) range: {', '.join(str(b) for b in RFC1918)}"
+    return None
+
+
 def vlan_address_problem(address: IPv4Interface) -> str | None:
     """The gateway's VLAN address (Linode ``ipam_address``): a host of a LAN that the VLAN hosts route through. A /31
     or /32 leaves no VLAN host beside the gateway on its link (the stack reader accepted a /31, the renderer not)."""
@@ -223,6 +247,18 @@ KERNEL_INTERFACES = {
 }
 
 
+def second_nic_problem(public_interface: str, vlan_interface: str) -> str | None:
+    if public_interface == vlan_interface:
+        return f"{vlan_interface!r} is also the public_interface; the VLAN is a second NIC"
+    return None
+
+
+def primary_tunnel_problem(primary: Any, names: Iterable[str]) -> str | None:
+    if primary not in list(names):
+        return f"{repr(primary)[:60]} names no tunnel"
+    return None
+
+
 def tunnel_interface_problem(name: str, nics: Mapping[str, str]) -> str | None:
     """``nics``: the gateway's own NIC names with what each one is. The agent owns, recreates and re-addresses the
     tunnel interfaces: a tunnel on the public NIC would strip the gateway's own address."""
@@ -230,6 +266,88 @@ def tunnel_interface_problem(name: str, nics: Mapping[str, str]) -> str | None:
     if name in taken:
         return (f"{name!r} is {taken[name]}; the agent owns, recreates and re-addresses the tunnel interfaces, so a "
                 "tunnel may not take a name the gateway already uses")
+    return None
+
+
+# The gateway's host name is its Linode label, hybrid-vpn-<stack>-gw: a DNS label (RFC 1123: 1-63 letters, digits,
+# '-', not starting or ending with '-'), or cloud-init's user data and the instance refuse it. The stack name is the
+# only free part, so the rule is the stack name's (at most 63 - 14 = 49 characters).
+HOSTNAME = NamePattern(re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$"),
+                       "a host name label: 1-63 letters, digits and '-', not starting or ending with '-'",
+                       "hybrid-vpn-dev-gw")
+GATEWAY_LABEL_FORMAT = "hybrid-vpn-{stack}-gw"
+MAX_STACK_NAME = 63 - len(GATEWAY_LABEL_FORMAT.format(stack=""))
+
+
+def gateway_label(stack: str) -> str:
+    """The gateway's Linode label and host name for a stack."""
+    return GATEWAY_LABEL_FORMAT.format(stack=stack)
+
+
+def stack_name_problem(stack: Any) -> str | None:
+    if not isinstance(stack, str) or HOSTNAME.problem(gateway_label(stack)):
+        return (f"{repr(stack)[:60]} is not usable: the gateway's host name {GATEWAY_LABEL_FORMAT} must be a host "
+                f"name label ({HOSTNAME.rule}), so a stack name is at most {MAX_STACK_NAME} letters, digits and '-'")
+    return None
+
+
+# OpenSSH public key types and how many SSH strings their key data holds after the type name (RFC 4253 6.6, RFC 5656
+# 3.1, RFC 8709 4, OpenSSH PROTOCOL.u2f). The Linode API, sshd and the push's pinning (paramiko) refuse a line whose
+# data does not parse. One rule for the operator's authorized_keys and the gateway's host key (the plan had a loose
+# pattern of its own that took any base64).
+SSH_KEY_FIELDS = {
+    "ssh-ed25519": 1,
+    "ssh-rsa": 2,
+    "ecdsa-sha2-nistp256": 2,
+    "ecdsa-sha2-nistp384": 2,
+    "ecdsa-sha2-nistp521": 2,
+    "sk-ssh-ed25519@openssh.com": 2,
+    "sk-ecdsa-sha2-nistp256@openssh.com": 3,
+}
+SSH_KEY_EXAMPLE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... you@laptop (the line of ~/.ssh/id_ed25519.pub)"
+
+
+def ssh_public_key_problem(line: Any, key_types: Iterable[str] = SSH_KEY_FIELDS) -> str | None:
+    """Why ``line`` is not an OpenSSH public key line ``<type> <base64 key data> [comment]`` of one of
+    ``key_types``, or None when it is one.
+
+    The key data is parsed, not only pattern-matched: a placeholder such as ``AAAAC3...ReplaceMe`` looks like a key
+    but is refused by the Linode API (or, worse, accepted and never matches), and the SSH push fails minutes later.
+    """
+    if not isinstance(line, str):
+        return "must be a string: an OpenSSH public key line"
+    if "\n" in line.strip() or "\r" in line:
+        return "must be one line"
+    fields = line.strip().split(None, 2)
+    if len(fields) < 2:
+        return "expected '<type> <base64 key data> [comment]'"
+    key_type, data = fields[0], fields[1]
+    known = tuple(key_types)
+    if key_type not in known:
+        return f"unknown key type {key_type[:40]!r} (known: {', '.join(known)})"
+    try:
+        blob = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return "the key data is not valid base64 (a placeholder or a truncated copy?)"
+    strings: list[bytes] = []
+    offset = 0
+    while offset < len(blob):
+        if offset + 4 > len(blob):
+            return "the key data ends inside a length field (truncated?)"
+        (length,) = struct.unpack(">I", blob[offset:offset + 4])
+        offset += 4
+        if offset + length > len(blob):
+            return "the key data is shorter than its own length fields say (truncated?)"
+        strings.append(blob[offset:offset + length])
+        offset += length
+    embedded = strings[0].decode("ascii", "replace") if strings else ""
+    if embedded != key_type:
+        return f"the line says {key_type!r} but its key data is of type {embedded[:40]!r}"
+    if len(strings) - 1 != SSH_KEY_FIELDS[key_type]:
+        return (f"the key data of a {key_type} key holds {SSH_KEY_FIELDS[key_type]} field(s) after the type, "
+                f"this one {len(strings) - 1}")
+    if key_type in ("ssh-ed25519", "sk-ssh-ed25519@openssh.com") and len(strings[1]) != 32:
+        return f"an Ed25519 public key is 32 bytes, this one {len(strings[1])}"
     return None
 
 
