@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import test_deliver_push as push_tests
 from test_deliver_push import AGENT, activations, gateway_files, on_gateway
+from testlib import install_stand_in_systemd, stop_stand_in_systemd
 
 from hostconfig.deliver import CommandFailed, DesiredFile, push_files
 from hostconfig.deliver.gateway import agent_restart_command, validation_commands, vpnctl_file
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.root
 lab, root, psk = push_tests.lab, push_tests.root, push_tests.psk  # fixtures
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "host_config.default.json"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def rendered_files() -> list[DesiredFile]:
@@ -46,48 +48,17 @@ def test_agent_config_the_agent_refuses_fails_validation_and_is_rolled_back(lab:
     assert on_gateway(root, AGENT).read_bytes() == agent.content
 
 
-# A stand-in for systemctl (a network namespace has no systemd): `restart` starts the "daemon", which behaves like
-# vpnctl daemon: with an agent.json it accepts it writes its state file (pid, updated_at) every 0.2 s; with one it
-# refuses ("version": 2) it exits at once, like the real daemon on a ConfigError, and `is-active` turns false.
-SYSTEMCTL = r"""#!/bin/sh
-dir=$(dirname "$0")
-case "$1" in
-  restart)
-    [ -f "$dir/pid" ] && kill "$(cat "$dir/pid")" 2>/dev/null
-    setsid sh -c '
-      if grep -q "\"version\": 2" "$1"; then echo "configuration error" >&2; exit 2; fi
-      while :; do
-        printf "{\"pid\": %s, \"updated_at\": %s}\n" $$ "$(date +%s.%N)" > "$2.tmp" && mv "$2.tmp" "$2"; sleep 0.2
-      done' sh "$AGENT_JSON" "$STATE_FILE" </dev/null >/dev/null 2>&1 &
-    echo $! > "$dir/pid" ;;
-  is-active) kill -0 "$(cat "$dir/pid")" 2>/dev/null ;;
-  show) cat "$dir/pid" ;;
-esac
-"""
-
-
 @pytest.fixture
 def stand_in_systemd(root: Path):
     bindir = root / "stand-in-bin"
-    bindir.mkdir()
-    (bindir / "systemctl").write_text(SYSTEMCTL)
-    (bindir / "systemctl").chmod(0o755)
-    (bindir / "journalctl").write_text("#!/bin/sh\necho '(stand-in journal)'\n")
-    (bindir / "journalctl").chmod(0o755)
+    install_stand_in_systemd(bindir)
     state_file = root / "run" / "daemon-state.json"
     state_file.parent.mkdir()
+    # The push here delivers no vpnctl: the readiness check reads the state through the source tree's contract.
     argv = ["env", f"PATH={bindir}:/usr/sbin:/usr/bin:/sbin:/bin", f"AGENT_JSON={root}{AGENT}",
-            f"STATE_FILE={state_file}", *agent_restart_command("hybrid-vpn-failover", str(state_file), 10)]
+            f"STATE_FILE={state_file}", *agent_restart_command("hybrid-vpn-failover", str(state_file), 10, str(REPO))]
     yield argv
-    pid = bindir / "pid"
-    if pid.exists():
-        import os
-        import signal
-
-        try:
-            os.kill(int(pid.read_text()), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    stop_stand_in_systemd(bindir)
 
 
 def test_agent_that_does_not_become_ready_fails_activation_and_is_rolled_back(lab: SshdLab, root: Path, psk: str,

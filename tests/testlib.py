@@ -98,3 +98,53 @@ class Charon:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
         self.proc = None
+
+
+# A stand-in for systemctl (a network namespace or a test has no systemd): `restart` starts the "daemon", which behaves
+# like `vpnctl daemon`: with an agent.json it accepts, it writes its state file (the documented daemon state with its
+# own pid and the time; $STATE_VERSION overrides the version) every 0.2 s; with one it refuses ("version": 2) it exits
+# at once, like the real daemon on a ConfigError, and `is-active` turns false. Environment: AGENT_JSON, STATE_FILE.
+_STAND_IN_SYSTEMCTL = r"""#!/bin/sh
+dir=$(dirname "$0")
+case "$1" in
+  restart)
+    [ -f "$dir/pid" ] && kill "$(cat "$dir/pid")" 2>/dev/null
+    setsid python3 "$dir/stand-in-daemon.py" "$AGENT_JSON" "$STATE_FILE" </dev/null >/dev/null 2>&1 &
+    echo $! > "$dir/pid" ;;
+  is-active) kill -0 "$(cat "$dir/pid")" 2>/dev/null ;;
+  show) cat "$dir/pid" ;;
+esac
+"""
+_STAND_IN_DAEMON = r"""
+import json, os, pathlib, sys, time
+agent_json, state_file = sys.argv[1], pathlib.Path(sys.argv[2])
+if '"version": 2' in pathlib.Path(agent_json).read_text():
+    sys.exit("configuration error")
+state = json.loads((pathlib.Path(__file__).parent / "daemon-state.example.json").read_text())
+state["version"] = json.loads(os.environ.get("STATE_VERSION", str(state["version"])))
+while True:
+    state.update(pid=os.getpid(), updated_at=time.time())
+    tmp = state_file.with_name(state_file.name + ".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(state_file)
+    time.sleep(0.2)
+"""
+
+
+def install_stand_in_systemd(bindir: Path) -> None:
+    """systemctl and journalctl stand-ins in ``bindir`` (see _STAND_IN_SYSTEMCTL); stop_stand_in_systemd ends them."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("systemctl", _STAND_IN_SYSTEMCTL), ("journalctl", "#!/bin/sh\necho '(stand-in journal)'\n")):
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    (bindir / "stand-in-daemon.py").write_text(_STAND_IN_DAEMON)
+    (bindir / "daemon-state.example.json").write_text(json.dumps(contract_example("daemon-state")))
+
+
+def stop_stand_in_systemd(bindir: Path) -> None:
+    pid = bindir / "pid"
+    if pid.exists():
+        try:
+            os.kill(int(pid.read_text()), signal.SIGTERM)
+        except ProcessLookupError:
+            pass

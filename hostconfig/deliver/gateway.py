@@ -35,10 +35,14 @@ AGENT_READY_SECONDS = 120.0
 
 # `systemctl restart` of a Type=simple unit returns once the process forked, even if the daemon then refuses its
 # config and crash-loops (failover off). This restarts the unit and returns only when the daemon is ready: the unit
-# active and the state file rewritten, after the restart, by the unit's current main process. Runs on the gateway.
+# active and the state file rewritten, after the restart, by the unit's current main process. Runs on the gateway,
+# where it reads the state file through the agent's own contract (hostconfig.agent.status_contract, imported from the
+# delivered vpnctl zipapp): a state file that is not a daemon state of this release is not "ready".
 _RESTART_AND_WAIT_READY = r"""
-import json, subprocess, sys, time
-unit, state_file, deadline = sys.argv[1], sys.argv[2], float(sys.argv[3])
+import subprocess, sys, time
+unit, state_file, deadline, vpnctl = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+sys.path.insert(0, vpnctl)
+from hostconfig.agent.status_contract import ContractError, DaemonState
 started = time.time()
 rc = subprocess.run(["systemctl", "restart", unit]).returncode
 if rc != 0:
@@ -49,14 +53,16 @@ while time.monotonic() < end:
     active = subprocess.run(["systemctl", "is-active", "--quiet", unit]).returncode == 0
     main_pid = subprocess.run(["systemctl", "show", "--property=MainPID", "--value", unit], capture_output=True,
                               text=True).stdout.strip()
+    state = None
     try:
         with open(state_file) as handle:
-            state = json.load(handle)
-    except (OSError, ValueError):
-        state = {}
-    if state:
-        seen = f"state file by pid {state.get('pid')} at {state.get('updated_at')}, unit main pid {main_pid}"
-    if active and float(state.get("updated_at") or 0) >= started and str(state.get("pid")) == main_pid:
+            state = DaemonState.loads(handle.read())
+        seen = f"state file by pid {state.pid} at {state.updated_at}, unit main pid {main_pid}"
+    except OSError:
+        pass
+    except ContractError as exc:
+        seen = f"{state_file}: {exc}"
+    if active and state is not None and state.updated_at >= started and str(state.pid) == main_pid:
         print(f"{unit} ready: main pid {main_pid} wrote {state_file}")
         sys.exit(0)
     time.sleep(0.5)
@@ -86,9 +92,11 @@ def _unit(name: str) -> str:
 
 
 def agent_restart_command(agent_unit: str = _unit(gp.FAILOVER_UNIT), state_file: str = "{root}" + DAEMON_STATE_FILE,
-                          ready_seconds: float = AGENT_READY_SECONDS) -> tuple[str, ...]:
-    """argv restarting the agent's unit and waiting until the daemon reports ready (see _RESTART_AND_WAIT_READY)."""
-    return ("python3", "-c", _RESTART_AND_WAIT_READY, agent_unit, state_file, f"{ready_seconds:g}")
+                          ready_seconds: float = AGENT_READY_SECONDS,
+                          vpnctl: str = "{root}" + VPNCTL) -> tuple[str, ...]:
+    """argv restarting the agent's unit and waiting until the daemon reports ready (see _RESTART_AND_WAIT_READY).
+    ``vpnctl``: the delivered zipapp, whose status contract reads the state file."""
+    return ("python3", "-c", _RESTART_AND_WAIT_READY, agent_unit, state_file, f"{ready_seconds:g}", vpnctl)
 
 
 @dataclass(frozen=True)
