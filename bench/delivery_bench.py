@@ -24,9 +24,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hostconfig.deliver import DesiredFile, push_files  # noqa: E402
-from hostconfig.deliver.gateway import AGENT_CONFIG, validation_commands, vpnctl_file  # noqa: E402
+from hostconfig.deliver.gateway import validation_commands, vpnctl_file  # noqa: E402
 from hostconfig.deliver.provider import GatewayConfigProvider, encode_files, file_hashes  # noqa: E402
 from hostconfig.deliver.sshd_lab import start_sshd  # noqa: E402
+from hostconfig.gateway_paths import AGENT_CONFIG  # noqa: E402
 
 
 def gateway_files() -> tuple[list[DesiredFile], tuple[str, ...]]:
@@ -72,9 +73,10 @@ def main() -> int:
                     seconds, report = push(files)
                     assert report.changed == []
                     results["noop"].append(seconds)
-                    changed = [replace(f, content=f.content + b"\n") if f.path == AGENT_CONFIG else f for f in files]
+                    changed = [replace(f, content=f.content + b"\n") if f.path == AGENT_CONFIG.path else f
+                               for f in files]
                     seconds, report = push(changed)
-                    assert report.changed_paths == [AGENT_CONFIG]
+                    assert report.changed_paths == [AGENT_CONFIG.path]
                     results["one_file"].append(seconds)
             finally:
                 lab.stop()

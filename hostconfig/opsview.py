@@ -31,7 +31,6 @@ from hostconfig.plan import GatewayPlan, PlanError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VPNCTL = gateway_paths.VPNCTL.path
 SSH_DEADLINE_SECONDS = 20.0
 COMMAND_TIMEOUT_SECONDS = 60.0
 
@@ -283,7 +282,7 @@ def ec2_client(region: str) -> Any:
     return boto3.client("ec2", region_name=region)
 
 
-def read_gateway_view(target: Any, vpnctl: str = DEFAULT_VPNCTL) -> StatusReport:
+def read_gateway_view(target: Any, vpnctl: str = gateway_paths.VPNCTL.path) -> StatusReport:
     """`vpnctl status --json` on the gateway over SSH (pinned host key, as delivery connects)."""
     from hostconfig.deliver.push import connect, run_remote
 
@@ -297,7 +296,7 @@ def read_gateway_view(target: Any, vpnctl: str = DEFAULT_VPNCTL) -> StatusReport
     return parse_gateway_status(result.stdout, vpnctl)
 
 
-def parse_gateway_status(text: str, vpnctl: str = DEFAULT_VPNCTL) -> StatusReport:
+def parse_gateway_status(text: str, vpnctl: str = gateway_paths.VPNCTL.path) -> StatusReport:
     """The gateway's `vpnctl status --json` through its definition; a mismatch (another vpnctl version, not JSON) is a
     RuntimeError naming the field, so the gateway view is flagged unavailable instead of misread."""
     try:
@@ -345,7 +344,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--ssh-port", type=int, default=22)
     p.add_argument("--ssh-host", default=None, help="connect here instead of gateway.public_ip (a bastion tunnel)")
     p.add_argument("--ssh-deadline", type=float, default=SSH_DEADLINE_SECONDS, help="seconds to keep trying SSH")
-    p.add_argument("--vpnctl", default=DEFAULT_VPNCTL, help=f"vpnctl on the gateway (default {DEFAULT_VPNCTL})")
+    p.add_argument("--vpnctl", default=gateway_paths.VPNCTL.path,
+                   help=f"vpnctl on the gateway (default {gateway_paths.VPNCTL.path})")
     p.set_defaults(func=cmd_status)
 
 

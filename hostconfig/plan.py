@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from hostconfig import gateway_paths
+from hostconfig import gateway_paths as gp
 
 # The rules the program validated are checked again here, by the same code (the input may come from any program
 # version, or by hand).
@@ -50,16 +50,13 @@ SCHEMA_VERSION = 1
 # --- What the gateway agent owns and where things live (docs/contracts.md §2 and §4). ---
 AGENT_CONFIG_VERSION = 1
 OWNERSHIP = {"route_table": 1519, "route_protocol": 157, "rule_priority": 10100, "nft_table": "hybrid_vpn"}
-VPNCTL_PATH = gateway_paths.VPNCTL.path
-UPDOWN_COMMAND = gateway_paths.UPDOWN_COMMAND
-AGENT_CONFIG_PATH = gateway_paths.AGENT_CONFIG.path
-NFT_RULESET_PATH = gateway_paths.NFT_RULESET.path
-NFT_PATH = gateway_paths.NFT
-FAILOVER_UNIT = gateway_paths.FAILOVER_UNIT
-GUARD_UNIT = gateway_paths.GUARD_UNIT
-STATE_DIR = gateway_paths.STATE_DIR.path
-METRICS_FILE = gateway_paths.METRICS_FILE
-VICI_SOCKET = gateway_paths.VICI_SOCKET
+# Where things live on the gateway: hostconfig/gateway_paths.py (gp), the one table. These four old names stay only
+# for tests/e2e (conftest.py, test_lab_boot_guard.py), which this change may not edit; nothing else uses them
+# (tests/test_gateway_paths.py checks). Delete them once those two files read gateway_paths.
+STATE_DIR = gp.STATE_DIR.path
+FAILOVER_UNIT = gp.FAILOVER_UNIT
+GUARD_UNIT = gp.GUARD_UNIT
+NFT_RULESET_PATH = gp.NFT_RULESET.path
 IKE_PORT, NAT_T_PORT = 500, 4500
 SSH_PORT = 22
 
@@ -505,7 +502,7 @@ def swanctl_view(plan: GatewayPlan) -> dict:
             "replay_window": crypto.replay_window,
             "mark": t.mark,
             "interface": t.interface,
-            "updown": UPDOWN_COMMAND,
+            "updown": gp.UPDOWN_COMMAND,
         })  # fmt: skip
         secrets.append({
             "name": f"ike-{t.name}",
@@ -518,7 +515,7 @@ def swanctl_view(plan: GatewayPlan) -> dict:
 
 def charon_view(plan: GatewayPlan | None = None) -> dict:
     return {
-        "vici_socket": f"unix://{VICI_SOCKET}",
+        "vici_socket": f"unix://{gp.VICI_SOCKET}",
         "retransmit_timeout": RETRANSMIT_TIMEOUT,
         "retransmit_base": RETRANSMIT_BASE,
         "retransmit_tries": RETRANSMIT_TRIES,
@@ -550,7 +547,7 @@ def legacy_view(plan: GatewayPlan) -> dict:
             "closeaction": LEGACY_CLOSE_ACTION[crypto.startup_action],
             "replay_window": crypto.replay_window,
             "mark": t.mark,
-            "updown": UPDOWN_COMMAND,
+            "updown": gp.UPDOWN_COMMAND,
         })  # fmt: skip
         secrets.append({"local_id": str(plan.gateway.public_ip), "remote_id": str(t.outside_ip), "psk": t.psk.reveal()})
     return {"header": _header(plan), "conns": conns, "secrets": secrets}
@@ -590,10 +587,10 @@ def agent_config(plan: GatewayPlan) -> dict:
         },
         "ownership": dict(OWNERSHIP),
         "paths": {
-            "nft_ruleset": NFT_RULESET_PATH,
-            "state_dir": STATE_DIR,
-            "metrics_file": METRICS_FILE,
-            "vici_socket": VICI_SOCKET,
+            "nft_ruleset": gp.NFT_RULESET.path,
+            "state_dir": gp.STATE_DIR.path,
+            "metrics_file": gp.METRICS_FILE,
+            "vici_socket": gp.VICI_SOCKET,
         },
     }
 
@@ -625,16 +622,16 @@ def nftables_view(plan: GatewayPlan) -> dict:
 
 def unit_view() -> dict:
     """The units depend on no plan value: cloud-init writes them before any tunnel exists."""
-    metrics_dir = METRICS_FILE.rsplit("/", 1)[0]
+    metrics_dir = gp.METRICS_DIR.path
     return {
-        "failover_unit": FAILOVER_UNIT,
-        "guard_unit": GUARD_UNIT,
-        "nft": NFT_PATH,
-        "nft_ruleset": NFT_RULESET_PATH,
-        "vpnctl": VPNCTL_PATH,
-        "agent_config": AGENT_CONFIG_PATH,
-        "state_dir": STATE_DIR,
-        "state_dir_name": STATE_DIR.rsplit("/", 1)[1],
+        "failover_unit": gp.FAILOVER_UNIT,
+        "guard_unit": gp.GUARD_UNIT,
+        "nft": gp.NFT,
+        "nft_ruleset": gp.NFT_RULESET.path,
+        "vpnctl": gp.VPNCTL.path,
+        "agent_config": gp.AGENT_CONFIG.path,
+        "state_dir": gp.STATE_DIR.path,
+        "state_dir_name": gp.STATE_DIR.path.rsplit("/", 1)[1],
         "metrics_dir": metrics_dir,
     }
 

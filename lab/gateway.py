@@ -31,7 +31,6 @@ from lab.sh import ns_prefix, pid_of, run, run_in, spawn_in
 log = logging.getLogger(__name__)
 
 OPS_DIR = paths.STATE_DIR / "ops"
-VPNCTL = gp.VPNCTL.path
 PUSH_REPORT = OPS_DIR / "push-report.json"
 
 
@@ -238,7 +237,7 @@ DAEMON_LOCK = f"{gp.STATE_DIR.path}/{agent_state.DAEMON_LOCK}"  # the gateway's,
 def restart_agent() -> None:
     """Stop the daemon, start it, and return once it holds its lock: from then on updown hooks leave the work to it."""
     topology.stop_process("gw-vpnctl-daemon")
-    spawn_in("gw", "gw-vpnctl-daemon", [VPNCTL, "daemon"])
+    spawn_in("gw", "gw-vpnctl-daemon", [gp.VPNCTL.path, "daemon"])
     # `flock -n -s` fails (1) while the daemon holds its exclusive lock
     topology.wait_for(lambda: run_in("gw", ["flock", "-n", "-s", DAEMON_LOCK, "true"], check=False).returncode == 1,
                       120, "the vpnctl daemon to take its lock")
@@ -247,7 +246,7 @@ def restart_agent() -> None:
 def status(out: BinaryIO, err: BinaryIO) -> None:
     out.write(b"vpnctl status\n")
     out.flush()
-    subprocess.run(ns_prefix("gw") + [VPNCTL, "status"], stdout=out, stderr=err, check=False)
+    subprocess.run(ns_prefix("gw") + [gp.VPNCTL.path, "status"], stdout=out, stderr=err, check=False)
 
 
 # --- runs in the operator namespace: `python -m lab.gateway push` -------------------------------------------------

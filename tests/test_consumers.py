@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from hostconfig import gateway_paths as gp
 from hostconfig import plan as planmod
 from hostconfig.cloudinit import render_user_data
 from hostconfig.plan import GatewayPlan
@@ -351,7 +352,7 @@ def test_systemd_analyze_verifies_the_unit(tmp_path, unit_name):
         path = f"/etc/systemd/system/{name}"
         (root_dir / path.lstrip("/")).write_bytes(gateway_file(plan, path))
     unit = root_dir / "etc/systemd/system" / unit_name
-    for program in (planmod.VPNCTL_PATH, planmod.NFT_PATH):
+    for program in (gp.VPNCTL.path, gp.NFT):
         stand_in = root_dir / program.lstrip("/")
         stand_in.parent.mkdir(parents=True, exist_ok=True)
         stand_in.write_text("#!/bin/sh\nexit 0\n")

@@ -12,10 +12,11 @@ import pytest
 
 from hostconfig.deliver import DesiredFile, HostKeyMismatch
 from hostconfig.deliver.changes import PREVIOUS_SUFFIX, Command
-from hostconfig.deliver.gateway import SSH_HOST_KEY, host_key_files
+from hostconfig.deliver.gateway import host_key_files
 from hostconfig.deliver.provider import GatewayConfigProvider, encode_commands, encode_files, file_hashes
 from hostconfig.deliver.push import connect
 from hostconfig.deliver.sshd_lab import make_keypair, prepare_sshd
+from hostconfig.gateway_paths import SSH_HOST_KEY as HOST_KEY
 
 pytestmark = pytest.mark.root
 AGENT = "/etc/hybrid-vpn/agent.json"
@@ -27,7 +28,7 @@ def gateway(netns, tmp_path):
         pytest.skip("needs root and openssh-server")
     root = tmp_path / "gateway-root"
     # sshd reads its host key where delivery writes it (under the scratch root), like /etc/ssh on a gateway.
-    lab = prepare_sshd(netns("hvd"), tmp_path / "sshd", host_key=root / SSH_HOST_KEY.lstrip("/"))
+    lab = prepare_sshd(netns("hvd"), tmp_path / "sshd", host_key=root / HOST_KEY.path.lstrip("/"))
     try:
         lab.start()
         yield lab, root
@@ -44,7 +45,7 @@ def props(lab, root: Path, delivered: tuple[str, str], agent_version: int = 1) -
         "files": encoded, "hashes": file_hashes(encoded, secret=False),
         "secret_hashes": file_hashes(encoded, secret=True),
         "validate": [], "remote_root": str(root), "instance_id": "111", "connect_timeout_seconds": 60,
-        "activate": encode_commands([Command(tuple(lab.reload_command()), when_changed=(SSH_HOST_KEY,))]),
+        "activate": encode_commands([Command(tuple(lab.reload_command()), when_changed=(HOST_KEY.path,))]),
     }
 
 
@@ -66,7 +67,7 @@ def test_first_push_installs_a_host_key_that_later_pushes_pin(gateway, tmp_path)
 
     assert state["host_key_installed"] and state["host_public_key"] == delivered[1]
     assert presented_key_is(lab, delivered[1]) and not presented_key_is(lab, bootstrap)
-    assert not Path(str(root / SSH_HOST_KEY.lstrip("/")) + PREVIOUS_SUFFIX).exists(), "the bootstrap key stayed"
+    assert not Path(str(root / HOST_KEY.path.lstrip("/")) + PREVIOUS_SUFFIX).exists(), "the bootstrap key stayed"
     # A later push pins the delivered key only: no fallback to the bootstrap key is even offered.
     later = props(lab, root, delivered, agent_version=2)
     outs = provider.update("id", state, later).outs
@@ -87,7 +88,7 @@ def test_a_gateway_presenting_the_bootstrap_key_after_the_install_is_refused(gat
     # Someone who read the bootstrap key from user data answers instead of the gateway (here: sshd given a key
     # that the inputs name as the bootstrap key).
     impostor_private, impostor_public = make_keypair(tmp_path / "impostor")
-    (root / SSH_HOST_KEY.lstrip("/")).write_text(impostor_private)
+    (root / HOST_KEY.path.lstrip("/")).write_text(impostor_private)
     os.kill(int((lab.workdir / "sshd.pid").read_text()), 1)  # SIGHUP: sshd re-reads its key
 
     with pytest.raises(HostKeyMismatch):

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hostconfig.deliver import gateway as gw
+from hostconfig import gateway_paths as gp
 
 cloud = pytest.importorskip("lab.cloud", reason="lab/cloud.py (the emulated cloud) not in the tree")
 
@@ -64,11 +64,11 @@ def test_gateway_config_inputs_keep_contents_and_keys_secret(tmp_path):
     secret_roots = {p.split(".")[0].split("[")[0] for p in resource.secret_inputs}
     assert {"files", "private_key", "scrub", "secret_hashes"} <= secret_roots
     assert "hashes" not in secret_roots and "host" not in secret_roots
-    expected_public = {gw.CHARON_CONF, gw.AGENT_CONFIG, gw.NFT_RULESET, gw.VPNCTL, gw.FAILOVER_UNIT,
-                       gw.GUARD_UNIT_FILE, gw.SSH_HOST_PUBLIC_KEY}
+    expected_public = {f.path for f in (gp.CHARON_CONF, gp.AGENT_CONFIG, gp.NFT_RULESET, gp.VPNCTL,
+                                        gp.FAILOVER_UNIT_FILE, gp.GUARD_UNIT_FILE, gp.SSH_HOST_PUBLIC_KEY)}
     assert set(inputs["hashes"]) == expected_public
-    assert set(inputs["secret_hashes"]) == {gw.SWANCTL_CONF, gw.SSH_HOST_KEY}
-    assert {f["path"]: f["mode"] for f in inputs["files"]}[gw.SWANCTL_CONF] == 0o600
+    assert set(inputs["secret_hashes"]) == {gp.SWANCTL_CONF.path, gp.SSH_HOST_KEY.path}
+    assert {f["path"]: f["mode"] for f in inputs["files"]}[gp.SWANCTL_CONF.path] == 0o600
     assert inputs["host"] == run.outputs["gateway_public_ip"]
     assert inputs["host_public_key"].startswith("ssh-ed25519 ")
     assert inputs["private_key"] == key
@@ -97,7 +97,7 @@ def test_the_pinned_host_key_is_delivered_and_never_in_user_data(tmp_path):
     inputs = run.one(T_GATEWAY_CONFIG).inputs
     instance = run.one(T_INSTANCE)
     user_data = base64.b64decode(instance.inputs["metadatas"][0]["userData"]).decode()
-    delivered = next(f for f in inputs["files"] if f["path"] == gw.SSH_HOST_KEY)
+    delivered = next(f for f in inputs["files"] if f["path"] == gp.SSH_HOST_KEY.path)
     delivered_private = base64.b64decode(delivered["content_b64"]).decode()
     assert delivered["secret"] and delivered["mode"] == 0o600
     assert inputs["host_public_key"].startswith("ssh-ed25519 ")

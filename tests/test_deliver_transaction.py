@@ -19,8 +19,8 @@ from test_deliver_push import AGENT, SWANCTL, VALIDATE, activations, gateway_fil
 
 from hostconfig.deliver import CommandFailed, DeliveryError, push_files, remote_txn
 from hostconfig.deliver.changes import PREVIOUS_SUFFIX, TEMP_MARKER
-from hostconfig.deliver.push import DELIVERY_STATE_DIR
 from hostconfig.deliver.sshd_lab import SshdLab, prepare_sshd
+from hostconfig.gateway_paths import DELIVERY_STATE_DIR
 
 pytestmark = pytest.mark.root
 lab, root, psk = push_tests.lab, push_tests.root, push_tests.psk  # fixtures
@@ -48,7 +48,8 @@ def assert_converged(root: Path, files) -> None:
     assert activations(root)[-1] == expected_activation(files), "the last activation did not load the pushed files"
     assert leftovers(root, TEMP_MARKER) == []
     # (A result nobody read, of a transaction whose client went away, is removed by a later transaction.)
-    manifests = [p for p in on_gateway(root, DELIVERY_STATE_DIR).glob("txn-*") if not p.name.endswith(".result.json")]
+    manifests = [p for p in on_gateway(root, DELIVERY_STATE_DIR.path).glob("txn-*")
+                 if not p.name.endswith(".result.json")]
     assert manifests == [], "a manifest was left behind"
 
 
@@ -251,7 +252,7 @@ def test_push_waits_for_cloud_init_before_installing(lab: SshdLab, root: Path, p
     worker = threading.Thread(target=run)
     worker.start()
     try:
-        manifest_dir = on_gateway(root, DELIVERY_STATE_DIR)
+        manifest_dir = on_gateway(root, DELIVERY_STATE_DIR.path)
         deadline = time.monotonic() + 120
         while not list(manifest_dir.glob("txn-*.json")) and time.monotonic() < deadline:
             time.sleep(0.05)

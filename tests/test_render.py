@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hostconfig import gateway_paths as gp
 from hostconfig import plan as planmod
 from hostconfig import render as rendermod
 from hostconfig.cloudinit import UserDataError, render_user_data
@@ -335,12 +336,12 @@ def test_the_rendered_units_start_the_guard_then_the_agent_then_charon():
 
     plan = GatewayPlan.from_host_config(load_input("default"))
     files = {f.path.rsplit("/", 1)[1]: f.content.decode() for f in render_gateway_files(plan)}
-    rendered = (planmod.FAILOVER_UNIT, planmod.GUARD_UNIT)
+    rendered = (gp.FAILOVER_UNIT, gp.GUARD_UNIT)
     units = [parse_unit(CHARON_UNIT, ""), *(parse_unit(n, files[n]) for n in rendered)]
-    assert start_order(units) == [planmod.GUARD_UNIT, planmod.FAILOVER_UNIT, CHARON_UNIT]
-    guard = parse_unit(planmod.GUARD_UNIT, files[planmod.GUARD_UNIT])
-    assert guard.exec_start == (f"{planmod.NFT_PATH} -f {planmod.NFT_RULESET_PATH}",)
-    assert guard.path_conditions == (planmod.NFT_RULESET_PATH,)
+    assert start_order(units) == [gp.GUARD_UNIT, gp.FAILOVER_UNIT, CHARON_UNIT]
+    guard = parse_unit(gp.GUARD_UNIT, files[gp.GUARD_UNIT])
+    assert guard.exec_start == (f"{gp.NFT} -f {gp.NFT_RULESET.path}",)
+    assert guard.path_conditions == (gp.NFT_RULESET.path,)
     # control: main's failover unit (After=strongswan) put charon first
-    old = Unit(planmod.FAILOVER_UNIT, after=("network-online.target", CHARON_UNIT))
-    assert start_order([old, Unit(CHARON_UNIT)]) == [CHARON_UNIT, planmod.FAILOVER_UNIT]
+    old = Unit(gp.FAILOVER_UNIT, after=("network-online.target", CHARON_UNIT))
+    assert start_order([old, Unit(CHARON_UNIT)]) == [CHARON_UNIT, gp.FAILOVER_UNIT]

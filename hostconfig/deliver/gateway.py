@@ -13,22 +13,6 @@ from hostconfig import gateway_paths as gp
 from hostconfig.agent.state import DAEMON_STATE
 from hostconfig.deliver.changes import Command, DesiredFile
 
-# The delivered files' paths, as the commands below and delivery's users name them (the table: gateway_paths).
-SWANCTL_CONF = gp.SWANCTL_CONF.path
-CHARON_CONF = gp.CHARON_CONF.path
-AGENT_CONFIG = gp.AGENT_CONFIG.path
-NFT_RULESET = gp.NFT_RULESET.path
-VPNCTL = gp.VPNCTL.path
-FAILOVER_UNIT = gp.FAILOVER_UNIT_FILE.path
-# The leak guard that loads the ruleset at boot before forwarding and charon (hostconfig/templates): enabled here too,
-# because a gateway that booted before the unit existed has only the push to enable it.
-GUARD_UNIT_FILE = gp.GUARD_UNIT_FILE.path
-# The host key sshd uses from the first push on. The one in user data (readable by anyone who can read the instance
-# through the API, and by the metadata service) is only the bootstrap key the first push connects with.
-SSH_HOST_KEY = gp.SSH_HOST_KEY.path
-SSH_HOST_PUBLIC_KEY = gp.SSH_HOST_PUBLIC_KEY.path
-
-
 # The agent's daemon rewrites this file every few seconds (hostconfig.agent.state): proof that it runs.
 DAEMON_STATE_FILE = f"{gp.STATE_DIR.path}/{DAEMON_STATE}"
 AGENT_READY_SECONDS = 120.0
@@ -80,8 +64,9 @@ def validation_commands() -> list[Command]:
     daemon would refuse at start fails here and is rolled back, instead of a crash-looping daemon after the push.
     """
     return [
-        Command(("nft", "-c", "-f", "{root}" + NFT_RULESET), when_changed=(NFT_RULESET,)),
-        Command(("{root}" + VPNCTL, "check-config", "{root}" + AGENT_CONFIG), when_changed=(AGENT_CONFIG, VPNCTL)),
+        Command(("nft", "-c", "-f", "{root}" + gp.NFT_RULESET.path), when_changed=(gp.NFT_RULESET.path,)),
+        Command(("{root}" + gp.VPNCTL.path, "check-config", "{root}" + gp.AGENT_CONFIG.path),
+                when_changed=(gp.AGENT_CONFIG.path, gp.VPNCTL.path)),
     ]
 
 
@@ -93,7 +78,7 @@ def _unit(name: str) -> str:
 
 def agent_restart_command(agent_unit: str = _unit(gp.FAILOVER_UNIT), state_file: str = "{root}" + DAEMON_STATE_FILE,
                           ready_seconds: float = AGENT_READY_SECONDS,
-                          vpnctl: str = "{root}" + VPNCTL) -> tuple[str, ...]:
+                          vpnctl: str = "{root}" + gp.VPNCTL.path) -> tuple[str, ...]:
     """argv restarting the agent's unit and waiting until the daemon reports ready (see _RESTART_AND_WAIT_READY).
     ``vpnctl``: the delivered zipapp, whose status contract reads the state file."""
     return ("python3", "-c", _RESTART_AND_WAIT_READY, agent_unit, state_file, f"{ready_seconds:g}", vpnctl)
@@ -114,15 +99,19 @@ class ActivationStep:
 # up before it would each run a hook that reconciles itself; in the lab's slow VM those held charon for 20 s at
 # start-up and a tunnel failed to come up.
 ACTIVATION_ORDER = (
-    ActivationStep("reload-units", (FAILOVER_UNIT, GUARD_UNIT_FILE), ("systemctl", "daemon-reload")),
-    ActivationStep("enable-guard", (GUARD_UNIT_FILE,), ("systemctl", "enable", gp.GUARD_UNIT)),
-    ActivationStep("restart-agent", (AGENT_CONFIG, NFT_RULESET, VPNCTL, FAILOVER_UNIT, SWANCTL_CONF),
+    ActivationStep("reload-units", (gp.FAILOVER_UNIT_FILE.path, gp.GUARD_UNIT_FILE.path),
+                   ("systemctl", "daemon-reload")),
+    # The leak guard that loads the ruleset at boot before forwarding and charon (hostconfig/templates): enabled here
+    # too, because a gateway that booted before the unit existed has only the push to enable it.
+    ActivationStep("enable-guard", (gp.GUARD_UNIT_FILE.path,), ("systemctl", "enable", gp.GUARD_UNIT)),
+    ActivationStep("restart-agent", (gp.AGENT_CONFIG.path, gp.NFT_RULESET.path, gp.VPNCTL.path,
+                                     gp.FAILOVER_UNIT_FILE.path, gp.SWANCTL_CONF.path),
                    agent_restart_command()),
     # charon reads strongswan.d (install_routes, the VICI socket) only when it starts.
-    ActivationStep("restart-charon", (CHARON_CONF,), ("systemctl", "restart", _unit(gp.STRONGSWAN_UNIT))),
-    ActivationStep("load-swanctl", (SWANCTL_CONF, CHARON_CONF), ("swanctl", "--load-all")),
+    ActivationStep("restart-charon", (gp.CHARON_CONF.path,), ("systemctl", "restart", _unit(gp.STRONGSWAN_UNIT))),
+    ActivationStep("load-swanctl", (gp.SWANCTL_CONF.path, gp.CHARON_CONF.path), ("swanctl", "--load-all")),
     # sshd re-reads its host keys on reload; the push's own connection stays up, the next one pins the new key.
-    ActivationStep("reload-sshd", (SSH_HOST_KEY,), ("systemctl", "reload", _unit(gp.SSH_UNIT))),
+    ActivationStep("reload-sshd", (gp.SSH_HOST_KEY.path,), ("systemctl", "reload", _unit(gp.SSH_UNIT))),
 )
 
 
@@ -138,10 +127,13 @@ def activation_commands() -> list[Command]:
 
 
 def host_key_files(private_openssh: str, public_openssh: str) -> list[DesiredFile]:
-    """The delivered SSH host key (an ed25519 key the program made, a Pulumi secret) as the files sshd reads."""
+    """The delivered SSH host key (an ed25519 key the program made, a Pulumi secret) as the files sshd reads: the key
+    sshd uses from the first push on. The one in user data (readable by anyone who can read the instance through the
+    API, and by the metadata service) is only the bootstrap key the first push connects with."""
     return [
-        DesiredFile(SSH_HOST_KEY, private_openssh.encode(), gp.SSH_HOST_KEY.mode, secret=gp.SSH_HOST_KEY.secret),
-        DesiredFile(SSH_HOST_PUBLIC_KEY, public_openssh.strip().encode() + b"\n", gp.SSH_HOST_PUBLIC_KEY.mode),
+        DesiredFile(gp.SSH_HOST_KEY.path, private_openssh.encode(), gp.SSH_HOST_KEY.mode,
+                    secret=gp.SSH_HOST_KEY.secret),
+        DesiredFile(gp.SSH_HOST_PUBLIC_KEY.path, public_openssh.strip().encode() + b"\n", gp.SSH_HOST_PUBLIC_KEY.mode),
     ]
 
 
@@ -173,4 +165,4 @@ def vpnctl_file() -> DesiredFile:
     with tempfile.TemporaryDirectory(prefix="hybrid-vpn-vpnctl-") as tmp:
         built = build_zipapp(Path(tmp) / "vpnctl.pyz")
         data = reproducible_zipapp(built.read_bytes())
-    return DesiredFile(VPNCTL, data, gp.VPNCTL.mode, secret=gp.VPNCTL.secret)
+    return DesiredFile(gp.VPNCTL.path, data, gp.VPNCTL.mode, secret=gp.VPNCTL.secret)

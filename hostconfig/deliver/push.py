@@ -54,8 +54,6 @@ _FIRST_BACKOFF_SECONDS = 0.25
 _MAX_BACKOFF_SECONDS = 8.0
 _MAX_ATTEMPT_SECONDS = 15.0
 
-# Where the gateway keeps delivery's own state (hostconfig.gateway_paths says why it is persistent).
-DELIVERY_STATE_DIR = gateway_paths.DELIVERY_STATE_DIR.path
 _REMOTE_PROGRAM = (Path(__file__).with_name("remote_txn.py")).read_text()
 # A push that finds the gateway changed under it (another push, an edit) plans again, this many times.
 _MAX_PLANS = 3
@@ -522,7 +520,7 @@ def _push_once(client, target: SshTarget, desired: list[DesiredFile], validate_c
                connect_seconds: float, started: float) -> tuple[PushReport | None, str]:
     """One plan + transaction. None when the transaction found the gateway changed since the plan (plan again)."""
     timeout = target.command_timeout_seconds
-    state_dir = remote_path(remote_root, DELIVERY_STATE_DIR)
+    state_dir = remote_path(remote_root, gateway_paths.DELIVERY_STATE_DIR.path)
 
     def done(name: str) -> None:
         if on_step is not None:
@@ -649,7 +647,7 @@ def gateway_file_hashes(target: SshTarget, paths: Sequence[str], remote_root: st
     client = connect(target)
     try:
         on_host = [remote_path(remote_root, p) for p in paths]
-        gateway = read_remote_state(client, on_host, remote_path(remote_root, DELIVERY_STATE_DIR),
+        gateway = read_remote_state(client, on_host, remote_path(remote_root, gateway_paths.DELIVERY_STATE_DIR.path),
                                     target.command_timeout_seconds)
     finally:
         client.close()

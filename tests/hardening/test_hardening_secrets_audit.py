@@ -121,14 +121,8 @@ def sshd(netns, tmp_path):
 
 def test_no_psk_or_operator_key_anywhere_it_must_not_be(sshd, netns, tmp_path, caplog):
     from hostconfig.deliver import push_files
-    from hostconfig.deliver.gateway import (
-        AGENT_CONFIG,
-        NFT_RULESET,
-        SWANCTL_CONF,
-        VPNCTL,
-        validation_commands,
-        vpnctl_file,
-    )
+    from hostconfig.deliver.gateway import validation_commands, vpnctl_file
+    from hostconfig.gateway_paths import AGENT_CONFIG, NFT_RULESET, SWANCTL_CONF, VPNCTL
     from hostconfig.plan import GatewayPlan
     from hostconfig.render import render_gateway_files
 
@@ -167,7 +161,7 @@ def test_no_psk_or_operator_key_anywhere_it_must_not_be(sshd, netns, tmp_path, c
     files = [*rendered, vpnctl_file()]
     for f in rendered:
         hits = needles.found_in(f.content)
-        if f.path == SWANCTL_CONF:
+        if f.path == SWANCTL_CONF.path:
             assert set(hits) == {"PSK #1", "PSK #2"} and f.mode == 0o600 and f.secret, (hits, oct(f.mode))
         elif hits:
             findings.append(f"{hits} in rendered {f.path}")
@@ -182,7 +176,7 @@ def test_no_psk_or_operator_key_anywhere_it_must_not_be(sshd, netns, tmp_path, c
     finally:
         watcher.stop.set()
         watcher.join(timeout=30)
-    assert SWANCTL_CONF in report.changed_paths and report.validated, report.as_dict()
+    assert SWANCTL_CONF.path in report.changed_paths and report.validated, report.as_dict()
     assert watcher.scans >= 3 and any("sshd" in argv for argv in watcher.seen), watcher.scans
     findings.extend(watcher.hits)
     # A second push with a rotated PSK leaves a previous copy behind for the rollback: it must be 0600 too.
@@ -201,14 +195,14 @@ def test_no_psk_or_operator_key_anywhere_it_must_not_be(sshd, netns, tmp_path, c
             mode = stat.S_IMODE(path.stat().st_mode)
             if mode != 0o600:
                 findings.append(f"{hits} in {path.relative_to(root)} with mode {mode:o} (must be 0600)")
-    assert root / SWANCTL_CONF.lstrip("/") in secret_files
+    assert root / SWANCTL_CONF.path.lstrip("/") in secret_files
     for hit in needles.found_in(sshd.log()):
         findings.append(f"{hit} in sshd's log (LogLevel DEBUG3)")
 
     # 4. The delivered vpnctl (zipapp, system python3) on a gateway namespace, with the delivered files.
-    agent = json.loads((root / AGENT_CONFIG.lstrip("/")).read_text())
+    agent = json.loads((root / AGENT_CONFIG.path.lstrip("/")).read_text())
     state = tmp_path / "agent-state"
-    agent["paths"] = {"nft_ruleset": str(root / NFT_RULESET.lstrip("/")), "state_dir": str(state),
+    agent["paths"] = {"nft_ruleset": str(root / NFT_RULESET.path.lstrip("/")), "state_dir": str(state),
                       "metrics_file": str(tmp_path / "metrics" / "hybrid_vpn.prom"),
                       "vici_socket": str(tmp_path / "no-charon.vici")}
     agent_config = tmp_path / "agent.json"
@@ -217,7 +211,7 @@ def test_no_psk_or_operator_key_anywhere_it_must_not_be(sshd, netns, tmp_path, c
     without_ipv6(gw)
     wire_gateway(gw, aws, agent)
     subprocess.run(["ip", "-n", gw, "link", "add", "eth0", "type", "veth", "peer", "name", "wan0"], check=True)
-    vpnctl = str(root / VPNCTL.lstrip("/"))
+    vpnctl = str(root / VPNCTL.path.lstrip("/"))
     env = {"PATH": os.environ["PATH"], "PLUTO_VERB": "up-client", "PLUTO_CONNECTION": "tunnel1",
            "PLUTO_MARK_IN": "100/0xffffffff", "PLUTO_PEER": agent["tunnels"][0]["remote_outside_ip"]}
     outputs = []
