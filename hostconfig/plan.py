@@ -20,6 +20,7 @@ from hostconfig import gateway_paths as gp
 # The rules the program validated are checked again here, by the same code (the input may come from any program
 # version, or by hand).
 from hostconfig.contract import rules
+from hostconfig.contract.codec import version_problem
 from hostconfig.contract.crypto import CryptoProfile, PhaseProposal, read_crypto
 from hostconfig.contract.reader import (
     NETWORK_RULE,
@@ -246,7 +247,7 @@ class _PlanBuilder:
                                      "stack output host_config")])
         r = Reader(self.problems, "host_config", obj, {**_required(_TOP_KEYS), "admin_cidrs": None}, unknown=_WARN)
         r.check("kind", _equals(SCHEMA_KIND), f'"{SCHEMA_KIND}"', SCHEMA_KIND)
-        r.check("version", _equals(SCHEMA_VERSION), f"version {SCHEMA_VERSION} (the version this renderer reads)",
+        r.check("version", ruled(lambda v: version_problem(v, SCHEMA_VERSION, "this renderer")), "a version",
                 str(SCHEMA_VERSION))
         stack = r.check("stack", ruled(rules.stack_name_problem), "a stack name", "dev")
         gateway = self.gateway(r)

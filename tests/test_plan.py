@@ -170,7 +170,7 @@ def test_a_bad_psk_is_refused_without_showing_it():
     "mutate, path, fragment",
     [
         (lambda o: o.update(kind="other"), "host_config.kind", "hybrid-vpn/host-config"),
-        (lambda o: o.update(version=2), "host_config.version", "the version this renderer reads"),
+        (lambda o: o.update(version=2), "host_config.version", "the version this renderer knows"),
         (lambda o: o["crypto"].update(ike_version=1), "host_config.crypto.ike_version", "only IKEv2"),
         (lambda o: o["crypto"]["phase1"].update(dh_groups=[5]), "host_config.crypto.phase1.dh_groups[0]", "14"),
         (lambda o: o["crypto"]["phase2"].update(dh_groups=[]), "host_config.crypto.phase2.dh_groups", "1 to 13"),

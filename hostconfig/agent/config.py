@@ -16,13 +16,14 @@ from typing import Any
 
 from hostconfig import gateway_paths as gp
 from hostconfig.contract import rules
+from hostconfig.contract.codec import field_table, version_problem
 from hostconfig.contract.reader import (
     MISSING,
     NETWORK_RULE,
-    REQUIRED,
     ContractError,
     Problem,
     Reader,
+    ruled,
     to_aws_cidr,
     to_interface,
     to_ipv4,
@@ -123,17 +124,13 @@ class AgentConfig:
         return tuple(t.name for t in self.tunnels)
 
 
-_TUNNEL_FIELDS = dict.fromkeys(
-    ("name", "interface", "mark", "remote_outside_ip", "gateway_inside_cidr", "aws_inside_ip"), REQUIRED)
-_PROBE_FIELDS = {**dict.fromkeys(("interval_ms", "timeout_ms", "down_after", "up_after", "failback_hold_seconds",
-                                  "extra_targets"), REQUIRED),
-                 # Optional (agent.json files written before it existed stay valid); the default is in health.py.
-                 "repair_hold_seconds": DEFAULT_REPAIR_HOLD_SECONDS}
-_OWNERSHIP_FIELDS = dict.fromkeys(("route_table", "route_protocol", "rule_priority", "nft_table"), REQUIRED)
-_PATHS_FIELDS = dict.fromkeys(("nft_ruleset", "state_dir", "metrics_file", "vici_socket"), REQUIRED)
-_FIELDS = dict.fromkeys(("version", "public_interface", "vlan_interface", "gateway_vlan_address", "local_outside_ip",
-                         "aws_cidrs", "vlan_cidrs", "tunnels", "mtu", "primary_tunnel", "probe", "ownership", "paths"),
-                        REQUIRED)
+# Each object's keys are its dataclass's fields (the contracts' one codec, hostconfig/contract/codec.py).
+_TUNNEL_FIELDS = field_table(TunnelConfig)
+# repair_hold_seconds is optional (agent.json files written before it existed stay valid); the default is in health.py.
+_PROBE_FIELDS = field_table(ProbeConfig, {"repair_hold_seconds": DEFAULT_REPAIR_HOLD_SECONDS})
+_OWNERSHIP_FIELDS = field_table(Ownership)
+_PATHS_FIELDS = field_table(Paths)
+_FIELDS = field_table(AgentConfig)
 
 _DISTINCT = {"name": "tunnel1 and tunnel2", "interface": "vti-aws1 and vti-aws2", "mark": "100 and 200",
              "remote_outside_ip": "198.51.100.1 and 198.51.100.2"}
@@ -187,8 +184,8 @@ def parse_config(data: Any) -> AgentConfig:
     """Validate a decoded agent.json object; raise ConfigError listing every problem found."""
     problems: list[Problem] = []
     r = Reader(problems, "", data, _FIELDS, example=_EXAMPLE)
-    version = r.choice("version", (SUPPORTED_VERSION,), f"a version this agent reads ({SUPPORTED_VERSION})",
-                       str(SUPPORTED_VERSION))
+    version = r.check("version", ruled(lambda v: version_problem(v, SUPPORTED_VERSION, "this agent")), "a version",
+                      str(SUPPORTED_VERSION))
     public_interface = r.string("public_interface", rules.INTERFACE_NAME, "eth0")
     vlan_interface = r.string("vlan_interface", rules.INTERFACE_NAME, "eth1")
     if public_interface and vlan_interface and (problem := rules.second_nic_problem(public_interface, vlan_interface)):

@@ -14,12 +14,11 @@ the operator's tools without pyroute2.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, TypeVar
+
+from hostconfig.contract import codec
 
 from .errors import AgentError
 
@@ -36,15 +35,16 @@ D = TypeVar("D", bound="Document")
 
 
 class Record:
-    """JSON (de)serialisation of a dataclass from its type hints. A field's JSON key is its name unless the field's
-    metadata says ``{"key": ...}`` (``from`` is a keyword)."""
+    """JSON (de)serialisation of a dataclass from its type hints, by the contracts' one codec
+    (hostconfig/contract/codec.py). A field's JSON key is its name unless the field's metadata says ``{"key": ...}``
+    (``from`` is a keyword). Keys a reader does not know are ignored (``Unknown.IGNORE``)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {_key(f): _dump(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return codec.encode(self)
 
     @classmethod
     def from_json(cls: type[C], data: Any, where: str = "") -> C:
-        return _load(cls, data, where or cls.__name__)
+        return codec.decode(cls, data, where or cls.__name__, ContractError, codec.Unknown.IGNORE)
 
 
 class Document(Record):
@@ -56,14 +56,12 @@ class Document(Record):
     @classmethod
     def from_json(cls: type[D], data: Any, where: str = "") -> D:
         if not isinstance(data, dict):
-            raise ContractError(f"{cls.TITLE}: expected a JSON object, found {_kind(data)}")
+            raise ContractError(f"{cls.TITLE}: expected a JSON object, found {codec.type_name(data)}")
         if "version" not in data:
             raise ContractError(f"{cls.TITLE}: missing field 'version' (this reader knows version {cls.VERSION})")
-        version = data["version"]
-        if version != cls.VERSION or isinstance(version, bool):
-            raise ContractError(f"{cls.TITLE}: version {version!r} is not the version this reader knows "
-                                f"({cls.VERSION}); install the same hybrid-vpn release on both sides")
-        return _load(cls, data, where or cls.TITLE)
+        if problem := codec.version_problem(data["version"], cls.VERSION):
+            raise ContractError(f"{cls.TITLE}: {problem}")
+        return codec.decode(cls, data, where or cls.TITLE, ContractError, codec.Unknown.IGNORE)
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
@@ -75,74 +73,6 @@ class Document(Record):
         except ValueError as exc:
             raise ContractError(f"{cls.TITLE}: not JSON ({exc})") from None
         return cls.from_json(data)
-
-
-def _key(f: dataclasses.Field[Any]) -> str:
-    return str(f.metadata.get("key", f.name))
-
-
-def _dump(value: Any) -> Any:
-    if isinstance(value, Record):
-        return value.to_json()
-    if isinstance(value, dict):
-        return {str(k): _dump(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_dump(v) for v in value]
-    return value
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
-
-
-def _load(cls: type[C], data: Any, where: str) -> C:
-    if not isinstance(data, dict):
-        raise ContractError(f"{where}: expected an object, found {_kind(data)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        key = _key(f)
-        path = f"{where}.{key}"
-        if key not in data:
-            raise ContractError(f"{path}: missing field")
-        values[f.name] = _value(hints[f.name], data[key], path)
-    return cls(**values)
-
-
-def _value(hint: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        real = [o for o in options if o is not type(None)]
-        if len(real) == 1:
-            return _value(real[0], value, path)
-        raise TypeError(f"{path}: unions of several types are not part of the contract")  # a definition bug
-    if isinstance(hint, type) and issubclass(hint, Record):
-        return _load(hint, value, path)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ContractError(f"{path}: expected a list, found {_kind(value)}")
-        (item,) = typing.get_args(hint)
-        return [_value(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ContractError(f"{path}: expected an object, found {_kind(value)}")
-        _, item = typing.get_args(hint)
-        return {k: _value(item, v, f"{path}.{k}") for k, v in value.items()}
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ContractError(f"{path}: expected a number, found {_kind(value)}")
-        return float(value)
-    if hint in (int, str, bool):
-        if type(value) is not hint:
-            raise ContractError(f"{path}: expected {_kind(hint())}, found {_kind(value)} {value!r}"[:300])
-        return value
-    raise TypeError(f"{path}: type {hint!r} is not part of the contract")  # a definition bug, not bad input
 
 
 # ------------------------------------------------------------------------------------------------ daemon state

@@ -12,21 +12,14 @@ import difflib
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from hostconfig.contract import rules
+from hostconfig.contract.codec import REQUIRED, Unknown, type_name, unknown_keys  # noqa: F401  (re-exported)
 from hostconfig.contract.rules import IntLimit, NamePattern
 
 log = logging.getLogger(__name__)
-
-
-class Unknown(Enum):
-    """What a reader does with a key it does not know."""
-
-    REFUSE = "refuse"  # a problem (a typo must not be silently ignored: the stack config, agent.json)
-    WARN = "warn"  # logged and ignored (host_config: a newer program may add fields)
 
 
 class _Missing:
@@ -35,7 +28,6 @@ class _Missing:
 
 
 MISSING: Any = _Missing()
-REQUIRED: Any = object()  # the default of a key that must be present
 
 
 @dataclass(frozen=True)
@@ -105,8 +97,10 @@ class Reader:
                 self.fail("", f"must be an object (a mapping of keys), got {type_name(raw)} {shown(raw)}", example)
             raw, self.absent = {}, True
         self.raw = raw
-        extra = [str(k) for k in raw if k not in fields]
-        if extra and unknown is Unknown.WARN:
+        extra = unknown_keys(raw, fields)
+        if extra and unknown is Unknown.IGNORE:
+            pass
+        elif extra and unknown is Unknown.WARN:
             log.warning("%s: ignoring unknown keys %s (known: %s)", self.key(""), ", ".join(sorted(extra)),
                         ", ".join(fields))
         elif extra:
@@ -269,13 +263,6 @@ class Reader:
 
 # ---------------------------------------------------------------------------------------------------- conversions
 NETWORK_RULE = "an IPv4 network in CIDR form with no host bits set"
-
-
-def type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def to_ipv4(v: Any) -> IPv4Address:

@@ -30,7 +30,7 @@ def test_contract_example_parses_into_typed_values():
 @pytest.mark.parametrize(
     "path, value, expected",
     [
-        (("version",), 2, "version: 2 is not one of 1: a version this agent reads"),
+        (("version",), 2, "version: version 2 is not the version this agent knows (1)"),
         (("colour",), "blue", "colour: unknown key"),
         (("probe", "interval",), 200, "probe.interval: unknown key"),
         (("tunnels", 0, "psk"), "secret", "tunnels[0].psk: unknown key"),

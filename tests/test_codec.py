@@ -1,0 +1,79 @@
+"""One codec (hostconfig/contract/codec.py) between the contracts' dataclasses and JSON: the agent configuration's
+reader takes its key tables and version rule from it, the agent's output documents (daemon state, status JSON) are
+decoded and encoded by it, and the host_config reader shares the version rule. Before (i17-rest), agent.json, the
+status Record and host_config each had their own key lists and version check, with three different messages."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import sys
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+from testlib import contract_example
+
+from hostconfig.agent import config as agent_config
+from hostconfig.agent.config import ConfigError, parse_config
+from hostconfig.agent.status_contract import ContractError, DaemonState, StatusReport
+from hostconfig.contract.codec import Unknown, decode, encode, field_table
+from hostconfig.plan import GatewayPlan, PlanError
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "agent"))
+from agent_testlib import BASE_CONFIG  # noqa: E402
+
+
+def test_every_reader_refuses_another_version_with_the_one_rule():
+    messages = []
+    for document in (DaemonState, StatusReport):
+        with pytest.raises(ContractError) as info:
+            document.from_json({**contract_example({DaemonState: "daemon-state"}.get(document, "status")),
+                                "version": 2})
+        messages.append(str(info.value))
+    with pytest.raises(ConfigError) as agent:
+        parse_config({**copy.deepcopy(BASE_CONFIG), "version": 2})
+    messages.append(str(agent.value))
+    host_config = json.loads((REPO / "tests" / "golden" / "inputs" / "default.json").read_text())
+    with pytest.raises(PlanError) as plan:
+        GatewayPlan.from_host_config({**host_config, "version": 2})
+    messages.append(str(plan.value))
+    for message, reader in zip(messages, ("this reader", "this reader", "this agent", "this renderer"), strict=True):
+        assert f"version 2 is not the version {reader} knows (1); install the same hybrid-vpn release" in message
+
+
+def test_the_agent_configurations_keys_are_its_dataclasses_fields():
+    for table, cls in ((agent_config._FIELDS, agent_config.AgentConfig),
+                       (agent_config._TUNNEL_FIELDS, agent_config.TunnelConfig),
+                       (agent_config._PROBE_FIELDS, agent_config.ProbeConfig),
+                       (agent_config._OWNERSHIP_FIELDS, agent_config.Ownership),
+                       (agent_config._PATHS_FIELDS, agent_config.Paths)):
+        assert list(table) == [f.name for f in dataclasses.fields(cls)]
+        assert table == field_table(cls, {k: v for k, v in table.items() if k == "repair_hold_seconds"})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Hop:
+    address: IPv4Address
+    nets: tuple[IPv4Network, ...]
+    via: str | None = dataclasses.field(metadata={"key": "from"})
+
+
+def test_decode_and_encode_round_trip_with_the_unknown_key_policy_as_a_parameter():
+    data = {"address": "10.0.0.1", "nets": ["10.0.0.0/24"], "from": None}
+    hop = decode(_Hop, data, "hop", ValueError)
+    assert hop == _Hop(IPv4Address("10.0.0.1"), (IPv4Network("10.0.0.0/24"),), None)
+    assert encode(hop) == data
+    assert decode(_Hop, {**data, "colour": "blue"}, "hop", ValueError, Unknown.IGNORE) == hop
+    with pytest.raises(ValueError, match=r"^hop.colour: unknown key; known keys: address, nets, from$"):
+        decode(_Hop, {**data, "colour": "blue"}, "hop", ValueError, Unknown.REFUSE)
+    with pytest.raises(ValueError, match=r"^hop.nets\[0\]: "):
+        decode(_Hop, {**data, "nets": ["10.0.0.1/24"]}, "hop", ValueError)
+
+
+def test_the_status_record_encodes_and_decodes_through_the_codec():
+    state = DaemonState.from_json(contract_example("daemon-state"))
+    assert state.to_json() == encode(state)
+    assert decode(DaemonState, state.to_json(), "daemon state", ContractError) == state
