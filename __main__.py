@@ -14,6 +14,8 @@ import pulumi_aws as aws
 import pulumi_tls as tls
 
 from hostconfig.cloudinit import render_user_data
+from hostconfig.contract.connection import Connection
+from hostconfig.contract.rules import gateway_label
 from infra.aws import AwsVpnSide, AwsVpnSideArgs, aws_provider_args
 from infra.config import load_namespace, load_stack_config
 from infra.linode import (
@@ -33,7 +35,7 @@ config = load_stack_config()  # raises with every problem listed, before any res
 # An explicit provider reads no aws:* stack settings by itself: pass them (profile, assumeRoles, ...) through.
 aws_provider_settings = aws_provider_args(load_namespace("aws"), config.aws.region)  # refuses bad keys, as above
 stack = pulumi.get_stack()
-label = f"hybrid-vpn-{stack}-gw"
+label = gateway_label(stack)  # its rule: hostconfig.contract.rules.stack_name_problem, checked by load_stack_config
 check_before_any_resource(config, stack=stack, label=label)  # what the renderer or the agent would refuse, refused now
 
 # The gateway's SSH host key is made here so delivery can pin it (no trust on first use).
@@ -95,8 +97,8 @@ gateway_facts = pulumi.Output.all(gateway.public_ip, gateway.private_ip, host_ke
                            vlan_interface=VLAN_INTERFACE, ssh_host_public_key=ssh_host_public_key_line(g[2], label))
 )
 host_config = pulumi.Output.secret(pulumi.Output.all(gateway_facts, connection.id, vpn.vgw_id, *tunnel_facts).apply(
-    lambda v: build_host_config(stack=stack, config=config, gateway=v[0], vpn_connection_id=v[1], vgw_id=v[2],
-                                tunnels=(v[3], v[4]))
+    lambda v: build_host_config(stack=stack, config=config, gateway=v[0], vgw_id=v[2],
+                                connections=(Connection(v[1], (v[3], v[4])),))
 ))
 pulumi.export("gateway_public_ip", gateway.public_ip)
 pulumi.export("gateway_vlan_address", config.linode.gateway_vlan_address)

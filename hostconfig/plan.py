@@ -21,6 +21,7 @@ from hostconfig import gateway_paths as gp
 # version, or by hand).
 from hostconfig.contract import rules
 from hostconfig.contract.codec import version_problem
+from hostconfig.contract.connection import Connection, tunnels_of
 from hostconfig.contract.crypto import CryptoProfile, PhaseProposal, read_crypto
 from hostconfig.contract.reader import (
     NETWORK_RULE,
@@ -172,7 +173,8 @@ class GatewayPlan:
     vlan_cidrs: tuple[IPv4Network, ...]
     subnet_cidr: IPv4Network
     crypto: CryptoProfile
-    tunnels: tuple[TunnelSpec, ...]
+    # The VPN connections with their tunnels (hostconfig/contract/connection.py); host_config version 1 has one.
+    connections: tuple[Connection[TunnelSpec], ...]
     tunnel_mtu: int
     tcp_mss: int
     failover: FailoverSpec
@@ -184,6 +186,10 @@ class GatewayPlan:
     def from_host_config(cls, obj: dict) -> GatewayPlan:
         """Validate the ``host_config`` stack output; raise PlanError listing every problem found."""
         return _PlanBuilder().build(obj)
+
+    @property
+    def tunnels(self) -> tuple[TunnelSpec, ...]:
+        return tunnels_of(self.connections)
 
     def tunnel(self, name: str) -> TunnelSpec:
         for tunnel in self.tunnels:
@@ -279,8 +285,8 @@ class _PlanBuilder:
         plan = GatewayPlan(
             stack=stack, gateway=gateway, aws_region=aws_region, vpn_connection_id=vpn_id, vgw_id=vgw_id,
             aws_cidrs=aws_cidrs, linode_region=linode_region, vlan_label=vlan_label, vlan_cidrs=vlan_cidrs,
-            subnet_cidr=subnet_cidr, crypto=crypto, tunnels=tunnels, tunnel_mtu=mtu, tcp_mss=mss, failover=failover,
-            admin_cidrs=admin_cidrs,
+            subnet_cidr=subnet_cidr, crypto=crypto, connections=(Connection(vpn_id, tunnels),), tunnel_mtu=mtu,
+            tcp_mss=mss, failover=failover, admin_cidrs=admin_cidrs,
         )  # type: ignore[arg-type]  # fmt: skip
         log.info("plan for stack %s: %d tunnels, %d AWS CIDRs, %d VLAN CIDRs", stack, len(plan.tunnels),
                  len(plan.aws_cidrs), len(plan.vlan_cidrs))

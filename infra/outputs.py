@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from hostconfig.contract.connection import Connection
 from infra.config import TUNNEL_NAMES, StackConfig
 
 HOST_CONFIG_KIND = "hybrid-vpn/host-config"
@@ -85,9 +86,14 @@ def crypto_dict(config: StackConfig) -> dict[str, Any]:
     }
 
 
-def build_host_config(*, stack: str, config: StackConfig, gateway: GatewayFacts, vpn_connection_id: str,
-                      vgw_id: str, tunnels: tuple[TunnelFacts, TunnelFacts]) -> dict[str, Any]:
-    """The ``host_config`` object of docs/contracts.md §1 (schema hybrid-vpn/host-config, version 1)."""
+def build_host_config(*, stack: str, config: StackConfig, gateway: GatewayFacts, vgw_id: str,
+                      connections: tuple[Connection[TunnelFacts], ...]) -> dict[str, Any]:
+    """The ``host_config`` object of docs/contracts.md §1 (schema hybrid-vpn/host-config, version 1). ``connections``:
+    the VPN connections (name: the AWS id) with AWS's facts of their tunnels; version 1 carries exactly one."""
+    if len(connections) != 1:
+        raise ValueError(f"host_config version {HOST_CONFIG_VERSION} carries exactly one VPN connection, got "
+                         f"{len(connections)}")
+    (connection,) = connections
     f = config.failover
     return {
         "kind": HOST_CONFIG_KIND,
@@ -104,7 +110,7 @@ def build_host_config(*, stack: str, config: StackConfig, gateway: GatewayFacts,
         },
         "aws": {
             "region": config.aws.region,
-            "vpn_connection_id": vpn_connection_id,
+            "vpn_connection_id": connection.name,
             "vgw_id": vgw_id,
             "cidrs": list(config.aws.cidrs),
         },
@@ -115,7 +121,7 @@ def build_host_config(*, stack: str, config: StackConfig, gateway: GatewayFacts,
             "subnet_cidr": config.linode.subnet_cidr,
         },
         "crypto": crypto_dict(config),
-        "tunnels": tunnel_entries(config, tunnels),
+        "tunnels": tunnel_entries(config, connection.tunnels),  # type: ignore[arg-type]
         "tunnel_mtu": config.tunnels.mtu,
         "tcp_mss": config.tunnels.tcp_mss,
         "failover": {

@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from hostconfig.contract.connection import Connection
 from infra.config import NAMESPACE, STACK_NAME, ConfigError, StackConfig
 from infra.outputs import GatewayFacts, TunnelFacts, build_host_config, ssh_host_public_key_line
 
@@ -147,9 +148,8 @@ def placeholder_host_config(config: StackConfig, *, stack: str, label: str) -> d
         hosts = list(ipaddress.IPv4Network(inside).hosts())  # AWS takes the first, the customer gateway the second
         tunnels.append(TunnelFacts(outside_ip=outside, inside_cidr=inside, aws_inside_ip=str(hosts[0]),
                                    gateway_inside_ip=str(hosts[1]), psk=psk))
-    return build_host_config(stack=stack, config=config, gateway=gateway,
-                             vpn_connection_id=PLACEHOLDER_VPN_CONNECTION_ID, vgw_id=PLACEHOLDER_VGW_ID,
-                             tunnels=(tunnels[0], tunnels[1]))
+    return build_host_config(stack=stack, config=config, gateway=gateway, vgw_id=PLACEHOLDER_VGW_ID,
+                             connections=(Connection(PLACEHOLDER_VPN_CONNECTION_ID, (tunnels[0], tunnels[1])),))
 
 
 # ------------------------------------------------------------------------------------------ refusals -> stack keys

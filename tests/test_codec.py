@@ -18,7 +18,7 @@ from testlib import contract_example
 from hostconfig.agent import config as agent_config
 from hostconfig.agent.config import ConfigError, parse_config
 from hostconfig.agent.status_contract import ContractError, DaemonState, StatusReport
-from hostconfig.contract.codec import Unknown, decode, encode, field_table
+from hostconfig.contract.codec import Unknown, decode, encode, field_table, json_key
 from hostconfig.plan import GatewayPlan, PlanError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_the_agent_configurations_keys_are_its_dataclasses_fields():
                        (agent_config._PROBE_FIELDS, agent_config.ProbeConfig),
                        (agent_config._OWNERSHIP_FIELDS, agent_config.Ownership),
                        (agent_config._PATHS_FIELDS, agent_config.Paths)):
-        assert list(table) == [f.name for f in dataclasses.fields(cls)]
+        assert list(table) == [json_key(f) for f in dataclasses.fields(cls)]
         assert table == field_table(cls, {k: v for k, v in table.items() if k == "repair_hold_seconds"})
 
 

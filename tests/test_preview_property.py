@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from hostconfig.contract.connection import Connection
 from infra.aws_rules import AWS_ENCRYPTION, AWS_INTEGRITY, AWS_PHASE1_DH, AWS_PHASE2_DH, AWS_RESERVED_INSIDE
 from infra.config import ConfigError, StackConfig, parse_stack_config
 from infra.outputs import GatewayFacts, TunnelFacts, build_host_config
@@ -337,9 +338,9 @@ def cloud_host_config(config: StackConfig, stack: str, rng: random.Random) -> di
                            private_ip=str(rng.choice(subnet_hosts[1:] or subnet_hosts)),
                            public_interface=PUBLIC_INTERFACE, vlan_interface=VLAN_INTERFACE,
                            ssh_host_public_key=f"{_ed25519_line(rng)} {label}")
-    return build_host_config(stack=stack, config=config, gateway=gateway,
-                             vpn_connection_id=f"vpn-{rng.randbytes(9).hex()[:17]}",
-                             vgw_id=f"vgw-{rng.randbytes(9).hex()[:17]}", tunnels=(tunnels[0], tunnels[1]))
+    vpn_connection_id = f"vpn-{rng.randbytes(9).hex()[:17]}"  # drawn before the vgw id, as always
+    return build_host_config(stack=stack, config=config, gateway=gateway, vgw_id=f"vgw-{rng.randbytes(9).hex()[:17]}",
+                             connections=(Connection(vpn_connection_id, (tunnels[0], tunnels[1])),))
 
 
 def end_to_end(host_config: dict[str, Any], label: str) -> None:

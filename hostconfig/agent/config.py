@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from hostconfig import gateway_paths as gp
 from hostconfig.contract import rules
 from hostconfig.contract.codec import field_table, version_problem
+from hostconfig.contract.connection import SINGLE, Connection, tunnels_of
 from hostconfig.contract.reader import (
     MISSING,
     NETWORK_RULE,
@@ -100,12 +101,18 @@ class AgentConfig:
     local_outside_ip: IPv4Address
     aws_cidrs: tuple[IPv4Network, ...]
     vlan_cidrs: tuple[IPv4Network, ...]
-    tunnels: tuple[TunnelConfig, ...]
+    # The VPN connection(s) with their tunnels (hostconfig/contract/connection.py); agent.json version 1 has one,
+    # written as its flat "tunnels" list.
+    connections: tuple[Connection[TunnelConfig], ...] = field(metadata={"key": "tunnels"})
     mtu: int
     primary_tunnel: str
     probe: ProbeConfig
     ownership: Ownership
     paths: Paths
+
+    @property
+    def tunnels(self) -> tuple[TunnelConfig, ...]:
+        return tunnels_of(self.connections)
 
     def tunnel(self, name: str) -> TunnelConfig:
         for tunnel in self.tunnels:
@@ -253,7 +260,8 @@ def parse_config(data: Any) -> AgentConfig:
     return AgentConfig(
         version=version, public_interface=public_interface, vlan_interface=vlan_interface,  # type: ignore[arg-type]
         gateway_vlan_address=gateway_vlan_address, local_outside_ip=local_outside_ip,  # type: ignore[arg-type]
-        aws_cidrs=aws_cidrs, vlan_cidrs=vlan_cidrs, tunnels=tunnels, mtu=mtu,  # type: ignore[arg-type]
+        aws_cidrs=aws_cidrs, vlan_cidrs=vlan_cidrs, connections=(Connection(SINGLE, tunnels),),  # type: ignore
+        mtu=mtu,
         primary_tunnel=primary,
         probe=ProbeConfig(interval, timeout, down_after, up_after, float(hold), extra,  # type: ignore[arg-type]
                           float(repair_hold)),  # type: ignore[arg-type]
