@@ -12,6 +12,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from hostconfig.contract.crypto import TUNNEL_OPTIONS
 from infra.config import CUSTOMER_GATEWAY_ASN, TUNNEL_NAMES, ConfigError, CryptoProfile, TunnelsConfig
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,7 @@ def tunnel_options(crypto: CryptoProfile, tunnel: int) -> dict[str, object]:
         f"{p}phase2_integrity_algorithms": list(crypto.phase2.integrity),
         f"{p}phase2_dh_group_numbers": list(crypto.phase2.dh_groups),
         f"{p}phase2_lifetime_seconds": crypto.phase2.lifetime_seconds,
-        f"{p}rekey_margin_time_seconds": crypto.rekey_margin_seconds,
-        f"{p}rekey_fuzz_percentage": crypto.rekey_fuzz_percent,
-        f"{p}replay_window_size": crypto.replay_window,
-        f"{p}dpd_timeout_seconds": crypto.dpd_timeout_seconds,
-        f"{p}dpd_timeout_action": crypto.dpd_timeout_action,
-        f"{p}startup_action": crypto.startup_action,
+        **{f"{p}{option.aws}": getattr(crypto, option.key) for option in TUNNEL_OPTIONS},
     }
 
 

@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from hostconfig.contract import rules
-from hostconfig.contract.crypto import CryptoProfile, PhaseProposal, read_crypto  # noqa: F401  (re-exported)
+from hostconfig.contract.crypto import (  # noqa: F401  (CryptoProfile, PhaseProposal: re-exported)
+    CryptoProfile,
+    PhaseProposal,
+    option_defaults,
+    read_crypto,
+)
 from hostconfig.contract.reader import (
     MISSING,
     NETWORK_RULE,
@@ -82,14 +87,7 @@ DEFAULTS: dict[str, Any] = {
         "ike_version": 2,
         "phase1": {"encryption": ["AES256"], "integrity": ["SHA2-256"], "dh_groups": [14], "lifetime_seconds": 28800},
         "phase2": {"encryption": ["AES256"], "integrity": ["SHA2-256"], "dh_groups": [14], "lifetime_seconds": 3600},
-        "rekey_margin_seconds": 270,
-        "rekey_fuzz_percent": 100,
-        "replay_window": 1024,
-        "dpd_timeout_seconds": 30,
-        # clear, not restart: with AWS restarting too, both ends re-initiate after a cut and the initiations cross
-        # (duplicate IKE_SAs, an orphan CHILD_SA the kernel may send on); see hostconfig/agent/README.md.
-        "dpd_timeout_action": "clear",
-        "startup_action": "add",
+        **option_defaults(),  # the scalar tunnel options: hostconfig/contract/crypto.py TUNNEL_OPTIONS
     },
     "failover": {
         "primary": "tunnel1",

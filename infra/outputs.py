@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hostconfig.contract.connection import Connection
+from hostconfig.contract.crypto import option_values
 from infra.config import TUNNEL_NAMES, StackConfig
 
 HOST_CONFIG_KIND = "hybrid-vpn/host-config"
@@ -77,12 +78,7 @@ def crypto_dict(config: StackConfig) -> dict[str, Any]:
         "ike_version": c.ike_version,
         "phase1": phase(c.phase1),
         "phase2": phase(c.phase2),
-        "rekey_margin_seconds": c.rekey_margin_seconds,
-        "rekey_fuzz_percent": c.rekey_fuzz_percent,
-        "replay_window": c.replay_window,
-        "dpd_timeout_seconds": c.dpd_timeout_seconds,
-        "dpd_timeout_action": c.dpd_timeout_action,
-        "startup_action": c.startup_action,
+        **option_values(c),  # hostconfig/contract/crypto.py TUNNEL_OPTIONS
     }
 
 

@@ -10,6 +10,7 @@ import pulumi_aws as aws
 import pulumi_linode as linode
 import pytest
 
+from hostconfig.contract.crypto import TUNNEL_OPTIONS
 from infra.aws import tunnel_options
 from infra.config import DEFAULTS, PSK_PATTERN, parse_stack_config
 from infra.linode import firewall_inbound_rules, linode_label, linode_tags
@@ -33,7 +34,7 @@ def test_tunnel_options_are_real_vpn_connection_arguments():
     config = example_config()
     for n in (1, 2):
         options = tunnel_options(config.crypto, n)
-        assert len(options) == 15
+        assert len(options) == 9 + len(TUNNEL_OPTIONS)  # the proposals and lifetimes, then the table
         unknown = set(options) - params
         assert not unknown, f"not VpnConnection arguments in pulumi-aws: {unknown}"
 

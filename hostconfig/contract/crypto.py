@@ -10,9 +10,62 @@ from typing import Any
 from hostconfig.contract import rules
 from hostconfig.contract.reader import REQUIRED, Reader, RuleBroken, Unknown
 
-CRYPTO_KEYS = ("ike_version", "phase1", "phase2", "rekey_margin_seconds", "rekey_fuzz_percent", "replay_window",
-               "dpd_timeout_seconds", "dpd_timeout_action", "startup_action")
 PHASE_KEYS = ("encryption", "integrity", "dh_groups", "lifetime_seconds")
+
+
+@dataclass(frozen=True)
+class TunnelOption:
+    """One scalar AWS tunnel option of the crypto profile, written once: its key (``crypto.<key>`` in the stack config
+    and in host_config, and the CryptoProfile field), its default, how every reader checks it, and the pulumi_aws
+    VpnConnection argument it sets (``tunnel<n>_<aws>``). The stack defaults, the readers, host_config's crypto object
+    and the AWS mapping are all made from this table; only an option the gateway must also apply needs code elsewhere
+    (the strongSwan mapping in hostconfig/plan.py and the templates).
+
+    ``added_later``: host_config files from programs older than the option lack it; their reader takes the default."""
+
+    key: str
+    default: Any
+    aws: str
+    read: Callable[[Reader, str], Any]
+    added_later: bool = False
+
+
+def _integer(limit: rules.IntLimit) -> Callable[[Reader, str], Any]:
+    return lambda r, key: r.integer(key, limit)
+
+
+def _choice(choices: tuple[str, ...], rule: str, example: str) -> Callable[[Reader, str], Any]:
+    return lambda r, key: r.choice(key, choices, rule, example)
+
+
+def _boolean(example: str) -> Callable[[Reader, str], Any]:
+    return lambda r, key: r.boolean(key, example)
+
+
+# AWS's tunnel options (rules.py, "AWS facts" "Tunnel options"), in the CryptoProfile's field order.
+TUNNEL_OPTIONS: tuple[TunnelOption, ...] = (
+    TunnelOption("rekey_margin_seconds", 270, "rekey_margin_time_seconds", _integer(rules.REKEY_MARGIN)),
+    TunnelOption("rekey_fuzz_percent", 100, "rekey_fuzz_percentage", _integer(rules.REKEY_FUZZ)),
+    TunnelOption("replay_window", 1024, "replay_window_size", _integer(rules.REPLAY)),
+    TunnelOption("dpd_timeout_seconds", 30, "dpd_timeout_seconds", _integer(rules.DPD_TIMEOUT)),
+    # clear, not restart: with AWS restarting too, both ends re-initiate after a cut and the initiations cross
+    # (duplicate IKE_SAs, an orphan CHILD_SA the kernel may send on); see hostconfig/agent/README.md.
+    TunnelOption("dpd_timeout_action", "clear", "dpd_timeout_action",
+                 _choice(rules.AWS_DPD_ACTIONS, "what AWS does at the DPD timeout (AWS names)", "clear")),
+    TunnelOption("startup_action", "add", "startup_action",
+                 _choice(rules.AWS_STARTUP_ACTIONS, "add (the gateway initiates) or start (AWS initiates)", "add")),
+)
+CRYPTO_KEYS = ("ike_version", "phase1", "phase2", *(o.key for o in TUNNEL_OPTIONS))
+
+
+def option_defaults() -> dict[str, Any]:
+    """The stack config's defaults of the table's options (infra/config.py DEFAULTS["crypto"])."""
+    return {o.key: o.default for o in TUNNEL_OPTIONS}
+
+
+def option_values(crypto: CryptoProfile) -> dict[str, Any]:
+    """The table's options of a profile by key (host_config's crypto object)."""
+    return {o.key: getattr(crypto, o.key) for o in TUNNEL_OPTIONS}
 
 
 @dataclass(frozen=True)
@@ -70,6 +123,11 @@ def _fields(keys: tuple[str, ...], defaults: Mapping[str, Any] | None) -> dict[s
     return {key: (defaults or {}).get(key, REQUIRED) for key in keys}
 
 
+def _crypto_fields(defaults: Mapping[str, Any] | None) -> dict[str, Any]:
+    later = {o.key: o.default for o in TUNNEL_OPTIONS if o.added_later}
+    return _fields(CRYPTO_KEYS, {**later, **(defaults or {})})
+
+
 def read_phase(crypto: Reader, phase: str, defaults: Mapping[str, Any] | None,
                unknown: Unknown = Unknown.REFUSE) -> PhaseProposal | None:
     p = crypto.sub(phase, _fields(PHASE_KEYS, defaults), unknown=unknown,
@@ -92,7 +150,7 @@ def read_phase(crypto: Reader, phase: str, defaults: Mapping[str, Any] | None,
 def read_crypto(parent: Reader, name: str = "crypto", defaults: Mapping[str, Any] | None = None,
                 unknown: Unknown = Unknown.REFUSE) -> CryptoProfile | None:
     """The crypto object ``parent[name]``; ``defaults``: the stack config's (host_config has every key)."""
-    c = parent.sub(name, _fields(CRYPTO_KEYS, defaults), unknown=unknown,
+    c = parent.sub(name, _crypto_fields(defaults), unknown=unknown,
                    example="{ike_version: 2, phase1: {...}, ...}")
     ike = c.check("ike_version", _ike_version, "IKE version 2", "2")
     phase1 = read_phase(c, "phase1", (defaults or {}).get("phase1"), unknown)
@@ -101,19 +159,12 @@ def read_crypto(parent: Reader, name: str = "crypto", defaults: Mapping[str, Any
                                                                        phase2.lifetime_seconds)):
         c.fail("phase2.lifetime_seconds", problem, str(min(3600, phase1.lifetime_seconds - 1)))
         phase2 = None
-    margin = c.integer("rekey_margin_seconds", rules.REKEY_MARGIN)
+    options = {o.key: o.read(c, o.key) for o in TUNNEL_OPTIONS}
+    margin = options["rekey_margin_seconds"]
     if margin is not None and phase2 is not None and (problem := rules.rekey_margin_problem(
             margin, phase2.lifetime_seconds)):
         c.fail("rekey_margin_seconds", problem, str(rules.REKEY_MARGIN.example))
-        margin = None
-    fuzz = c.integer("rekey_fuzz_percent", rules.REKEY_FUZZ)
-    replay = c.integer("replay_window", rules.REPLAY)
-    dpd = c.integer("dpd_timeout_seconds", rules.DPD_TIMEOUT)
-    action = c.choice("dpd_timeout_action", rules.AWS_DPD_ACTIONS, "what AWS does at the DPD timeout (AWS names)",
-                      "clear")
-    startup = c.choice("startup_action", rules.AWS_STARTUP_ACTIONS,
-                       "add (the gateway initiates) or start (AWS initiates)", "add")
-    values = (ike, phase1, phase2, margin, fuzz, replay, dpd, action, startup)
-    if any(v is None for v in values):
+        options["rekey_margin_seconds"] = None
+    if ike is None or phase1 is None or phase2 is None or any(v is None for v in options.values()):
         return None
-    return CryptoProfile(*values)  # type: ignore[arg-type]
+    return CryptoProfile(ike, phase1, phase2, **options)

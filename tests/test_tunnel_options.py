@@ -1,0 +1,55 @@
+"""A tunnel option is one row of hostconfig/contract/crypto.py TUNNEL_OPTIONS: the row gives the stack config its
+default, every reader (stack config, host_config) its check, host_config's crypto object its key and the AWS
+VpnConnection its argument. Before (i17-rest) an option was written in about 12 files (issue 17)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from pathlib import Path
+
+import pulumi_aws as aws
+import pytest
+
+from hostconfig.contract.crypto import TUNNEL_OPTIONS, CryptoProfile
+from hostconfig.plan import GatewayPlan
+from infra.aws import tunnel_options
+from infra.config import DEFAULTS, ConfigError, parse_stack_config
+from infra.outputs import crypto_dict
+
+REPO = Path(__file__).resolve().parents[1]
+STACK = {
+    "aws": {"region": "us-east-1", "vpc_cidr": "10.0.0.0/16"},
+    "linode": {"region": "us-ord", "vlan_label": "hybrid-vpn-dev", "vlan_cidrs": ["172.16.0.0/12"],
+               "gateway_vlan_address": "172.16.1.1/24"},
+    "admin_cidrs": ["198.51.100.7/32"],
+}
+
+
+def with_crypto(**crypto):
+    return parse_stack_config({**STACK, "crypto": crypto})
+
+
+def test_the_table_is_the_profiles_fields_the_defaults_host_configs_keys_and_the_aws_arguments():
+    fields = [f.name for f in dataclasses.fields(CryptoProfile)]
+    assert fields[3:] == [o.key for o in TUNNEL_OPTIONS]
+    assert {k: DEFAULTS["crypto"][k] for k in fields[3:]} == {o.key: o.default for o in TUNNEL_OPTIONS}
+    config = with_crypto()
+    assert {o.key: crypto_dict(config)[o.key] for o in TUNNEL_OPTIONS} == {o.key: o.default for o in TUNNEL_OPTIONS}
+    arguments = set(inspect.signature(aws.ec2.VpnConnection._internal_init).parameters)
+    for n in (1, 2):
+        options = tunnel_options(config.crypto, n)
+        for o in TUNNEL_OPTIONS:
+            assert options[f"tunnel{n}_{o.aws}"] == o.default and f"tunnel{n}_{o.aws}" in arguments
+
+
+@pytest.mark.parametrize("option", TUNNEL_OPTIONS, ids=lambda o: o.key)
+def test_every_option_is_checked_by_the_stack_reader_and_the_plan(option):
+    wrong = "not-a-value" if not isinstance(option.default, str) else 12
+    with pytest.raises(ConfigError, match=rf"hybrid-vpn:crypto.{option.key}: "):
+        with_crypto(**{option.key: wrong})
+    host_config = json.loads((REPO / "tests" / "golden" / "inputs" / "default.json").read_text())
+    host_config["crypto"][option.key] = wrong
+    with pytest.raises(ValueError, match=rf"host_config.crypto.{option.key}: "):
+        GatewayPlan.from_host_config(host_config)
