@@ -271,7 +271,7 @@ class _PlanBuilder:
         vlan_cidrs = linode.list_of("vlan_cidrs", to_private_network, NETWORK_RULE, '["172.16.0.0/12"]', 1,
                                     rules.MAX_ROUTES_TO_AWS, why=rules.MAX_ROUTES_TO_AWS_WHY)
         subnet_cidr = linode.check("subnet_cidr", to_private_network, NETWORK_RULE, "10.8.0.0/24")
-        crypto = read_crypto(r, "crypto", unknown=_WARN)
+        crypto = read_crypto(r, "crypto", unknown=_WARN, host_config=True)
         tunnels = self.tunnels(r)
         mtu = r.integer("tunnel_mtu", rules.TUNNEL_MTU)
         mss = r.integer("tcp_mss", rules.TCP_MSS)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hostconfig.contract.connection import Connection
-from hostconfig.contract.crypto import option_values
+from hostconfig.contract.crypto import gateway_option_values
 from infra.config import TUNNEL_NAMES, StackConfig
 
 HOST_CONFIG_KIND = "hybrid-vpn/host-config"
@@ -78,7 +78,7 @@ def crypto_dict(config: StackConfig) -> dict[str, Any]:
         "ike_version": c.ike_version,
         "phase1": phase(c.phase1),
         "phase2": phase(c.phase2),
-        **option_values(c),  # hostconfig/contract/crypto.py TUNNEL_OPTIONS
+        **gateway_option_values(c),  # hostconfig/contract/crypto.py TUNNEL_OPTIONS (those the gateway needs)
     }
 
 

@@ -21,13 +21,15 @@ class TunnelOption:
     and the AWS mapping are all made from this table; only an option the gateway must also apply needs code elsewhere
     (the strongSwan mapping in hostconfig/plan.py and the templates).
 
-    ``added_later``: host_config files from programs older than the option lack it; their reader takes the default."""
+    ``gateway``: host_config carries it (the gateway applies it, or its value shapes the gateway's files). An AWS-only
+    option (``False``) stays out of host_config: the renderer's reader takes its default, so host_config and the
+    goldens do not change when one is added."""
 
     key: str
     default: Any
     aws: str
     read: Callable[[Reader, str], Any]
-    added_later: bool = False
+    gateway: bool = True
 
 
 def _integer(limit: rules.IntLimit) -> Callable[[Reader, str], Any]:
@@ -56,6 +58,8 @@ TUNNEL_OPTIONS: tuple[TunnelOption, ...] = (
                  _choice(rules.AWS_STARTUP_ACTIONS, "add (the gateway initiates) or start (AWS initiates)", "add")),
 )
 CRYPTO_KEYS = ("ike_version", "phase1", "phase2", *(o.key for o in TUNNEL_OPTIONS))
+# host_config's crypto object: the options the gateway needs.
+HOST_CONFIG_CRYPTO_KEYS = ("ike_version", "phase1", "phase2", *(o.key for o in TUNNEL_OPTIONS if o.gateway))
 
 
 def option_defaults() -> dict[str, Any]:
@@ -63,9 +67,9 @@ def option_defaults() -> dict[str, Any]:
     return {o.key: o.default for o in TUNNEL_OPTIONS}
 
 
-def option_values(crypto: CryptoProfile) -> dict[str, Any]:
-    """The table's options of a profile by key (host_config's crypto object)."""
-    return {o.key: getattr(crypto, o.key) for o in TUNNEL_OPTIONS}
+def gateway_option_values(crypto: CryptoProfile) -> dict[str, Any]:
+    """The options host_config carries, by key (its crypto object)."""
+    return {o.key: getattr(crypto, o.key) for o in TUNNEL_OPTIONS if o.gateway}
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,6 @@ def _fields(keys: tuple[str, ...], defaults: Mapping[str, Any] | None) -> dict[s
     return {key: (defaults or {}).get(key, REQUIRED) for key in keys}
 
 
-def _crypto_fields(defaults: Mapping[str, Any] | None) -> dict[str, Any]:
-    later = {o.key: o.default for o in TUNNEL_OPTIONS if o.added_later}
-    return _fields(CRYPTO_KEYS, {**later, **(defaults or {})})
 
 
 def read_phase(crypto: Reader, phase: str, defaults: Mapping[str, Any] | None,
@@ -148,9 +149,11 @@ def read_phase(crypto: Reader, phase: str, defaults: Mapping[str, Any] | None,
 
 
 def read_crypto(parent: Reader, name: str = "crypto", defaults: Mapping[str, Any] | None = None,
-                unknown: Unknown = Unknown.REFUSE) -> CryptoProfile | None:
-    """The crypto object ``parent[name]``; ``defaults``: the stack config's (host_config has every key)."""
-    c = parent.sub(name, _crypto_fields(defaults), unknown=unknown,
+                unknown: Unknown = Unknown.REFUSE, *, host_config: bool = False) -> CryptoProfile | None:
+    """The crypto object ``parent[name]``; ``defaults``: the stack config's (host_config has every key it carries:
+    ``host_config``, where the AWS-only options take their defaults)."""
+    keys = HOST_CONFIG_CRYPTO_KEYS if host_config else CRYPTO_KEYS
+    c = parent.sub(name, _fields(keys, defaults), unknown=unknown,
                    example="{ike_version: 2, phase1: {...}, ...}")
     ike = c.check("ike_version", _ike_version, "IKE version 2", "2")
     phase1 = read_phase(c, "phase1", (defaults or {}).get("phase1"), unknown)
@@ -159,7 +162,7 @@ def read_crypto(parent: Reader, name: str = "crypto", defaults: Mapping[str, Any
                                                                        phase2.lifetime_seconds)):
         c.fail("phase2.lifetime_seconds", problem, str(min(3600, phase1.lifetime_seconds - 1)))
         phase2 = None
-    options = {o.key: o.read(c, o.key) for o in TUNNEL_OPTIONS}
+    options = {o.key: o.read(c, o.key) if o.key in keys else o.default for o in TUNNEL_OPTIONS}
     margin = options["rekey_margin_seconds"]
     if margin is not None and phase2 is not None and (problem := rules.rekey_margin_problem(
             margin, phase2.lifetime_seconds)):
