@@ -55,3 +55,18 @@ def test_every_option_is_checked_by_the_stack_reader_and_the_plan_if_host_config
         host_config["crypto"][option.key] = wrong
         with pytest.raises(ValueError, match=rf"host_config.crypto.{option.key}: "):
             GatewayPlan.from_host_config(host_config)
+
+
+# i17-rest: a new option, tunnel endpoint lifecycle control (AWS only), is one table row and a CryptoProfile field
+# (crypto.py), its line in stacks/Pulumi.dev.yaml and this test; host_config and the goldens do not change.
+def test_tunnel_endpoint_lifecycle_control_reaches_both_tunnels_and_stays_out_of_host_config():
+    assert with_crypto().crypto.enable_tunnel_lifecycle_control is False
+    config = with_crypto(enable_tunnel_lifecycle_control=True)
+    assert [tunnel_options(config.crypto, n)[f"tunnel{n}_enable_tunnel_lifecycle_control"] for n in (1, 2)] == \
+        [True, True]
+    assert "enable_tunnel_lifecycle_control" not in crypto_dict(config)  # AWS only: the gateway never sees it
+    with pytest.raises(ConfigError, match=r"hybrid-vpn:crypto.enable_tunnel_lifecycle_control: 'yes' is not true or "
+                                          r"false; example: false"):
+        with_crypto(enable_tunnel_lifecycle_control="yes")
+    host_config = json.loads((REPO / "tests" / "golden" / "inputs" / "default.json").read_text())
+    assert GatewayPlan.from_host_config(host_config).crypto.enable_tunnel_lifecycle_control is False

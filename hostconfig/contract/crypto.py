@@ -56,6 +56,13 @@ TUNNEL_OPTIONS: tuple[TunnelOption, ...] = (
                  _choice(rules.AWS_DPD_ACTIONS, "what AWS does at the DPD timeout (AWS names)", "clear")),
     TunnelOption("startup_action", "add", "startup_action",
                  _choice(rules.AWS_STARTUP_ACTIONS, "add (the gateway initiates) or start (AWS initiates)", "add")),
+    # "Tunnel endpoint lifecycle control" (AWS facts, "Tunnel options"; EC2 TunnelOption.EnableTunnelLifecycleControl,
+    # pulumi_aws tunnel<n>_enable_tunnel_lifecycle_control): AWS then waits for the operator (ReplaceVpnTunnel
+    # --apply-pending-maintenance) before replacing a tunnel endpoint, so maintenance takes a tunnel down when the
+    # operator chooses. AWS's default is off; turning it on or off replaces the tunnel endpoints once. AWS only: the
+    # gateway's files do not change.
+    TunnelOption("enable_tunnel_lifecycle_control", False, "enable_tunnel_lifecycle_control", _boolean("false"),
+                 gateway=False),
 )
 CRYPTO_KEYS = ("ike_version", "phase1", "phase2", *(o.key for o in TUNNEL_OPTIONS))
 # host_config's crypto object: the options the gateway needs.
@@ -91,6 +98,7 @@ class CryptoProfile:
     dpd_timeout_seconds: int
     dpd_timeout_action: str
     startup_action: str
+    enable_tunnel_lifecycle_control: bool
 
 
 def _offered(allowed: tuple[str, ...]) -> Callable[[Any], str]:
