@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from hostconfig.contract import rules
 from hostconfig.contract.connection import Connection
 from hostconfig.contract.crypto import gateway_option_values
 from infra.config import TUNNEL_NAMES, StackConfig
@@ -59,12 +60,13 @@ def tunnel_entries(config: StackConfig, tunnels: tuple[TunnelFacts, TunnelFacts]
 
 
 def _check_inside(name: str, facts: TunnelFacts) -> None:
-    """AWS takes the first usable address of the /30, the customer gateway the second: refuse anything else."""
-    net = ipaddress.IPv4Network(facts.inside_cidr)
-    hosts = list(net.hosts())
-    if [facts.aws_inside_ip, facts.gateway_inside_ip] != [str(hosts[0]), str(hosts[1])]:
-        raise ValueError(f"{name}: inside addresses {facts.aws_inside_ip}/{facts.gateway_inside_ip} do not match "
-                         f"{facts.inside_cidr} (expected {hosts[0]} for AWS, {hosts[1]} for the gateway)")
+    """What AWS reports must follow AWS's own inside-address rule (rules.inside_address_problems): refuse anything
+    else rather than export a host_config the renderer refuses."""
+    wrong = rules.inside_address_problems(ipaddress.IPv4Network(facts.inside_cidr),
+                                          ipaddress.IPv4Address(facts.aws_inside_ip),
+                                          ipaddress.IPv4Address(facts.gateway_inside_ip))
+    if wrong:
+        raise ValueError(f"{name}: " + "; ".join(wrong.values()))
 
 
 def crypto_dict(config: StackConfig) -> dict[str, Any]:

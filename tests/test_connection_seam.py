@@ -59,3 +59,14 @@ def test_the_program_builds_host_config_from_its_connections_and_version_1_carri
 
 def test_tunnels_of_several_connections_are_connection_by_connection():
     assert tunnels_of((Connection("a", (1, 2)), Connection("b", (3, 4)))) == (1, 2, 3, 4)
+
+
+def test_the_program_refuses_inside_addresses_that_break_awss_rule_with_the_rules_message():
+    """infra/outputs.py had its own copy of the inside-address rule; it now takes rules.inside_address_problems."""
+    from infra.outputs import TunnelFacts, tunnel_entries
+
+    good = TunnelFacts("198.51.100.1", "169.254.10.0/30", "169.254.10.1", "169.254.10.2", "Example_psk.0123456789")
+    swapped = TunnelFacts("198.51.100.2", "169.254.11.0/30", "169.254.11.2", "169.254.11.1", "Example_psk.0123456789")
+    with pytest.raises(ValueError, match=r"^tunnel2: 169.254.11.2 is not the first usable address of 169.254.11.0/30 "
+                                         r"\(AWS takes the first\); 169.254.11.1 is not the second"):
+        tunnel_entries(lab_config(), (good, swapped))
