@@ -62,11 +62,13 @@ def tunnel_entries(config: StackConfig, tunnels: tuple[TunnelFacts, TunnelFacts]
 def _check_inside(name: str, facts: TunnelFacts) -> None:
     """What AWS reports must follow AWS's own inside-address rule (rules.inside_address_problems): refuse anything
     else rather than export a host_config the renderer refuses."""
-    wrong = rules.inside_address_problems(ipaddress.IPv4Network(facts.inside_cidr),
-                                          ipaddress.IPv4Address(facts.aws_inside_ip),
+    net = ipaddress.IPv4Network(facts.inside_cidr)
+    wrong = rules.inside_address_problems(net, ipaddress.IPv4Address(facts.aws_inside_ip),
                                           ipaddress.IPv4Address(facts.gateway_inside_ip))
     if wrong:
-        raise ValueError(f"{name}: " + "; ".join(wrong.values()))
+        aws_ip, gateway_ip = rules.inside_addresses(net)
+        raise ValueError(f"{name}: " + "; ".join(wrong.values())
+                         + f" (expected {aws_ip} for AWS, {gateway_ip} for the gateway)")
 
 
 def crypto_dict(config: StackConfig) -> dict[str, Any]:
