@@ -20,7 +20,7 @@ from hostconfig import gateway_paths as gp
 # The rules the program validated are checked again here, by the same code (the input may come from any program
 # version, or by hand).
 from hostconfig.contract import rules
-from hostconfig.contract.codec import version_problem
+from hostconfig.contract.codec import field_table, version_problem
 from hostconfig.contract.connection import Connection, tunnels_of
 from hostconfig.contract.crypto import CryptoProfile, PhaseProposal, read_crypto
 from hostconfig.contract.reader import (
@@ -207,11 +207,10 @@ class GatewayPlan:
 # rules at preview; they are checked again here because host_config may come from any program version, or by hand.
 # Unknown keys are tolerated (a newer program may add fields) but logged: they may also be typos.
 _WARN = Unknown.WARN
-_GATEWAY_KEYS = ("label", "public_ip", "private_ip", "public_interface", "vlan_interface", "vlan_address",
-                 "ssh_host_public_key")
-_TUNNEL_KEYS = ("name", "interface", "outside_ip", "inside_cidr", "aws_inside_ip", "gateway_inside_ip", "mark", "psk")
-_FAILOVER_KEYS = ("primary", "probe_interval_ms", "probe_timeout_ms", "down_after", "up_after", "failback_hold_seconds",
-                  "extra_probe_targets")
+# The keys of host_config's gateway, tunnel and failover objects are their specs' fields (the one codec).
+_GATEWAY_FIELDS = field_table(GatewaySpec)
+_TUNNEL_FIELDS = field_table(TunnelSpec)
+_FAILOVER_FIELDS = field_table(FailoverSpec)
 _TOP_KEYS = ("kind", "version", "stack", "gateway", "aws", "linode", "crypto", "tunnels", "tunnel_mtu", "tcp_mss",
              "failover", "admin_cidrs")
 
@@ -302,7 +301,7 @@ class _PlanBuilder:
         return r.list_of("admin_cidrs", to_network, NETWORK_RULE, '["192.0.2.0/24"]', 0, 100)
 
     def gateway(self, r: Reader) -> GatewaySpec | None:
-        g = r.sub("gateway", _required(_GATEWAY_KEYS), unknown=_WARN, example='{"public_ip": "203.0.113.10", ...}')
+        g = r.sub("gateway", _GATEWAY_FIELDS, unknown=_WARN, example='{"public_ip": "203.0.113.10", ...}')
         label = g.string("label", rules.HOSTNAME)
         public_ip = g.ipv4("public_ip", "203.0.113.10")
         private_ip = g.ipv4("private_ip", "10.8.0.2")
@@ -334,7 +333,7 @@ class _PlanBuilder:
 
     def tunnel(self, r: Reader, item: Any, i: int) -> TunnelSpec | None:
         n = i + 1
-        t = r.element("tunnels", i, item, _required(_TUNNEL_KEYS), unknown=_WARN,
+        t = r.element("tunnels", i, item, _TUNNEL_FIELDS, unknown=_WARN,
                       example='{"name": "tunnel1", "outside_ip": ..., ...}')
         name = t.string("name", rules.TUNNEL_NAME, f"tunnel{n}")
         interface = t.string("interface", rules.INTERFACE_NAME, f"vti-aws{n}")
@@ -355,7 +354,7 @@ class _PlanBuilder:
         return TunnelSpec(name, interface, outside, inside, aws_inside, gw_inside, psk, mark)  # type: ignore
 
     def failover(self, r: Reader) -> FailoverSpec | None:
-        f = r.sub("failover", _required(_FAILOVER_KEYS), unknown=_WARN, example='{"primary": "tunnel1", ...}')
+        f = r.sub("failover", _FAILOVER_FIELDS, unknown=_WARN, example='{"primary": "tunnel1", ...}')
         primary = f.string("primary", rules.TUNNEL_NAME)
         interval = f.integer("probe_interval_ms", rules.PROBE_INTERVAL_MS)
         timeout = f.integer("probe_timeout_ms", rules.PROBE_TIMEOUT_MS)

@@ -77,3 +77,11 @@ def test_the_status_record_encodes_and_decodes_through_the_codec():
     state = DaemonState.from_json(contract_example("daemon-state"))
     assert state.to_json() == encode(state)
     assert decode(DaemonState, state.to_json(), "daemon state", ContractError) == state
+
+
+def test_host_configs_object_keys_are_the_plans_spec_fields():
+    import hostconfig.plan as plan
+
+    for table, cls in ((plan._GATEWAY_FIELDS, plan.GatewaySpec), (plan._TUNNEL_FIELDS, plan.TunnelSpec),
+                       (plan._FAILOVER_FIELDS, plan.FailoverSpec)):
+        assert table == field_table(cls) and list(table) == [f.name for f in dataclasses.fields(cls)]
