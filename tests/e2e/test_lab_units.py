@@ -131,8 +131,10 @@ def test_maintenance_rules_drop_the_gateway_and_without_delete_silence_the_endpo
     with_delete = awspeer.render_maintenance_rules(t, "203.0.113.10", with_delete=True)
     assert "ip saddr 203.0.113.10 ip daddr 198.51.100.1 udp dport { 500, 4500 } drop" in with_delete
     assert "ip saddr 198.51.100.1" not in with_delete  # the DELETE goes out
+    assert "esp" not in with_delete  # ESP ends with the endpoint's SAs (the forced terminate), not before it
     silent = awspeer.render_maintenance_rules(t, "203.0.113.10", with_delete=False)
     assert "ip saddr 198.51.100.1 ip daddr 203.0.113.10 udp sport { 500, 4500 } drop" in silent
+    assert "ip saddr 203.0.113.10 ip daddr 198.51.100.1 ip protocol esp drop" in silent
 
 
 def test_file_rpc_streams_output_and_returns_the_exit_code(tmp_path):
