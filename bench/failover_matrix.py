@@ -22,8 +22,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hostconfig.agent.status_contract import StatusReport  # noqa: E402
-from hostconfig.gateway_paths import VPNCTL  # noqa: E402
 from lab import driver, flows  # noqa: E402
 
 TUNNEL1_OUTSIDE = "198.51.100.1"
@@ -42,16 +40,6 @@ class Kind:
     runs: list[tuple[float | None, float | None, float | None]] = field(default_factory=list)  # to_aws, to_gw, heal
 
 
-def repairs_reset() -> bool:
-    """No tunnel has repair attempts pending: each run measures a fresh failure. A fault soon after unhealed repairs
-    (the tunnel not yet healthy for the backoff reset, 60 s) waits out the backoff first (hostconfig/agent/health.py);
-    that is the product's choice against repair loops, measured on its own, not mixed into these medians."""
-    out = driver.lab("exec", "gw", VPNCTL.path, "status", "--json", timeout=120)
-    if out.rc != 0:
-        return False
-    return all(t.repair.attempts == 0 for t in StatusReport.loads(out.out).tunnels)
-
-
 def settle(aws_sends_on: str) -> None:
     driver.lab("heal", "tunnel1", check=True)
     driver.lab("exec", "inet", "sh", "-c", f"nft delete table inet {FAULT_TABLE} 2>/dev/null; true")
@@ -59,7 +47,7 @@ def settle(aws_sends_on: str) -> None:
                       "both tunnels carrying traffic", interval=1)
     driver.wait_until(lambda: driver.active_vti() == "vti-aws1", RECOVERY_TIMEOUT, "the gateway on tunnel1", 1)
     driver.wait_aws_sending(aws_sends_on, RECOVERY_TIMEOUT)
-    driver.wait_until(repairs_reset, RECOVERY_TIMEOUT, "the gateway's repair backoff reset", interval=5)
+    driver.wait_until(driver.repairs_reset, RECOVERY_TIMEOUT, "the gateway's repair backoff reset", interval=5)
 
 
 def recovery_after(heal: Callable[[], object]) -> float | None:

@@ -265,10 +265,15 @@ def _maintenance_table(tunnel: str) -> str:
 
 
 def render_maintenance_rules(tunnel: AwsTunnel, cgw_ip: str, with_delete: bool) -> str:
-    """nft script for the aws namespace while the tunnel's endpoint is replaced: nothing from the gateway reaches it.
-    Without a DELETE the old endpoint also falls silent, so the gateway notices only by its own DPD."""
-    inbound = [f"ip saddr {cgw_ip} ip daddr {tunnel.outside_ip} udp dport {{ 500, 4500 }} drop",
-               f"ip saddr {cgw_ip} ip daddr {tunnel.outside_ip} ip protocol esp drop"]
+    """nft script for the aws namespace while the tunnel's endpoint is replaced: the gateway cannot bring the tunnel
+    back (its IKE is dropped). Without a DELETE the old endpoint also falls silent, so the gateway notices only by its
+    own DPD. With one, the gateway's ESP is not filtered: it keeps arriving until the forced terminate destroys the
+    endpoint's SAs (then the kernel drops it), as on AWS, where the DELETE and the end of the SAs are one event.
+    Filtering it first made the gateway -> AWS outage include the terminate's own start-up time (seconds under
+    load), a blackout AWS does not cause."""
+    inbound = [f"ip saddr {cgw_ip} ip daddr {tunnel.outside_ip} udp dport {{ 500, 4500 }} drop"]
+    if not with_delete:
+        inbound.append(f"ip saddr {cgw_ip} ip daddr {tunnel.outside_ip} ip protocol esp drop")
     outbound = [] if with_delete else [
         f"ip saddr {tunnel.outside_ip} ip daddr {cgw_ip} udp sport {{ 500, 4500 }} drop",
         f"ip saddr {tunnel.outside_ip} ip daddr {cgw_ip} ip protocol esp drop"]

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hostconfig.agent.status_contract import StatusReport
+from hostconfig.gateway_paths import VPNCTL
 from lab import flows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,6 +157,30 @@ def tunnel_carries(tunnel: str) -> bool:
     n = tunnel[-1]
     aws_inside = {"1": "169.254.10.1", "2": "169.254.11.1"}[n]  # stacks/Pulumi.lab.yaml tunnels.inside_cidrs
     return lab("exec", "gw", "ping", "-n", "-c", "1", "-W", "1", "-I", f"vti-aws{n}", aws_inside, timeout=120).rc == 0
+
+
+def gateway_status() -> StatusReport | None:
+    """The gateway's `vpnctl status --json`, typed; None when it could not be read."""
+    out = lab("exec", "gw", VPNCTL.path, "status", "--json", timeout=120)
+    return StatusReport.loads(out.out) if out.rc == 0 else None
+
+
+def repairs_reset() -> bool:
+    """No tunnel has repair attempts pending (`vpnctl status`): a fault injected now is a fresh failure. One injected
+    while the backoff of earlier unhealed repairs runs waits that backoff out first (hostconfig/agent/health.py):
+    the product's guard against repair loops, measured on its own, not mixed into another failure's figures."""
+    status = gateway_status()
+    return status is not None and all(t.repair is not None and t.repair.attempts == 0 for t in status.tunnels)
+
+
+def repairs_seen() -> str:
+    """The gateway's repairs per tunnel as `vpnctl status` shows them, for a failure message."""
+    status = gateway_status()
+    if status is None:
+        return "vpnctl status could not be read"
+    return "; ".join(f"{t.name}: no daemon data" if t.repair is None else
+                     f"{t.name}: {t.repair.total} repairs, attempts {t.repair.attempts}, waiting {t.repair.waiting!r}, "
+                     f"last {t.repair.last!r}" for t in status.tunnels)
 
 
 class Flows:

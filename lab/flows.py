@@ -40,17 +40,26 @@ class Direction:
     received: int
     first: float | None
     last: float | None
-    gaps: list[tuple[float, float]]  # (last arrival before, first arrival after), lab clock, longest first
+    gaps: list[tuple[float, float]]  # (last arrival before, first arrival after), lab clock, longest first; a stream
+    # that never came back ends its last gap at the sender's last datagram
 
     @property
     def longest_gap(self) -> float:
         return max((b - a for a, b in self.gaps), default=0.0)
 
 
-def summarize(sent: int, arrivals: dict[int, float], gap_report: float = GAP_REPORT_SECONDS) -> Direction:
-    """Gaps between consecutive arrivals (by arrival time: the blackout as the receiver lives it)."""
+def summarize(sent: int, arrivals: dict[int, float], gap_report: float = GAP_REPORT_SECONDS,
+              sent_span: tuple[float, float] | None = None) -> Direction:
+    """Gaps between consecutive arrivals (by arrival time: the blackout as the receiver lives it).
+
+    `sent_span` is (first, last) datagram's send time: a blackout that lasted to the end of the stream is a gap from
+    the last arrival (or the first send, when nothing arrived) to the last send, not "no outage"."""
     times = sorted(arrivals.values())
-    gaps = sorted(((a, b) for a, b in zip(times, times[1:], strict=False) if b - a > gap_report),
+    edges = times
+    if sent_span is not None:
+        first_sent, last_sent = sent_span
+        edges = [first_sent, last_sent] if not times else times + ([last_sent] if last_sent > times[-1] else [])
+    gaps = sorted(((a, b) for a, b in zip(edges, edges[1:], strict=False) if b - a > gap_report),
                   key=lambda g: g[0] - g[1])
     return Direction(sent, len(arrivals), times[0] if times else None, times[-1] if times else None, gaps)
 
@@ -65,10 +74,11 @@ def outage_around(direction: Direction, at: float, slack: float = 1.0) -> float 
 
 
 def _send_loop(sock: socket.socket, dst: tuple[str, int] | None, seconds: float, rate: int, arrivals: dict[int, float],
-               wait_first: bool, listen_extra: float = 0.0, started: Path | None = None) -> int:
+               wait_first: bool, listen_extra: float = 0.0, started: Path | None = None) -> tuple[int, list[float]]:
     """Send `rate`/s numbered datagrams for `seconds` (then listen `listen_extra` s more) while recording arrivals;
-    returns how many were sent."""
+    returns how many were sent and the send times of the first and the last (lab clock)."""
     interval, seq = 1.0 / rate, 0
+    span: list[float] = []
     sock.settimeout(0.005)
     start = time.monotonic()
     end = start + seconds
@@ -81,6 +91,8 @@ def _send_loop(sock: socket.socket, dst: tuple[str, int] | None, seconds: float,
                 sock.sendto(f"{seq}".encode(), dst)
             except OSError:
                 pass  # no route (both tunnels down: the gateway's unreachable route answers): a loss like any other
+            sent_at = time.time()
+            span = [span[0] if span else sent_at, sent_at]
             seq += 1
             next_send += interval
         try:
@@ -94,7 +106,7 @@ def _send_loop(sock: socket.socket, dst: tuple[str, int] | None, seconds: float,
                 end, next_send = start + seconds, start
         except (TimeoutError, ValueError, OSError):
             pass
-    return seq
+    return seq, span
 
 
 def peer(seconds: float, rate: int, out: Path) -> None:
@@ -103,17 +115,17 @@ def peer(seconds: float, rate: int, out: Path) -> None:
     sock.bind(("0.0.0.0", PORT))
     arrivals: dict[int, float] = {}
     # stops sending a second before the VLAN side stops listening, so the tail of its stream is not counted as lost
-    sent = _send_loop(sock, None, max(seconds - 1.0, 0.0), rate, arrivals, wait_first=True,
-                      listen_extra=SETTLE_SECONDS + 1.0, started=out.with_suffix(".started"))
-    out.write_text(json.dumps({"sent": sent, "arrivals": arrivals}))
+    sent, span = _send_loop(sock, None, max(seconds - 1.0, 0.0), rate, arrivals, wait_first=True,
+                            listen_extra=SETTLE_SECONDS + 1.0, started=out.with_suffix(".started"))
+    out.write_text(json.dumps({"sent": sent, "span": span, "arrivals": arrivals}))
 
 
 def client(seconds: float, rate: int, out: Path) -> None:
     """At the VLAN host: send the gateway -> AWS stream, time the AWS -> gateway one."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     arrivals: dict[int, float] = {}
-    sent = _send_loop(sock, (LAB_PLAN.vpc_host_ip, PORT), seconds, rate, arrivals, wait_first=False)
-    out.write_text(json.dumps({"sent": sent, "arrivals": arrivals}))
+    sent, span = _send_loop(sock, (LAB_PLAN.vpc_host_ip, PORT), seconds, rate, arrivals, wait_first=False)
+    out.write_text(json.dumps({"sent": sent, "span": span, "arrivals": arrivals}))
 
 
 def run(seconds: float, rate: int) -> dict:
@@ -132,9 +144,15 @@ def run(seconds: float, rate: int) -> dict:
         vpc.wait(timeout=seconds + 120)
         at_vpc = json.loads(peer_out.read_text())
         at_vlan = json.loads(client_out.read_text())
-    to_aws = summarize(at_vlan["sent"], {int(k): v for k, v in at_vpc["arrivals"].items()})
-    to_gw = summarize(at_vpc["sent"], {int(k): v for k, v in at_vlan["arrivals"].items()})
+    to_aws = summarize(at_vlan["sent"], {int(k): v for k, v in at_vpc["arrivals"].items()},
+                       sent_span=_span(at_vlan["span"]))
+    to_gw = summarize(at_vpc["sent"], {int(k): v for k, v in at_vlan["arrivals"].items()},
+                      sent_span=_span(at_vpc["span"]))
     return {"gateway_to_aws": asdict(to_aws), "aws_to_gateway": asdict(to_gw), "rate": rate}
+
+
+def _span(times: list[float]) -> tuple[float, float] | None:
+    return (times[0], times[-1]) if times else None
 
 
 def main(argv: list[str]) -> int:

@@ -177,14 +177,18 @@ class RepairPolicy:
     probes' up_after).
     backoff 20 s doubling to 300 s: a repair that did not help (the cause is elsewhere, e.g. ESP filtered upstream)
     is retried, at most every 5 minutes in the end, each costing a few hundred ms of an already dead tunnel.
-    backoff reset 60 s: a tunnel that stayed healthy this long starts again at the short delay.
+    backoff reset 15 s: a tunnel that answered probes this long after a repair was healed by it, and its next fault
+    is a new one, repaired after the hold alone. A longer window makes a fault that follows a healed one inherit the
+    old backoff: after an endpoint replacement took 3 repairs, an ESP-dead tunnel AWS sends on waited out 80 s of
+    backoff, and AWS -> gateway stayed dark all that time (AWS's DPD never fires while IKE answers). A tunnel that
+    flaps faster than this keeps backing off: at most one repair per hold + reset (~20 s), as with backoff_min.
     """
 
     hold_seconds: float = DEFAULT_REPAIR_HOLD_SECONDS
     backoff_min_seconds: float = 20.0
     backoff_max_seconds: float = 300.0
     settle_seconds: float = 20.0
-    backoff_reset_seconds: float = 60.0
+    backoff_reset_seconds: float = 15.0
 
     def backoff(self, attempts: int) -> float:
         """Delay before the next repair of a tunnel already repaired ``attempts`` times (without healing)."""

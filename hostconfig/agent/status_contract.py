@@ -95,7 +95,7 @@ class RepairRecord(Record):
 
     total: int  # since the daemon started
     by_kind: dict[str, int]  # kinds that happened
-    attempts: int  # since the tunnel was last healthy for 60 s (drives the backoff)
+    attempts: int  # since the tunnel was last healthy for RepairPolicy.backoff_reset_seconds (drives the backoff)
     last: LastRepair | None
     waiting: str | None  # why a seen fault is not repaired now
     next_allowed_in_seconds: float  # backoff left (0: none)

@@ -87,7 +87,7 @@ def test_no_child_sa_means_charon_is_bringing_it_back_not_us():
     assert w.run(120) == []
 
 
-def test_backoff_doubles_up_to_the_cap_and_resets_after_a_healthy_minute():
+def test_backoff_doubles_up_to_the_cap_and_resets_once_the_tunnel_stayed_healed():
     w = World({"tunnel1": True, "tunnel2": False})
     times = [t for t, _kind, _tunnel in w.run(1300)]
     # hold 5 s, then waits of 20, 40, 80, 160, 300, 300 ... (the hold restarts at each repair and is shorter)
@@ -96,10 +96,35 @@ def test_backoff_doubles_up_to_the_cap_and_resets_after_a_healthy_minute():
     assert gaps[:6] == [20, 40, 80, 160, 300, 300]
     assert POLICY.backoff(50) == POLICY.backoff_max_seconds
     w.health["tunnel2"].presume_up(1300.0, "healed")
-    w.tick(1330.0)
-    assert w.repairs["tunnel2"].attempts > 0  # healthy for 30 s only
-    w.tick(1360.5)
+    w.tick(1310.0)
+    assert w.repairs["tunnel2"].attempts > 0  # healthy for 10 s only
+    w.tick(1300.0 + POLICY.backoff_reset_seconds + 0.5)
     assert w.repairs["tunnel2"].attempts == 0
+
+
+def test_a_fault_after_a_healed_one_is_repaired_after_the_hold_not_the_old_backoff():
+    """An endpoint replacement took three repairs (AWS refused IKE meanwhile); the tunnel healed; a minute later its
+    ESP dies while IKE answers. AWS's DPD never fires then, so the gateway's repair is the only thing that moves AWS's
+    return traffic: it must come after the hold, not after the 80 s the replacement's repairs had built up."""
+    w = World({"tunnel1": True, "tunnel2": False})
+    repaired = [t for t, _kind, _tunnel in w.run(70)]
+    assert len(repaired) == 3 and w.repairs["tunnel2"].attempts == 3
+    w.health["tunnel2"].presume_up(71.0, "the new endpoint answers")
+    w.run(100.0, start=71.0)
+    w.health["tunnel2"].force_down(100.0, "ESP dropped, IKE alive")
+    made = w.run(120.0, start=100.0)[3:]
+    assert [(t, kind) for t, kind, _tunnel in made] == [(100.0 + POLICY.hold_seconds, "reestablish")]
+
+
+def test_a_tunnel_that_flaps_faster_than_the_reset_keeps_backing_off():
+    w = World({"tunnel1": True, "tunnel2": False})
+    w.run(6.0)
+    assert w.repairs["tunnel2"].attempts == 1
+    w.health["tunnel2"].presume_up(7.0, "up for a moment")
+    w.run(7.0 + POLICY.backoff_reset_seconds - 5, start=7.0)
+    w.health["tunnel2"].force_down(18.0, "down again")
+    made = w.run(60.0, start=18.0)
+    assert [t for t, _kind, _tunnel in made][1] >= 5.0 + POLICY.backoff(1)  # waited out the backoff of repair 1
 
 
 def test_both_dead_repairs_one_at_a_time_standby_first_never_both():

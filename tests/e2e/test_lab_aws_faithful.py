@@ -154,7 +154,8 @@ def test_esp_dead_ike_alive_on_the_tunnel_aws_sends_on_resumes_by_the_gateways_d
     remove_fault()
     to_aws, to_gw = report("ESP dead/IKE alive on tunnel1 (AWS sends on it)", result, at, slack=injected + 1.0)
     assert to_aws < GATEWAY_TO_AWS_BOUND_SECONDS
-    assert 0 < to_gw < 20, f"AWS -> gateway out {to_gw:.2f} s: AWS kept sending into the dead data path"
+    assert 0 < to_gw < 20, (f"AWS -> gateway out {to_gw:.2f} s: AWS kept sending into the dead data path; the "
+                            f"gateway's repairs: {driver.repairs_seen()}; AWS side: {aws_status()}")
 
 
 def flows_for(seconds: float) -> Flows:

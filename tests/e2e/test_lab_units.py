@@ -131,8 +131,10 @@ def test_maintenance_rules_drop_the_gateway_and_without_delete_silence_the_endpo
     with_delete = awspeer.render_maintenance_rules(t, "203.0.113.10", with_delete=True)
     assert "ip saddr 203.0.113.10 ip daddr 198.51.100.1 udp dport { 500, 4500 } drop" in with_delete
     assert "ip saddr 198.51.100.1" not in with_delete  # the DELETE goes out
+    assert "esp" not in with_delete  # ESP ends with the endpoint's SAs (the forced terminate), not before it
     silent = awspeer.render_maintenance_rules(t, "203.0.113.10", with_delete=False)
     assert "ip saddr 198.51.100.1 ip daddr 203.0.113.10 udp sport { 500, 4500 } drop" in silent
+    assert "ip saddr 203.0.113.10 ip daddr 198.51.100.1 ip protocol esp drop" in silent
 
 
 def test_file_rpc_streams_output_and_returns_the_exit_code(tmp_path):
@@ -189,3 +191,15 @@ def test_one_way_flow_gaps_are_timed_at_the_receiver():
     assert flows.outage_around(d, 100.5) == pytest.approx(31.3)  # the cut at 100.5: the blackout that covers it
     assert flows.outage_around(d, 135.0) == pytest.approx(8.4)
     assert flows.outage_around(d, 98.0) is None  # nothing was out then
+
+
+def test_a_blackout_that_lasts_to_the_end_of_the_stream_is_an_outage_not_none():
+    """ESP dead and AWS never moved: the last datagrams arrive at 103 s, the sender goes on until 160 s."""
+    arrivals = {i: 100.0 + i * 0.02 for i in range(150)}
+    d = flows.summarize(3000, arrivals, sent_span=(100.0, 160.0))
+    assert d.gaps == [(pytest.approx(102.98), 160.0)]
+    assert flows.outage_around(d, 103.5, slack=2.0) == pytest.approx(57.02)
+    nothing = flows.summarize(3000, {}, sent_span=(100.0, 160.0))
+    assert nothing.gaps == [(100.0, 160.0)] and flows.outage_around(nothing, 101.0) == pytest.approx(60.0)
+    steady = flows.summarize(10, {i: 100.0 + i * 0.02 for i in range(10)}, sent_span=(99.99, 100.17))
+    assert steady.gaps == []
