@@ -52,13 +52,7 @@ SCHEMA_VERSION = 1
 # --- What the gateway agent owns and where things live (docs/contracts.md §2 and §4). ---
 AGENT_CONFIG_VERSION = 1
 OWNERSHIP = {"route_table": 1519, "route_protocol": 157, "rule_priority": 10100, "nft_table": "hybrid_vpn"}
-# Where things live on the gateway: hostconfig/gateway_paths.py (gp), the one table. These four old names stay only
-# for tests/e2e (conftest.py, test_lab_boot_guard.py), which this change may not edit; nothing else uses them
-# (tests/test_gateway_paths.py checks). Delete them once those two files read gateway_paths.
-STATE_DIR = gp.STATE_DIR.path
-FAILOVER_UNIT = gp.FAILOVER_UNIT
-GUARD_UNIT = gp.GUARD_UNIT
-NFT_RULESET_PATH = gp.NFT_RULESET.path
+# Where things live on the gateway: hostconfig/gateway_paths.py (gp), the one table.
 IKE_PORT, NAT_T_PORT = 500, 4500
 SSH_PORT = 22
 

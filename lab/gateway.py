@@ -70,9 +70,8 @@ def configure(operator_dir: Path, say: Callable[[str], None]) -> None:
     activate([c["path"] for c in report["changed"]], say)
 
 
-# charon-systemd's unit on Debian 12: the one the lab's charon plays. Not rendered by hostconfig: its ordering comes
-# from the rendered units (and from the distribution's file when this machine has it).
-CHARON_UNIT = gp.STRONGSWAN_UNIT
+# charon-systemd's unit on Debian 12 (gp.STRONGSWAN_UNIT) is the one the lab's charon plays. Not rendered by
+# hostconfig: its ordering comes from the rendered units (and from the distribution's file when this machine has it).
 SYSTEM_UNIT_DIRS = (Path("/lib/systemd/system"), Path("/usr/lib/systemd/system"))
 
 
@@ -136,8 +135,8 @@ def gateway_units() -> list[Unit]:
         proc = run_in("gw", ["cat", unit_file.path], check=False)
         if proc.returncode == 0:
             units.append(parse_unit(Path(unit_file.path).name, proc.stdout))
-    system = next((d / CHARON_UNIT for d in SYSTEM_UNIT_DIRS if (d / CHARON_UNIT).is_file()), None)
-    units.append(parse_unit(CHARON_UNIT, system.read_text()) if system else Unit(CHARON_UNIT))
+    system = next((d / gp.STRONGSWAN_UNIT for d in SYSTEM_UNIT_DIRS if (d / gp.STRONGSWAN_UNIT).is_file()), None)
+    units.append(parse_unit(gp.STRONGSWAN_UNIT, system.read_text()) if system else Unit(gp.STRONGSWAN_UNIT))
     return units
 
 
@@ -212,7 +211,7 @@ def start_unit(unit: Unit) -> None:
     ExecStart= lines in the gateway when its ConditionPathExists= hold."""
     if unit.name == gp.FAILOVER_UNIT:
         restart_agent()
-    elif unit.name == CHARON_UNIT:
+    elif unit.name == gp.STRONGSWAN_UNIT:
         topology.restart_gw_charon()
     elif all(run_in("gw", ["test", "-e", p], check=False).returncode == 0 for p in unit.path_conditions):
         for line in unit.exec_start:

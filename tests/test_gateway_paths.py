@@ -128,12 +128,9 @@ def test_contracts_section_4_lists_the_tables_files_and_modes():
     assert {path: table.get(path) for path in documented} == documented
 
 
-# i17-rest: old names of table entries that a module re-exported (hostconfig/plan.py: STATE_DIR and nine more;
-# hostconfig/deliver/gateway.py: AGENT_CONFIG and eight more) are gone; every user reads the table. These four stay
-# only for tests/e2e, which this change may not edit: (file, name) -> why.
-KEPT_ALIASES = {**{("hostconfig/plan.py", name): "tests/e2e/conftest.py and test_lab_boot_guard.py still import it"
-                   for name in ("STATE_DIR", "FAILOVER_UNIT", "GUARD_UNIT", "NFT_RULESET_PATH")},
-                ("lab/gateway.py", "CHARON_UNIT"): "tests/e2e/test_lab_boot_guard.py still imports it"}
+# Old names of table entries that modules re-exported (hostconfig/plan.py: STATE_DIR and thirteen more;
+# hostconfig/deliver/gateway.py: AGENT_CONFIG and eight more; lab/gateway.py: CHARON_UNIT) are gone: every user reads
+# the table.
 
 
 def table_aliases(path: Path) -> list[tuple[int, str]]:
@@ -151,15 +148,5 @@ def table_aliases(path: Path) -> list[tuple[int, str]]:
 
 def test_no_module_gives_a_table_entry_a_second_name():
     files = [path for package in CODE for path in sorted((REPO / package).rglob("*.py"))]
-    found = [f"{path.relative_to(REPO)}:{line}: {name}" for path in files for line, name in table_aliases(path)
-             if (str(path.relative_to(REPO)), name) not in KEPT_ALIASES]
+    found = [f"{path.relative_to(REPO)}:{line}: {name}" for path in files for line, name in table_aliases(path)]
     assert found == []
-
-
-def test_the_kept_old_names_are_used_only_by_the_e2e_tests():
-    names = "|".join(name for _, name in KEPT_ALIASES)
-    use = re.compile(rf"\bplan(mod)?\.({names})\b|from hostconfig\.plan import [^\n]*\b({names})\b")
-    users = [str(path.relative_to(REPO)) for path in sorted(REPO.glob("**/*.py"))
-             if ".venv" not in path.parts and "e2e" not in path.parts and path != Path(__file__)
-             and use.search(path.read_text(encoding="utf-8"))]
-    assert users == []

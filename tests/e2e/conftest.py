@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from hostconfig.agent.state import DAEMON_STATE
-from hostconfig.plan import STATE_DIR
+from hostconfig.gateway_paths import STATE_DIR
 from lab import driver, paths
 
 
@@ -102,7 +102,7 @@ def lab_diagnostics() -> str:
 # --- helpers for the rekey / fault / secrets tests ------------------------------------------------------------------
 
 VPC_HOST = "10.0.4.85"
-STATE_FILE = f"{STATE_DIR}/{DAEMON_STATE}"  # the gateway's, as rendered into agent.json
+STATE_FILE = f"{STATE_DIR.path}/{DAEMON_STATE}"  # the gateway's, as rendered into agent.json
 
 
 @dataclass

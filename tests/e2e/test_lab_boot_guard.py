@@ -15,9 +15,9 @@ import time
 
 import pytest
 
+from hostconfig import gateway_paths as gp
 from hostconfig import plan
 from lab import driver, paths
-from lab.gateway import CHARON_UNIT
 from tests.e2e.conftest import lab_exec
 from tests.e2e.test_lab import AWS_CIDR_RE, VLAN_HOST, VPC_HOST, capture_on_gateway_public_nic
 
@@ -78,7 +78,7 @@ def test_stack_restart_in_unit_order_under_traffic_leaks_no_clear_text(lab):
     encapsulated = [line for line in lines if ".4500" in line and "198.51.100." in line]
     assert len(encapsulated) >= 10, f"expected ESP-in-UDP packets in the capture, got:\n{lines[:20]}"
     # The order is the units' (lab/gateway.py start_order over their Before=/After=), not a list in the lab.
-    assert order.index(plan.GUARD_UNIT) < order.index(plan.FAILOVER_UNIT) < order.index(CHARON_UNIT), order
+    assert order.index(gp.GUARD_UNIT) < order.index(gp.FAILOVER_UNIT) < order.index(gp.STRONGSWAN_UNIT), order
 
 
 # ----------------------------------------------------------------------------------- points 6 and 7: the scan
@@ -175,7 +175,7 @@ def test_scan_finds_only_the_intended_ports_open(lab):
 
 def ssh_limited_to_admins() -> bool:
     """Whether the ruleset the gateway runs limits SSH to admin_cidrs (host_config carried them)."""
-    return "set admin_cidrs" in lab_exec("gw", "cat", plan.NFT_RULESET_PATH).out
+    return "set admin_cidrs" in lab_exec("gw", "cat", gp.NFT_RULESET.path).out
 
 
 def test_ssh_only_from_the_admin_network(lab):

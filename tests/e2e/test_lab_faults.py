@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import pytest
 
+from hostconfig import gateway_paths as gp
 from lab import driver, paths
 from tests.e2e.conftest import (
     FAULT_TABLE,
@@ -54,7 +55,7 @@ FAILBACK_HOLD_SECONDS = 20  # the default failover.failback_hold_seconds the lab
 BREAK_TABLE = "lab_break_tunnel1"  # the table `lab break tunnel1` adds; `lab heal tunnel1` removes it
 DAEMON_LOG = paths.STATE_DIR / "logs" / "gw-vpnctl-daemon.log"  # seen from the VM (`lab exec root`)
 PID_DIR = paths.STATE_DIR / "pids"
-STATE_DIR = "/run/hybrid-vpn"  # agent.json paths.state_dir on the gateway
+STATE_DIR = gp.STATE_DIR.path  # agent.json paths.state_dir on the gateway
 VICI_SOCKET = "/run/charon.vici"
 RUN_FILLER = "/run/lab-filler"  # fills the gateway's /run in the state-dir-full scenario
 METRICS_FILE = "/var/lib/prometheus/node-exporter/hybrid_vpn.prom"
