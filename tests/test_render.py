@@ -332,16 +332,16 @@ def test_cli_explains_unusable_outputs(tmp_path, stdin, fragment):
 def test_the_rendered_units_start_the_guard_then_the_agent_then_charon():
     # Issue 13 point 4: the ruleset before forwarding (the agent turns it on) and before charon loads the tunnels.
     # The order comes from the units' own Before=/After= (the lab's reboot uses the same start_order).
-    from lab.gateway import CHARON_UNIT, Unit, parse_unit, start_order
+    from lab.gateway import Unit, parse_unit, start_order
 
     plan = GatewayPlan.from_host_config(load_input("default"))
     files = {f.path.rsplit("/", 1)[1]: f.content.decode() for f in render_gateway_files(plan)}
     rendered = (gp.FAILOVER_UNIT, gp.GUARD_UNIT)
-    units = [parse_unit(CHARON_UNIT, ""), *(parse_unit(n, files[n]) for n in rendered)]
-    assert start_order(units) == [gp.GUARD_UNIT, gp.FAILOVER_UNIT, CHARON_UNIT]
+    units = [parse_unit(gp.STRONGSWAN_UNIT, ""), *(parse_unit(n, files[n]) for n in rendered)]
+    assert start_order(units) == [gp.GUARD_UNIT, gp.FAILOVER_UNIT, gp.STRONGSWAN_UNIT]
     guard = parse_unit(gp.GUARD_UNIT, files[gp.GUARD_UNIT])
     assert guard.exec_start == (f"{gp.NFT} -f {gp.NFT_RULESET.path}",)
     assert guard.path_conditions == (gp.NFT_RULESET.path,)
     # control: main's failover unit (After=strongswan) put charon first
-    old = Unit(gp.FAILOVER_UNIT, after=("network-online.target", CHARON_UNIT))
-    assert start_order([old, Unit(CHARON_UNIT)]) == [CHARON_UNIT, gp.FAILOVER_UNIT]
+    old = Unit(gp.FAILOVER_UNIT, after=("network-online.target", gp.STRONGSWAN_UNIT))
+    assert start_order([old, Unit(gp.STRONGSWAN_UNIT)]) == [gp.STRONGSWAN_UNIT, gp.FAILOVER_UNIT]
