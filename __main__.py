@@ -76,6 +76,7 @@ vpn = AwsVpnSide("vpn", AwsVpnSideArgs(
     inside_cidrs=config.tunnels.inside_cidrs,
     allow_linode_in_security_group_id=config.aws.allow_linode_in_security_group_id,
     tags={"Project": "hybrid-vpn", "Stack": stack, **config.tags},
+    routing=config.routing,
 ), opts=pulumi.ResourceOptions(providers={"aws": aws_provider}))
 connection = vpn.vpn_connection
 
