@@ -165,8 +165,14 @@ def render_gateway_files(plan: GatewayPlan) -> list[RenderedFile]:
         _file(gateway_paths.FAILOVER_UNIT_FILE, render_failover_unit()),
         _file(gateway_paths.GUARD_UNIT_FILE, render_guard_unit()),
     ]
+    if plan.routing is not None:  # routing.mode bgp only: a static stack's file set is unchanged
+        files.append(_file(gateway_paths.FRR_CONF, render_frr_conf(plan)))
     log.info("rendered %d gateway files for stack %s", len(files), plan.stack)
     return files
+
+
+def render_frr_conf(plan: GatewayPlan) -> str:
+    return render("frr.conf.j2", planmod.frr_view(plan))
 
 
 def render_legacy_files(plan: GatewayPlan) -> list[RenderedFile]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from hostconfig.plan import GatewayPlan, RoutingSpec
 from infra.aws import customer_gateway_asn_args
 from infra.config import ConfigError, parse_stack_config
 from lab.cloud import run_program
@@ -37,6 +38,8 @@ def test_bgp_mode_makes_a_dynamic_connection_without_static_routes(bgp_run):
 def test_bgp_mode_puts_the_asns_in_host_config(bgp_run):
     assert bgp_run.outputs["host_config"]["routing"] == {"mode": "bgp", "customer_asn": 65010,
                                                          "amazon_side_asn": 64512}
+    plan = GatewayPlan.from_host_config(bgp_run.outputs["host_config"])
+    assert plan.routing == RoutingSpec(customer_asn=65010, amazon_side_asn=64512)
 
 
 def test_without_routing_the_program_is_the_static_one():

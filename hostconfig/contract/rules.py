@@ -332,3 +332,12 @@ def bgp_route_limit_problem(vlan_cidrs: Iterable[IPv4Network]) -> str | None:
         return (f"{len(cidrs)} VLAN CIDRs make {count} BGP routes with their more-specific halves (3 per CIDR), above "
                 f"{MAX_ROUTES_TO_AWS_WHY} (at most {MAX_ROUTES_TO_AWS // 3} VLAN CIDRs in routing.mode bgp)")
     return None
+# What the gateway's FRR advertises per neighbor: one route-map each, switched by the agent (hostconfig/agent/bgp.py)
+# and defined by hostconfig/templates/frr.conf.j2, so the names live here, once, for both.
+ROUTE_MAP_PRIMARY = "hybrid-vpn-primary"  # the VLAN CIDRs, plain AS path: AWS sends on this tunnel
+ROUTE_MAP_STANDBY = "hybrid-vpn-standby"  # the VLAN CIDRs, AS path prepended: AWS avoids this tunnel
+ROUTE_MAP_PRIMARY_MORE_SPECIFIC = "hybrid-vpn-primary-more-specific"  # + the halves: wins over any CIDR elsewhere
+ROUTE_MAP_FROM_AWS = "hybrid-vpn-from-aws"  # accepts only the AWS CIDRs (and their subnets)
+# Extra copies of the customer ASN on the standby: one is enough for "shortest AS path"; two keep it so if AWS or a
+# Transit Gateway in between adds an ASN of its own on one path only.
+STANDBY_PREPEND = 2
