@@ -1,0 +1,78 @@
+"""The effect layer of BGP steering: read and switch the outbound route-maps of the gateway's bgpd through vtysh.
+
+Only the route-maps of the neighbors the agent was given are touched (the ones frr.conf.j2 renders, one per tunnel);
+a neighbor already on its route-map gets no command at all, so applying the same steering twice changes nothing.
+FRR re-sends a neighbor's advertisements itself when its outbound route-map changes (soft reconfiguration out).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from hostconfig import gateway_paths as gp
+
+from .bgp import RouteMapChange, Steering, changes
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[Sequence[str]], str]  # runs one vtysh command line, returns its stdout; raises FrrError
+
+
+class FrrError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Vtysh:
+    """vtysh of one FRR instance: the gateway's (default sockets), or a test's (``vty_socket``: its socket dir)."""
+
+    vty_socket: str | None = None
+    binary: str = gp.VTYSH
+    timeout: float = 20.0
+
+    def __call__(self, args: Sequence[str]) -> str:
+        argv = [self.binary, *(["--vty_socket", self.vty_socket] if self.vty_socket else []), *args]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise FrrError(f"vtysh failed: {err}") from err
+        # vtysh exits 0 on some refused commands and prints "% ..." instead: both are failures here.
+        if done.returncode != 0 or any(line.startswith("%") for line in done.stdout.splitlines()):
+            raise FrrError(f"vtysh {' '.join(args)[:200]!r} exit {done.returncode}: "
+                           f"{(done.stdout + done.stderr).strip()[:400]}")
+        return done.stdout
+
+
+def outbound_route_maps(run: Runner) -> dict[str, str | None]:
+    """neighbor address -> its IPv4 unicast outbound route-map (None: none set), as bgpd has them now."""
+    text = run(["-c", "show bgp ipv4 unicast neighbors json"])
+    try:
+        data = json.loads(text or "{}")
+    except ValueError as err:
+        raise FrrError(f"vtysh gave no JSON for the neighbors: {text[:200]!r}") from err
+    out: dict[str, str | None] = {}
+    for address, info in data.items():
+        if isinstance(info, dict) and "bgpState" in info:
+            family = info.get("addressFamilyInfo", {}).get("ipv4Unicast", {})
+            out[address] = family.get("routeMapForOutgoingAdvertisements")
+    return out
+
+
+def apply_steering(steering: Steering, *, asn: int, neighbors: Mapping[str, str], run: Runner) -> list[RouteMapChange]:
+    """Bring bgpd to ``steering`` (``neighbors``: tunnel -> AWS's inside address); return the changes made, [] when
+    FRR already matched. One vtysh call, in make-before-break order."""
+    todo = changes(steering, neighbors, outbound_route_maps(run))
+    if not todo:
+        return []
+    args = ["-c", "configure terminal", "-c", f"router bgp {asn}", "-c", "address-family ipv4 unicast"]
+    for change in todo:
+        args += ["-c", f"neighbor {change.neighbor} route-map {change.new.route_map} out"]
+    run(args)
+    for change in todo:
+        log.info("bgp: %s (neighbor %s) now %s (was %s): %s", change.tunnel, change.neighbor, change.new.route_map,
+                 change.old, steering.reason)
+    return todo

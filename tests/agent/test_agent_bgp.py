@@ -1,0 +1,138 @@
+"""BGP steering (routing.mode bgp, issue 16): the pure decision, with the agent's own hysteresis and failback hold
+driving it on a fake clock, and the vtysh effect layer against a recording runner (the real bgpd: test_bgp_netns)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hostconfig.agent.bgp import Advertisement, changes, steer
+from hostconfig.agent.desired import TunnelView
+from hostconfig.agent.frr import FrrError, Vtysh, apply_steering, outbound_route_maps
+from hostconfig.agent.health import TunnelHealth, choose_active
+from hostconfig.contract import rules
+
+TUNNELS = ("tunnel1", "tunnel2")
+NEIGHBORS = {"tunnel1": "169.254.10.1", "tunnel2": "169.254.11.1"}
+P, S, M = Advertisement.PRIMARY, Advertisement.STANDBY, Advertisement.PRIMARY_MORE_SPECIFIC
+
+
+def view(up: set[str], active: str | None) -> TunnelView:
+    return TunnelView(frozenset(up), active)
+
+
+@pytest.mark.parametrize(("up", "active", "expected"), [
+    ({"tunnel1", "tunnel2"}, "tunnel1", {"tunnel1": P, "tunnel2": S}),  # steady: standby prepended
+    ({"tunnel1"}, "tunnel1", {"tunnel1": P, "tunnel2": S}),  # standby dead: AWS already prefers the primary
+    ({"tunnel2"}, "tunnel2", {"tunnel1": S, "tunnel2": M}),  # primary dead: halves over the healthy tunnel
+    ({"tunnel1", "tunnel2"}, "tunnel2", {"tunnel1": S, "tunnel2": M}),  # primary back, within its failback hold
+    (set(), None, {"tunnel1": P, "tunnel2": S}),  # nothing up: the rendered steady state
+])
+def test_steer(up, active, expected):
+    steering = steer(TUNNELS, "tunnel1", view(up, active))
+    assert dict(steering.advertise) == expected and steering.reason
+
+
+def test_steer_follows_the_configured_primary():
+    assert dict(steer(TUNNELS, "tunnel2", view(set(TUNNELS), "tunnel2")).advertise) == {"tunnel1": S, "tunnel2": P}
+    with pytest.raises(ValueError):
+        steer(TUNNELS, "tunnel3", view(set(TUNNELS), "tunnel1"))
+
+
+def test_route_maps_are_the_rendered_ones():
+    assert {a.route_map for a in Advertisement} == {rules.ROUTE_MAP_PRIMARY, rules.ROUTE_MAP_STANDBY,
+                                                    rules.ROUTE_MAP_PRIMARY_MORE_SPECIFIC}
+
+
+def test_the_halves_go_only_after_the_failback_hold():
+    """The agent's own hysteresis (3 lost / 5 good probes) and a 20 s failback hold on a fake clock, 0.1 s a probe."""
+    health = {name: TunnelHealth(name, down_after=3, up_after=5) for name in TUNNELS}
+    for h in health.values():
+        h.presume_up(0.0, "test start")
+    active, now, seen = "tunnel1", 0.0, []
+
+    def tick(results: dict[str, bool]) -> None:
+        nonlocal active, now
+        now += 0.1
+        for name, ok in results.items():
+            health[name].record(ok, now)
+        active = choose_active(TUNNELS, "tunnel1", health, active, now, failback_hold=20.0).active
+        advertise = dict(steer(TUNNELS, "tunnel1", TunnelView(frozenset(n for n in TUNNELS if health[n].up),
+                                                               active)).advertise)
+        if not seen or seen[-1][1] != advertise:
+            seen.append((round(now, 1), advertise))
+
+    tick({"tunnel1": True, "tunnel2": True})
+    for _ in range(3):  # tunnel1's data path dies
+        tick({"tunnel1": False, "tunnel2": True})
+    for _ in range(250):  # it comes back for 25 s
+        tick({"tunnel1": True, "tunnel2": True})
+    assert seen == [
+        (0.1, {"tunnel1": P, "tunnel2": S}),
+        (0.4, {"tunnel1": S, "tunnel2": M}),  # the third lost probe: halves on tunnel2
+        # tunnel1 is up again after 5 good probes (0.9 s), then healthy 20 s: failback, halves withdrawn
+        (20.9, {"tunnel1": P, "tunnel2": S}),
+    ]
+
+
+def test_changes_are_ordered_make_before_break_and_empty_when_frr_matches():
+    failover = steer(TUNNELS, "tunnel1", view({"tunnel2"}, "tunnel2"))
+    steady_now = {"169.254.10.1": rules.ROUTE_MAP_PRIMARY, "169.254.11.1": rules.ROUTE_MAP_STANDBY}
+    assert [(c.tunnel, c.new) for c in changes(failover, NEIGHBORS, steady_now)] == [("tunnel2", M), ("tunnel1", S)]
+    failback = steer(TUNNELS, "tunnel1", view(set(TUNNELS), "tunnel1"))
+    failed_now = {"169.254.10.1": rules.ROUTE_MAP_STANDBY, "169.254.11.1": rules.ROUTE_MAP_PRIMARY_MORE_SPECIFIC}
+    assert [(c.tunnel, c.new) for c in changes(failback, NEIGHBORS, failed_now)] == [("tunnel1", P), ("tunnel2", S)]
+    assert changes(failback, NEIGHBORS, steady_now) == []
+
+
+class FakeBgpd:
+    """Records vtysh command lines; answers the neighbors query from its own route-map table."""
+
+    def __init__(self, maps: dict[str, str | None]):
+        self.maps = maps
+        self.calls: list[list[str]] = []
+
+    def __call__(self, args):
+        args = list(args)
+        self.calls.append(args)
+        commands = args[1::2]
+        if commands == ["show bgp ipv4 unicast neighbors json"]:
+            return json.dumps({a: {"bgpState": "Established", "addressFamilyInfo": {"ipv4Unicast": (
+                {"routeMapForOutgoingAdvertisements": m} if m else {})}} for a, m in self.maps.items()})
+        for command in commands:
+            if command.startswith("neighbor "):
+                _, address, _, name, _ = command.split()
+                self.maps[address] = name
+        return ""
+
+
+def test_apply_steering_twice_changes_nothing_the_second_time():
+    bgpd = FakeBgpd({"169.254.10.1": rules.ROUTE_MAP_PRIMARY, "169.254.11.1": rules.ROUTE_MAP_STANDBY})
+    failover = steer(TUNNELS, "tunnel1", view({"tunnel2"}, "tunnel2"))
+    done = apply_steering(failover, asn=65000, neighbors=NEIGHBORS, run=bgpd)
+    assert [c.tunnel for c in done] == ["tunnel2", "tunnel1"]
+    assert bgpd.calls[-1][1::2] == ["configure terminal", "router bgp 65000", "address-family ipv4 unicast",
+                                    f"neighbor 169.254.11.1 route-map {rules.ROUTE_MAP_PRIMARY_MORE_SPECIFIC} out",
+                                    f"neighbor 169.254.10.1 route-map {rules.ROUTE_MAP_STANDBY} out"]
+    calls = len(bgpd.calls)
+    assert apply_steering(failover, asn=65000, neighbors=NEIGHBORS, run=bgpd) == []
+    assert len(bgpd.calls) == calls + 1  # only the read
+
+
+def test_outbound_route_maps_reads_none_for_a_neighbor_without_one():
+    bgpd = FakeBgpd({"169.254.10.1": None})
+    assert outbound_route_maps(bgpd) == {"169.254.10.1": None}
+    with pytest.raises(FrrError):
+        outbound_route_maps(lambda args: "not json")
+
+
+def test_vtysh_refusals_are_errors(tmp_path):
+    fake = tmp_path / "vtysh"
+    fake.write_text("#!/bin/sh\necho '% Unknown command: bogus'\nexit 0\n")
+    fake.chmod(0o755)
+    with pytest.raises(FrrError, match="Unknown command"):
+        Vtysh(binary=str(fake))(["-c", "bogus"])
+    with pytest.raises(FrrError):
+        Vtysh(binary=str(tmp_path / "missing"))(["-c", "show version"])
+
