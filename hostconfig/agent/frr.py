@@ -49,7 +49,7 @@ class Vtysh:
 
 def outbound_route_maps(run: Runner) -> dict[str, str | None]:
     """neighbor address -> its IPv4 unicast outbound route-map (None: none set), as bgpd has them now."""
-    text = run(["-c", "show bgp ipv4 unicast neighbors json"])
+    text = run(["-c", "show bgp neighbors json"])
     try:
         data = json.loads(text or "{}")
     except ValueError as err:

@@ -97,7 +97,7 @@ class FakeBgpd:
         args = list(args)
         self.calls.append(args)
         commands = args[1::2]
-        if commands == ["show bgp ipv4 unicast neighbors json"]:
+        if commands == ["show bgp neighbors json"]:
             return json.dumps({a: {"bgpState": "Established", "addressFamilyInfo": {"ipv4Unicast": (
                 {"routeMapForOutgoingAdvertisements": m} if m else {})}} for a, m in self.maps.items()})
         for command in commands:
