@@ -86,3 +86,72 @@ class FrrInstance:
     def neighbor_states(self) -> dict[str, str]:
         return {address: info.get("bgpState", "?") for address, info in self.json("show bgp neighbors json").items()
                 if isinstance(info, dict)}
+
+
+# --------------------------------------------------------------------- the two-tunnel BGP pair (test_bgp_netns, bench)
+AMAZON_ASN = 64512  # AWS's default Amazon-side ASN
+AWS_CIDR = "10.0.0.0/16"
+DROP_TABLE = "hvtest_drop"
+
+
+def sh(*args: str, input_text: str | None = None) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, input=input_text).stdout
+
+
+def aws_frr_conf(plan: Any) -> str:
+    """The 'AWS' end: ASN 64512, AWS's timers, one neighbor per tunnel, the VPC CIDR, no ECMP (a VGW has none)."""
+    neighbors = "".join(f" neighbor {t.gateway_inside_ip} remote-as {plan.routing.customer_asn}\n"
+                        f" neighbor {t.gateway_inside_ip} timers 10 30\n" for t in plan.tunnels)
+    activate = "".join(f"  neighbor {t.gateway_inside_ip} activate\n" for t in plan.tunnels)
+    return (f"frr defaults traditional\nhostname aws\nrouter bgp {AMAZON_ASN}\n"
+            f" bgp router-id {plan.tunnels[0].aws_inside_ip}\n no bgp ebgp-requires-policy\n"
+            " no bgp default ipv4-unicast\n no bgp network import-check\n timers bgp 10 30\n"
+            f"{neighbors} address-family ipv4 unicast\n  network {AWS_CIDR}\n  maximum-paths 1\n"
+            f"{activate} exit-address-family\nexit\n")
+
+
+def wire_tunnels(gw: str, aws: str, plan: Any) -> dict[str, str]:
+    """One veth pair per tunnel (gateway end named like its VTI, inside addresses as planned); tunnel -> AWS's link."""
+    links = {}
+    for i, t in enumerate(plan.tunnels, start=1):
+        sh("ip", "-n", gw, "link", "add", t.interface, "type", "veth", "peer", "name", f"aws{i}", "netns", aws)
+        sh("ip", "-n", gw, "addr", "add", f"{t.gateway_inside_ip}/{t.inside_cidr.prefixlen}", "dev", t.interface)
+        sh("ip", "-n", aws, "addr", "add", f"{t.aws_inside_ip}/{t.inside_cidr.prefixlen}", "dev", f"aws{i}")
+        sh("ip", "-n", gw, "link", "set", t.interface, "up")
+        sh("ip", "-n", aws, "link", "set", f"aws{i}", "up")
+        links[t.name] = f"aws{i}"
+    return links
+
+
+def drop_link(gw: str, interface: str) -> None:
+    """Every packet on the gateway's ``interface`` dropped, the link left up: a VTI whose ESP died."""
+    sh("ip", "netns", "exec", gw, "nft", "-f", "-", input_text=(
+        f"table inet {DROP_TABLE} {{\n"
+        f'  chain in {{ type filter hook input priority 0; iifname "{interface}" drop; }}\n'
+        f'  chain out {{ type filter hook output priority 0; oifname "{interface}" drop; }}\n'
+        "}\n"))
+
+
+def heal_link(gw: str) -> None:
+    sh("ip", "netns", "exec", gw, "nft", "delete", "table", "inet", DROP_TABLE)
+
+
+def aws_egress(aws: str, address: str) -> str:
+    """The AWS namespace's kernel decision for ``address``: the link it sends on (zebra installed FRR's best)."""
+    words = sh("ip", "-n", aws, "-4", "route", "get", address).split()
+    return words[words.index("dev") + 1] if "dev" in words else ""
+
+
+def aws_bgp_routes(aws: str) -> dict[str, str]:
+    """prefix -> link of every BGP route in the AWS namespace's kernel."""
+    return {r["dst"]: r.get("dev", "") for r in json.loads(sh("ip", "-n", aws, "-j", "-4", "route", "show",
+                                                               "proto", "bgp") or "[]")}
+
+
+def best(frr: FrrInstance, address: str) -> tuple[str, str] | None:
+    """(prefix, peer) of bgpd's best path for ``address`` (longest match), None when there is none."""
+    found = frr.json(f"show bgp ipv4 unicast {address} json")
+    for path in found.get("paths", []):
+        if path.get("bestpath", {}).get("overall"):
+            return found["prefix"], path["peer"]["peerId"]
+    return None

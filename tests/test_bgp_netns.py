@@ -9,7 +9,6 @@ needed for this: what is tested is which link AWS's side sends on after the agen
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,46 +22,25 @@ from hostconfig.plan import GatewayPlan
 from hostconfig.render import render_frr_conf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from frr_testlib import FrrInstance, frr_missing  # noqa: E402
+from frr_testlib import (  # noqa: E402
+    AMAZON_ASN,
+    FrrInstance,
+    aws_egress,
+    aws_frr_conf,
+    best,
+    drop_link,
+    frr_missing,
+    heal_link,
+    sh,
+    wire_tunnels,
+)
 from testlib import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "host_config.default.json"
-AMAZON_ASN = 64512
 VLAN_HOST = "172.16.1.10"  # in the fixture's VLAN CIDR 172.16.0.0/12, low half 172.16.0.0/13
-AWS_CIDR = "10.0.0.0/16"
-
-
-def aws_frr_conf(plan: GatewayPlan) -> str:
-    neighbors = "".join(f" neighbor {t.gateway_inside_ip} remote-as {plan.routing.customer_asn}\n"
-                        f" neighbor {t.gateway_inside_ip} timers 10 30\n" for t in plan.tunnels)
-    activate = "".join(f"  neighbor {t.gateway_inside_ip} activate\n" for t in plan.tunnels)
-    return (f"frr defaults traditional\nhostname aws\nrouter bgp {AMAZON_ASN}\n"
-            f" bgp router-id {plan.tunnels[0].aws_inside_ip}\n no bgp ebgp-requires-policy\n"
-            " no bgp default ipv4-unicast\n no bgp network import-check\n timers bgp 10 30\n"
-            f"{neighbors} address-family ipv4 unicast\n  network {AWS_CIDR}\n  maximum-paths 1\n"
-            f"{activate} exit-address-family\nexit\n")
-
-
-def sh(*args: str) -> str:
-    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
-
-
-def aws_egress(aws: str, address: str) -> str:
-    """The AWS namespace's kernel decision for ``address``: the link it sends on (zebra installed FRR's best)."""
-    words = sh("ip", "-n", aws, "-4", "route", "get", address).split()
-    return words[words.index("dev") + 1] if "dev" in words else ""
-
-
-def best(frr: FrrInstance, address: str) -> tuple[str, str] | None:
-    """(prefix, peer) of bgpd's best path for ``address`` (longest match), None when there is none."""
-    found = frr.json(f"show bgp ipv4 unicast {address} json")
-    for path in found.get("paths", []):
-        if path.get("bestpath", {}).get("overall"):
-            return found["prefix"], path["peer"]["peerId"]
-    return None
 
 
 @pytest.fixture
@@ -73,14 +51,7 @@ def bgp_pair(netns):
     obj["routing"] = {"mode": "bgp", "customer_asn": 65000, "amazon_side_asn": AMAZON_ASN}
     plan = GatewayPlan.from_host_config(obj)
     gw, aws = netns("hvbgw"), netns("hvbaws")
-    links = {}
-    for i, t in enumerate(plan.tunnels, start=1):
-        sh("ip", "-n", gw, "link", "add", t.interface, "type", "veth", "peer", "name", f"aws{i}", "netns", aws)
-        sh("ip", "-n", gw, "addr", "add", f"{t.gateway_inside_ip}/{t.inside_cidr.prefixlen}", "dev", t.interface)
-        sh("ip", "-n", aws, "addr", "add", f"{t.aws_inside_ip}/{t.inside_cidr.prefixlen}", "dev", f"aws{i}")
-        sh("ip", "-n", gw, "link", "set", t.interface, "up")
-        sh("ip", "-n", aws, "link", "set", f"aws{i}", "up")
-        links[t.name] = f"aws{i}"
+    links = wire_tunnels(gw, aws, plan)
     started: list[FrrInstance] = []
     try:
         gateway = FrrInstance(gw, render_frr_conf(plan))
@@ -128,12 +99,7 @@ def test_agent_steering_moves_awss_return_path(bgp_pair):
     # The primary's data path dies (every packet on its link dropped; the link stays up, as a VTI does when ESP
     # dies). The agent's verdict: the other tunnel is active. Its steering moves AWS at once, well before AWS's hold
     # timer (30 s) would drop the dead session.
-    vti = plan.tunnel(primary).interface
-    subprocess.run(["ip", "netns", "exec", gw, "nft", "-f", "-"], check=True, text=True, input=(
-        "table inet hvtest {\n"
-        f'  chain in {{ type filter hook input priority 0; iifname "{vti}" drop; }}\n'
-        f'  chain out {{ type filter hook output priority 0; oifname "{vti}" drop; }}\n'
-        "}\n"))
+    drop_link(gw, plan.tunnel(primary).interface)
     failover = steer(tunnels, primary, TunnelView(frozenset({other}), other))
     t0 = time.monotonic()
     made = apply_steering(failover, asn=plan.routing.customer_asn, neighbors=neighbors, run=gateway.vtysh)
@@ -158,7 +124,7 @@ def test_agent_steering_moves_awss_return_path(bgp_pair):
     assert amazon.json("show bgp ipv4 unicast json")["tableVersion"] == version
 
     # Failback (after the agent's hold): the primary's data path is back, the halves are withdrawn.
-    sh("ip", "netns", "exec", gw, "nft", "delete", "table", "inet", "hvtest")
+    heal_link(gw)
     wait_for(lambda: amazon.neighbor_states()[gateway_ends[primary]] == "Established", timeout=120,
              what="the primary's session Established again")
     steady = steer(tunnels, primary, TunnelView(frozenset(tunnels), primary))
