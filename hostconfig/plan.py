@@ -627,7 +627,7 @@ def agent_config(plan: GatewayPlan) -> dict:
 
 
 def agent_view(plan: GatewayPlan) -> dict:
-    return {"agent": agent_config(plan)}
+    return {"agent": agent_config_with_bgp(plan)}
 
 
 def nftables_view(plan: GatewayPlan) -> dict:
@@ -748,3 +748,12 @@ def frr_view(plan: GatewayPlan) -> dict:
         },
         "neighbors": neighbors,
     }
+
+
+def agent_config_with_bgp(plan: GatewayPlan) -> dict:
+    """agent.json: agent_config, plus the ``bgp`` section the daemon steers FRR with in routing.mode bgp (a static
+    stack's agent.json is unchanged)."""
+    config = agent_config(plan)
+    if plan.routing is not None:
+        config["bgp"] = {"customer_asn": plan.routing.customer_asn}
+    return config

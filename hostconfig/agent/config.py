@@ -90,6 +90,14 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class BgpConfig:
+    """routing.mode bgp (issue 16): the daemon steers AWS through the gateway's bgpd (hostconfig/agent/bgp.py)."""
+
+    customer_asn: int  # `router bgp <asn>` in frr.conf
+    vty_socket: Path | None = None  # FRR's vty socket dir; None: FRR's default (the gateway's frr.service)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     version: int
     public_interface: str
@@ -104,6 +112,7 @@ class AgentConfig:
     probe: ProbeConfig
     ownership: Ownership
     paths: Paths
+    bgp: BgpConfig | None = None  # absent from agent.json: static routing, no FRR to steer
 
     def tunnel(self, name: str) -> TunnelConfig:
         for tunnel in self.tunnels:
@@ -133,6 +142,8 @@ _PATHS_FIELDS = dict.fromkeys(("nft_ruleset", "state_dir", "metrics_file", "vici
 _FIELDS = dict.fromkeys(("version", "public_interface", "vlan_interface", "gateway_vlan_address", "local_outside_ip",
                          "aws_cidrs", "vlan_cidrs", "tunnels", "mtu", "primary_tunnel", "probe", "ownership", "paths"),
                         REQUIRED)
+_FIELDS_OPTIONAL = {"bgp": None}
+_BGP_FIELDS = {"customer_asn": REQUIRED, "vty_socket": None}
 
 _DISTINCT = {"name": "tunnel1 and tunnel2", "interface": "vti-aws1 and vti-aws2", "mark": "100 and 200",
              "remote_outside_ip": "198.51.100.1 and 198.51.100.2"}
@@ -186,7 +197,7 @@ def _tunnel(r: Reader, index: int, raw: Any, nics: dict[str, str]) -> TunnelConf
 def parse_config(data: Any) -> AgentConfig:
     """Validate a decoded agent.json object; raise ConfigError listing every problem found."""
     problems: list[Problem] = []
-    r = Reader(problems, "", data, _FIELDS, example=_EXAMPLE)
+    r = Reader(problems, "", data, {**_FIELDS, **_FIELDS_OPTIONAL}, example=_EXAMPLE)
     version = r.choice("version", (SUPPORTED_VERSION,), f"a version this agent reads ({SUPPORTED_VERSION})",
                        str(SUPPORTED_VERSION))
     public_interface = r.string("public_interface", rules.INTERFACE_NAME, "eth0")
@@ -254,6 +265,7 @@ def parse_config(data: Any) -> AgentConfig:
         for aws in aws_cidrs or ():
             if problem := rules.sides_overlap_problem(cidr, aws):
                 r.fail(f"vlan_cidrs[{i}]", problem, "[172.16.0.0/12] with aws_cidrs [10.0.0.0/16]")
+    bgp = _bgp(r)
     if problems:
         raise ConfigError(problems)
     return AgentConfig(
@@ -264,8 +276,22 @@ def parse_config(data: Any) -> AgentConfig:
         probe=ProbeConfig(interval, timeout, down_after, up_after, float(hold), extra,  # type: ignore[arg-type]
                           float(repair_hold)),  # type: ignore[arg-type]
         ownership=Ownership(table, route_protocol, rule_priority, nft_table),  # type: ignore[arg-type]
-        paths=Paths(**paths),
+        paths=Paths(**paths), bgp=bgp,
     )
+
+
+def _bgp(r: Reader) -> BgpConfig | None:
+    """The optional ``bgp`` section (only agent.json of a routing.mode bgp stack has it)."""
+    if not r.has("bgp") or r.raw.get("bgp") is None:
+        return None
+    b = r.sub("bgp", _BGP_FIELDS, example='{"customer_asn": 65000}')
+    asn = b.integer("customer_asn", rules.CUSTOMER_ASN)
+    vty = b.get("vty_socket")
+    vty_socket = None if vty is None or vty is MISSING else b.check("vty_socket", _absolute_path, "an absolute path",
+                                                                  "/run/frr")
+    if asn is None or not b.ok:
+        return None
+    return BgpConfig(asn, vty_socket)
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from hostconfig import gateway_paths as gp
 
-from .bgp import RouteMapChange, Steering, changes
+from .bgp import RouteMapChange, Steering, changes, steer
+from .desired import TunnelView
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +77,42 @@ def apply_steering(steering: Steering, *, asn: int, neighbors: Mapping[str, str]
         log.info("bgp: %s (neighbor %s) now %s (was %s): %s", change.tunnel, change.neighbor, change.new.route_map,
                  change.old, steering.reason)
     return todo
+
+
+class BgpSteerer:
+    """The daemon's BGP steering: on every new health view (and at every periodic full reconcile, which puts back what
+    an FRR restart reset to frr.conf's steady state) it applies ``steer`` through vtysh. A failure is logged, counted
+    and retried after ``retry_seconds`` without blocking the kernel switch, which already happened."""
+
+    def __init__(self, tunnels: Sequence[str], primary: str, neighbors: Mapping[str, str], asn: int, run: Runner,
+                 retry_seconds: float = 1.0):
+        self.tunnels = tuple(tunnels)
+        self.primary = primary
+        self.neighbors = dict(neighbors)
+        self.asn = asn
+        self.run = run
+        self.retry_seconds = retry_seconds
+        self.applied: TunnelView | None = None  # the view FRR was last brought to
+        self.last: Steering | None = None
+        self.changes_total = 0
+        self.failures_total = 0
+        self.last_error: str | None = None
+        self.retry_at = 0.0
+
+    def on_view(self, view: TunnelView, now: float, force: bool = False) -> list[RouteMapChange]:
+        if not force and view == self.applied and self.last_error is None:
+            return []
+        if self.last_error is not None and now < self.retry_at and not force:
+            return []
+        steering = steer(self.tunnels, self.primary, view)
+        try:
+            made = apply_steering(steering, asn=self.asn, neighbors=self.neighbors, run=self.run)
+        except FrrError as exc:
+            self.failures_total += 1
+            self.last_error = str(exc)
+            self.retry_at = now + self.retry_seconds
+            log.error("bgp steering not applied (retry in %.0f s): %s", self.retry_seconds, exc)
+            return []
+        self.applied, self.last, self.last_error = view, steering, None
+        self.changes_total += len(made)
+        return made

@@ -136,3 +136,65 @@ def test_vtysh_refusals_are_errors(tmp_path):
     with pytest.raises(FrrError):
         Vtysh(binary=str(tmp_path / "missing"))(["-c", "show version"])
 
+
+
+# ------------------------------------------------------------------------------- the daemon's side (agent.json, retry)
+def test_agent_json_bgp_section_is_optional_and_checked(tmp_path):
+    from agent_testlib import config_dict
+
+    from hostconfig.agent.config import ConfigError, parse_config
+    from hostconfig.agent.daemon import bgp_steerer
+
+    static = parse_config(config_dict(tmp_path))
+    assert static.bgp is None and bgp_steerer(static) is None
+    cfg = parse_config(config_dict(tmp_path, bgp={"customer_asn": 65010, "vty_socket": "/run/frr-test"}))
+    assert (cfg.bgp.customer_asn, str(cfg.bgp.vty_socket)) == (65010, "/run/frr-test")
+    steerer = bgp_steerer(cfg)
+    assert steerer.neighbors == NEIGHBORS and steerer.asn == 65010 and steerer.run.vty_socket == "/run/frr-test"
+    for bad, key in (({"customer_asn": 0}, "bgp.customer_asn"), ({}, "bgp.customer_asn"),
+                     ({"customer_asn": 65000, "vty_socket": "run/frr"}, "bgp.vty_socket"),
+                     ({"customer_asn": 65000, "asn": 1}, "bgp.asn")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            parse_config(config_dict(tmp_path, bgp=bad))
+
+
+def test_agent_json_carries_bgp_only_in_bgp_mode():
+    import json as _json
+    from pathlib import Path
+
+    from hostconfig.agent.config import parse_config
+    from hostconfig.plan import GatewayPlan, agent_config, agent_config_with_bgp
+
+    obj = _json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "host_config.default.json").read_text())
+    assert agent_config_with_bgp(GatewayPlan.from_host_config(obj)) == agent_config(GatewayPlan.from_host_config(obj))
+    obj["routing"] = {"mode": "bgp", "customer_asn": 65010, "amazon_side_asn": 64512}
+    rendered = agent_config_with_bgp(GatewayPlan.from_host_config(obj))
+    assert rendered["bgp"] == {"customer_asn": 65010}
+    assert parse_config(rendered).bgp.customer_asn == 65010  # the agent reads what the renderer writes
+
+
+def test_steerer_applies_each_view_once_retries_failures_and_reapplies_when_forced():
+    from hostconfig.agent.frr import BgpSteerer
+
+    bgpd = FakeBgpd({"169.254.10.1": rules.ROUTE_MAP_PRIMARY, "169.254.11.1": rules.ROUTE_MAP_STANDBY})
+    broken = {"on": False}
+
+    def run(args):
+        if broken["on"]:
+            raise FrrError("vtysh: bgpd is not running")
+        return bgpd(args)
+
+    steerer = BgpSteerer(TUNNELS, "tunnel1", NEIGHBORS, 65000, run, retry_seconds=1.0)
+    steady, failed_over = view(set(TUNNELS), "tunnel1"), view({"tunnel2"}, "tunnel2")
+    assert steerer.on_view(steady, 0.0) == []  # FRR already steady: nothing to change
+    assert len(steerer.on_view(failed_over, 0.1)) == 2 and steerer.changes_total == 2
+    calls = len(bgpd.calls)
+    assert steerer.on_view(failed_over, 0.2) == [] and len(bgpd.calls) == calls  # same view: not even a read
+    broken["on"] = True
+    assert steerer.on_view(steady, 0.3) == [] and steerer.failures_total == 1 and "not running" in steerer.last_error
+    broken["on"] = False
+    assert steerer.on_view(steady, 0.5) == []  # before the retry time
+    assert bgpd.maps["169.254.10.1"] == rules.ROUTE_MAP_STANDBY
+    assert len(steerer.on_view(steady, 1.4)) == 2 and steerer.last_error is None
+    bgpd.maps = {"169.254.10.1": rules.ROUTE_MAP_PRIMARY, "169.254.11.1": rules.ROUTE_MAP_PRIMARY}  # by hand / restart
+    assert [c.tunnel for c in steerer.on_view(steady, 2.0, force=True)] == ["tunnel2"]
