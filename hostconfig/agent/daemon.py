@@ -40,7 +40,15 @@ from .nft import NftError
 from .probe import IcmpProber, ProbeResult
 from .reconcile import Reconciler
 from .state import LockTimeout, reconcile_lock, write_daemon_state
-from .status_contract import DaemonState, ProbeHealth, ReconcileRecord, RepairRecord, Switch, TunnelState
+from .status_contract import (
+    BgpSteeringState,
+    DaemonState,
+    ProbeHealth,
+    ReconcileRecord,
+    RepairRecord,
+    Switch,
+    TunnelState,
+)
 from .vici_client import (
     Connector,
     UpdownEvent,
@@ -459,8 +467,18 @@ class FailoverDaemon:
             up=sorted(n for n, h in self.health.items() if h.up), switches_total=self.switches_total,
             repairs_total=self.repairer.total, last_switch=self.last_switch, tunnels=tunnels,
             extra_targets={n: target(h) for n, h in self.targets.items()}, vici=self.vici_status,
-            last_reconcile=self.last_reconcile, link_mode=self.link_mode,
+            last_reconcile=self.last_reconcile, link_mode=self.link_mode, bgp=self.bgp_snapshot(),
         )
+
+    def bgp_snapshot(self) -> BgpSteeringState | None:
+        if self.bgp is None:
+            return None
+        last = self.bgp.last
+        return BgpSteeringState(
+            customer_asn=self.bgp.asn,
+            advertise={name: a.route_map for name, a in last.advertise.items()} if last else {},
+            reason=last.reason if last else "not applied yet", changes_total=self.bgp.changes_total,
+            failures_total=self.bgp.failures_total, last_error=self.bgp.last_error)
 
     def write_outputs(self) -> None:
         snap = self.snapshot()

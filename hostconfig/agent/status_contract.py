@@ -40,7 +40,8 @@ class Record:
     metadata says ``{"key": ...}`` (``from`` is a keyword)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {_key(f): _dump(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {_key(f): _dump(getattr(self, f.name)) for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                if not (f.metadata.get(OPTIONAL) and getattr(self, f.name) is None)}
 
     @classmethod
     def from_json(cls: type[C], data: Any, where: str = "") -> C:
@@ -77,6 +78,11 @@ class Document(Record):
         return cls.from_json(data)
 
 
+# A field with this metadata (and the default None) is written only when set and read as None when absent: a section
+# only some daemons have (bgp), so every other document stays exactly what it was.
+OPTIONAL = "optional"
+
+
 def _key(f: dataclasses.Field[Any]) -> str:
     return str(f.metadata.get("key", f.name))
 
@@ -107,6 +113,9 @@ def _load(cls: type[C], data: Any, where: str) -> C:
         key = _key(f)
         path = f"{where}.{key}"
         if key not in data:
+            if f.metadata.get(OPTIONAL):
+                values[f.name] = None
+                continue
             raise ContractError(f"{path}: missing field")
         values[f.name] = _value(hints[f.name], data[key], path)
     return cls(**values)
@@ -210,6 +219,18 @@ class ReconcileRecord(Record):
 
 
 @dataclass(frozen=True)
+class BgpSteeringState(Record):
+    """routing.mode bgp: what the daemon last had the gateway's bgpd advertise per tunnel (hostconfig/agent/bgp.py)."""
+
+    customer_asn: int
+    advertise: dict[str, str]  # tunnel -> outbound route-map in force (empty until the first success)
+    reason: str
+    changes_total: int  # route-map changes applied since the daemon started
+    failures_total: int  # vtysh failures (each retried)
+    last_error: str | None  # set while the last attempt failed
+
+
+@dataclass(frozen=True)
 class DaemonState(Document):
     VERSION: ClassVar[int] = DAEMON_STATE_VERSION
     TITLE: ClassVar[str] = "daemon state"
@@ -227,6 +248,7 @@ class DaemonState(Document):
     vici: str  # the event connection: connected, unreachable: ..., lost: ...
     last_reconcile: ReconcileRecord | None
     link_mode: str  # vti | given
+    bgp: BgpSteeringState | None = field(default=None, metadata={OPTIONAL: True})  # routing.mode bgp only
     version: int = DAEMON_STATE_VERSION
 
 

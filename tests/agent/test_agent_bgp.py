@@ -198,3 +198,24 @@ def test_steerer_applies_each_view_once_retries_failures_and_reapplies_when_forc
     assert len(steerer.on_view(steady, 1.4)) == 2 and steerer.last_error is None
     bgpd.maps = {"169.254.10.1": rules.ROUTE_MAP_PRIMARY, "169.254.11.1": rules.ROUTE_MAP_PRIMARY}  # by hand / restart
     assert [c.tunnel for c in steerer.on_view(steady, 2.0, force=True)] == ["tunnel2"]
+
+
+def test_daemon_state_carries_bgp_only_when_set_and_metrics_show_it():
+    from hostconfig.agent.metrics import render_metrics
+    from hostconfig.agent.status_contract import BgpSteeringState, DaemonState
+
+    plain = DaemonState(pid=1, updated_at=1.0, active="tunnel1", reason="r", up=["tunnel1"], switches_total=0,
+                        repairs_total=0, last_switch=None, tunnels={}, extra_targets={}, vici="connected",
+                        last_reconcile=None, link_mode="given")
+    assert "bgp" not in plain.to_json()  # a static daemon's state file is what it was
+    assert DaemonState.loads(plain.dumps()) == plain
+    assert "hybrid_vpn_bgp" not in render_metrics(plain)
+    bgp = BgpSteeringState(customer_asn=65000, advertise={"tunnel1": rules.ROUTE_MAP_STANDBY,
+                                                          "tunnel2": rules.ROUTE_MAP_PRIMARY_MORE_SPECIFIC},
+                           reason="tunnel2 is active", changes_total=2, failures_total=1, last_error=None)
+    state = DaemonState(**{**plain.__dict__, "bgp": bgp})
+    assert DaemonState.loads(state.dumps()) == state
+    text = render_metrics(state)
+    assert f'hybrid_vpn_bgp_advertisement{{tunnel="tunnel2",route_map="{rules.ROUTE_MAP_PRIMARY_MORE_SPECIFIC}"}} 1' \
+        in text
+    assert "hybrid_vpn_bgp_steering_changes_total 2" in text and "hybrid_vpn_bgp_steering_failures_total 1" in text

@@ -81,6 +81,14 @@ def test_daemon_moves_awss_return_path_when_the_active_tunnel_dies(gateway):
               "+ 2 s failback hold + BGP)")
         assert (time.monotonic() - t0) >= 2.0  # not before the failback hold
         assert "bgp steering not applied" not in log.read_text()[frr_up_at:]
+        # What the daemon reports: its state file and metrics say what each tunnel advertises.
+        wait_for(lambda: (json.loads((gateway.tmp / "state" / "daemon-state.json").read_text()).get("bgp") or {})
+                 .get("advertise") == {"tunnel1": "hybrid-vpn-primary", "tunnel2": "hybrid-vpn-standby"},
+                 timeout=30, what="the state file's bgp section")
+        metrics = Path(data["paths"]["metrics_file"])
+        wait_for(lambda: 'hybrid_vpn_bgp_advertisement{tunnel="tunnel1",route_map="hybrid-vpn-primary"} 1'
+                 in metrics.read_text(), timeout=30, what="the bgp metrics")
+        assert "hybrid_vpn_bgp_steering_changes_total 4" in metrics.read_text()  # 2 at failover + 2 at failback
     finally:
         if proc is not None:
             stop(proc)
