@@ -48,19 +48,25 @@ class Vtysh:
         return done.stdout
 
 
-def outbound_route_maps(run: Runner) -> dict[str, str | None]:
-    """neighbor address -> its IPv4 unicast outbound route-map (None: none set), as bgpd has them now."""
+def _neighbors(run: Runner) -> dict[str, dict]:
+    """FRR 8.4's `show bgp neighbors json`: neighbor address -> its facts (other keys, if any, dropped)."""
     text = run(["-c", "show bgp neighbors json"])
     try:
         data = json.loads(text or "{}")
     except ValueError as err:
         raise FrrError(f"vtysh gave no JSON for the neighbors: {text[:200]!r}") from err
-    out: dict[str, str | None] = {}
-    for address, info in data.items():
-        if isinstance(info, dict) and "bgpState" in info:
-            family = info.get("addressFamilyInfo", {}).get("ipv4Unicast", {})
-            out[address] = family.get("routeMapForOutgoingAdvertisements")
-    return out
+    return {address: info for address, info in data.items() if isinstance(info, dict) and "bgpState" in info}
+
+
+def outbound_route_maps(run: Runner) -> dict[str, str | None]:
+    """neighbor address -> its IPv4 unicast outbound route-map (None: none set), as bgpd has them now."""
+    return {address: info.get("addressFamilyInfo", {}).get("ipv4Unicast", {}).get("routeMapForOutgoingAdvertisements")
+            for address, info in _neighbors(run).items()}
+
+
+def neighbor_states(run: Runner) -> dict[str, str]:
+    """neighbor address -> bgpd's session state (Established, Active, Connect, ...)."""
+    return {address: str(info["bgpState"]) for address, info in _neighbors(run).items()}
 
 
 def apply_steering(steering: Steering, *, asn: int, neighbors: Mapping[str, str], run: Runner) -> list[RouteMapChange]:

@@ -317,6 +317,15 @@ class KernelRouting(Record):
 
 
 @dataclass(frozen=True)
+class BgpStatus(Record):
+    """routing.mode bgp: the gateway's BGP sessions as bgpd reports them now, and the daemon's steering."""
+
+    sessions: dict[str, str]  # tunnel -> bgpd's state of its neighbor (Established, Active, ..., or missing)
+    error: str | None  # bgpd unreachable through vtysh
+    steering: BgpSteeringState | None  # None: no daemon data
+
+
+@dataclass(frozen=True)
 class StatusReport(Document):
     VERSION: ClassVar[int] = STATUS_VERSION
     TITLE: ClassVar[str] = "vpnctl status --json"
@@ -325,6 +334,7 @@ class StatusReport(Document):
     daemon: DaemonSummary
     vici: str  # reachable | unreachable (reason)
     kernel: KernelRouting
+    bgp: BgpStatus | None = field(default=None, metadata={OPTIONAL: True})  # routing.mode bgp only
     version: int = STATUS_VERSION
 
     def tunnel(self, name: str) -> TunnelStatus | None:

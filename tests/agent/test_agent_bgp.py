@@ -219,3 +219,21 @@ def test_daemon_state_carries_bgp_only_when_set_and_metrics_show_it():
     assert f'hybrid_vpn_bgp_advertisement{{tunnel="tunnel2",route_map="{rules.ROUTE_MAP_PRIMARY_MORE_SPECIFIC}"}} 1' \
         in text
     assert "hybrid_vpn_bgp_steering_changes_total 2" in text and "hybrid_vpn_bgp_steering_failures_total 1" in text
+
+
+def test_status_says_when_bgpd_is_unreachable(tmp_path):
+    import shutil
+
+    from agent_testlib import config_dict
+
+    from hostconfig import gateway_paths
+    from hostconfig.agent.config import parse_config
+    from hostconfig.agent.status import bgp_status, render_bgp
+
+    if shutil.which(gateway_paths.VTYSH) is None:
+        pytest.skip("needs vtysh (Debian package frr)")
+    assert bgp_status(parse_config(config_dict(tmp_path)), None) is None  # static: no bgp section at all
+    cfg = parse_config(config_dict(tmp_path, bgp={"customer_asn": 65000, "vty_socket": str(tmp_path / "none")}))
+    status = bgp_status(cfg, None)
+    assert status.sessions == {} and status.error
+    assert render_bgp(status) == [f"bgp: bgpd unreachable ({status.error})", "bgp steering: no daemon data"]

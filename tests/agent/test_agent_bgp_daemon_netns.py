@@ -10,6 +10,9 @@ healthy tunnel, long before AWS's BGP hold time (30 s); failback withdraws them 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,12 +22,14 @@ from frr_testlib import FrrInstance, aws_egress, aws_frr_conf, best, frr_missing
 from test_agent_daemon_netns import break_tunnel, heal_tunnel, start_daemon, stop
 from testlib import wait_for
 
+from hostconfig.agent.status_contract import StatusReport
 from hostconfig.plan import GatewayPlan
 from hostconfig.render import render_frr_conf
 
 pytestmark = pytest.mark.root
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "host_config.default.json"
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE = REPO / "tests" / "fixtures" / "host_config.default.json"
 VLAN_HOST = "172.16.1.10"
 
 
@@ -89,6 +94,18 @@ def test_daemon_moves_awss_return_path_when_the_active_tunnel_dies(gateway):
         wait_for(lambda: 'hybrid_vpn_bgp_advertisement{tunnel="tunnel1",route_map="hybrid-vpn-primary"} 1'
                  in metrics.read_text(), timeout=30, what="the bgp metrics")
         assert "hybrid_vpn_bgp_steering_changes_total 4" in metrics.read_text()  # 2 at failover + 2 at failback
+        # vpnctl status: the live sessions from bgpd and the daemon's steering, in JSON and text.
+        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}
+        base = ["ip", "netns", "exec", gateway.ns, sys.executable, "-m", "hostconfig.agent.cli", "status", "--config",
+                str(gateway.config)]
+        report = StatusReport.loads(subprocess.run([*base, "--json"], capture_output=True, text=True, env=env,
+                                                   timeout=120).stdout)
+        assert report.bgp is not None and report.bgp.error is None
+        assert report.bgp.sessions == {"tunnel1": "Established", "tunnel2": "Established"}
+        assert report.bgp.steering.advertise == {"tunnel1": "hybrid-vpn-primary", "tunnel2": "hybrid-vpn-standby"}
+        text = subprocess.run(base, capture_output=True, text=True, env=env, timeout=120).stdout
+        assert "bgp sessions: tunnel1 Established, tunnel2 Established" in text
+        assert "bgp steering (AS 65000): tunnel1 hybrid-vpn-primary, tunnel2 hybrid-vpn-standby" in text
     finally:
         if proc is not None:
             stop(proc)
