@@ -237,3 +237,31 @@ def test_status_says_when_bgpd_is_unreachable(tmp_path):
     status = bgp_status(cfg, None)
     assert status.sessions == {} and status.error
     assert render_bgp(status) == [f"bgp: bgpd unreachable ({status.error})", "bgp steering: no daemon data"]
+
+
+def test_doctor_checks_each_tunnels_bgp_session(tmp_path):
+    from agent_testlib import config_dict
+
+    from hostconfig.agent.config import parse_config
+    from hostconfig.agent.doctor_checks import check_bgp
+    from hostconfig.agent.doctor_facts import BgpFacts, DoctorFacts, Unavailable
+
+    def facts(bgp):
+        none = Unavailable("not read in this test")
+        return DoctorFacts(link_mode="given", links=none, addresses=none, sysctls=none, routes=none, rules=none,
+                           nft=none, xfrm_states=none, xfrm_policies=none, sas=none, log=None, probes=None, bgp=bgp)
+
+    static = parse_config(config_dict(tmp_path))
+    assert check_bgp(static, facts(None)) == []
+    cfg = parse_config(config_dict(tmp_path, bgp={"customer_asn": 65000}))
+    found = check_bgp(cfg, facts(BgpFacts(
+        states={"169.254.10.1": "Established", "169.254.11.1": "Active"},
+        route_maps={"169.254.10.1": rules.ROUTE_MAP_PRIMARY, "169.254.11.1": rules.ROUTE_MAP_STANDBY})))
+    assert [(c.name, c.status) for c in found] == [("bgp tunnel1", "ok"), ("bgp tunnel2", "FAIL")]
+    assert found[1].found == "session Active" and found[1].hint
+    by_hand = check_bgp(cfg, facts(BgpFacts(states={"169.254.10.1": "Established"},
+                                            route_maps={"169.254.10.1": "someone-elses"})))
+    assert [c.found for c in by_hand] == ["Established, outbound route-map someone-elses",
+                                          "bgpd has no neighbor 169.254.11.1"]
+    unreachable = check_bgp(cfg, facts(Unavailable("vtysh: failed to connect")))
+    assert all(c.status == "FAIL" and "failed to connect" in c.found for c in unreachable)

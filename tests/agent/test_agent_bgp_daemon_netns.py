@@ -106,6 +106,14 @@ def test_daemon_moves_awss_return_path_when_the_active_tunnel_dies(gateway):
         text = subprocess.run(base, capture_output=True, text=True, env=env, timeout=120).stdout
         assert "bgp sessions: tunnel1 Established, tunnel2 Established" in text
         assert "bgp steering (AS 65000): tunnel1 hybrid-vpn-primary, tunnel2 hybrid-vpn-standby" in text
+        # vpnctl doctor: one check per tunnel's BGP session (the other checks are test_doctor_netns's business).
+        doctor = subprocess.run(["ip", "netns", "exec", gateway.ns, sys.executable, "-m", "hostconfig.agent.cli",
+                                 "doctor", "--config", str(gateway.config), "--tunnel-links", "given",
+                                 "--probe-timeout", "5", "--json"], capture_output=True, text=True, env=env,
+                                timeout=120)
+        checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+        assert checks["bgp tunnel1"]["status"] == "ok" and checks["bgp tunnel2"]["status"] == "ok", doctor.stdout
+        assert checks["bgp tunnel1"]["found"] == "Established, advertising hybrid-vpn-primary"
     finally:
         if proc is not None:
             stop(proc)
