@@ -26,11 +26,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from frr_testlib import (  # noqa: E402
-    FrrInstance,
     aws_bgp_routes,
-    aws_frr_conf,
     drop_link,
     frr_missing,
+    frr_pair,
     heal_link,
     wire_tunnels,
 )
@@ -55,7 +54,6 @@ def one_size(cidrs: int, runs: int) -> dict[str, list[float]]:
     from hostconfig.agent.desired import TunnelView
     from hostconfig.agent.frr import apply_steering
     from hostconfig.contract import rules
-    from hostconfig.render import render_frr_conf
 
     plan = plan_with(cidrs)
     tunnels = tuple(t.name for t in plan.tunnels)
@@ -67,7 +65,6 @@ def one_size(cidrs: int, runs: int) -> dict[str, list[float]]:
     failover = steer(tunnels, primary, TunnelView(frozenset({other}), other))
     steady = steer(tunnels, primary, TunnelView(frozenset(tunnels), primary))
     made: list[str] = []
-    frrs: list[FrrInstance] = []
     out: dict[str, list[float]] = {"apply_ms": [], "failover_ms": [], "failback_ms": []}
     try:
         for prefix in ("hvbbgw", "hvbbaws"):
@@ -77,40 +74,33 @@ def one_size(cidrs: int, runs: int) -> dict[str, list[float]]:
             subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         gw, aws = made
         links = wire_tunnels(gw, aws, plan)
-        gateway = FrrInstance(gw, render_frr_conf(plan))
-        frrs.append(gateway)
-        gateway.start()
-        amazon = FrrInstance(aws, aws_frr_conf(plan))
-        frrs.append(amazon)
-        amazon.start()
-        primary_peer = str(plan.tunnel(primary).gateway_inside_ip)
+        with frr_pair(gw, aws, plan) as (gateway, amazon):
+            primary_peer = str(plan.tunnel(primary).gateway_inside_ip)
 
-        def settled_on(link: str, with_halves: bool) -> bool:
-            routes = aws_bgp_routes(aws)
-            want = vlan | halves if with_halves else vlan
-            return set(routes) == want and all(routes[p] == link for p in (halves if with_halves else vlan))
+            def settled_on(link: str, with_halves: bool) -> bool:
+                routes = aws_bgp_routes(aws)
+                want = vlan | halves if with_halves else vlan
+                return set(routes) == want and all(routes[p] == link for p in (halves if with_halves else vlan))
 
-        for _ in range(runs):
-            wait_for(lambda: amazon.neighbor_states().get(primary_peer) == "Established", timeout=120,
-                     what="the primary's session")
-            apply_steering(steady, asn=plan.routing.customer_asn, neighbors=neighbors, run=gateway.vtysh)
-            wait_for(lambda: settled_on(links[primary], False), timeout=120, what="steady state")
-            drop_link(gw, plan.tunnel(primary).interface)
-            started = time.perf_counter()
-            apply_steering(failover, asn=plan.routing.customer_asn, neighbors=neighbors, run=gateway.vtysh)
-            out["apply_ms"].append((time.perf_counter() - started) * 1000)
-            wait_for(lambda: settled_on(links[other], True), timeout=120, interval=0.005, what="failover")
-            out["failover_ms"].append((time.perf_counter() - started) * 1000)
-            heal_link(gw)
-            wait_for(lambda: amazon.neighbor_states().get(primary_peer) == "Established", timeout=120,
-                     what="the primary's session after healing")
-            started = time.perf_counter()
-            apply_steering(steady, asn=plan.routing.customer_asn, neighbors=neighbors, run=gateway.vtysh)
-            wait_for(lambda: settled_on(links[primary], False), timeout=120, interval=0.005, what="failback")
-            out["failback_ms"].append((time.perf_counter() - started) * 1000)
+            for _ in range(runs):
+                wait_for(lambda: amazon.neighbor_states().get(primary_peer) == "Established", timeout=120,
+                         what="the primary's session")
+                apply_steering(steady, asn=plan.routing.customer_asn, neighbors=neighbors, run=gateway.vtysh)
+                wait_for(lambda: settled_on(links[primary], False), timeout=120, what="steady state")
+                drop_link(gw, plan.tunnel(primary).interface)
+                started = time.perf_counter()
+                apply_steering(failover, asn=plan.routing.customer_asn, neighbors=neighbors, run=gateway.vtysh)
+                out["apply_ms"].append((time.perf_counter() - started) * 1000)
+                wait_for(lambda: settled_on(links[other], True), timeout=120, interval=0.005, what="failover")
+                out["failover_ms"].append((time.perf_counter() - started) * 1000)
+                heal_link(gw)
+                wait_for(lambda: amazon.neighbor_states().get(primary_peer) == "Established", timeout=120,
+                         what="the primary's session after healing")
+                started = time.perf_counter()
+                apply_steering(steady, asn=plan.routing.customer_asn, neighbors=neighbors, run=gateway.vtysh)
+                wait_for(lambda: settled_on(links[primary], False), timeout=120, interval=0.005, what="failback")
+                out["failback_ms"].append((time.perf_counter() - started) * 1000)
     finally:
-        for frr in reversed(frrs):
-            frr.stop()
         for name in reversed(made):
             subprocess.run(["ip", "netns", "del", name], check=False)
     return out

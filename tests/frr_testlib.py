@@ -3,12 +3,14 @@ sockets and logs under the test's directory: nothing shared with the host's (dis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +157,22 @@ def best(frr: FrrInstance, address: str) -> tuple[str, str] | None:
         if path.get("bestpath", {}).get("overall"):
             return found["prefix"], path["peer"]["peerId"]
     return None
+
+
+@contextlib.contextmanager
+def frr_pair(gw: str, aws: str, plan: Any) -> Iterator[tuple[FrrInstance, FrrInstance]]:
+    """The gateway's FRR with the rendered frr.conf and the 'AWS' one, both running; both stopped on exit."""
+    from hostconfig.render import render_frr_conf
+
+    started: list[FrrInstance] = []
+    try:
+        gateway = FrrInstance(gw, render_frr_conf(plan))
+        started.append(gateway)
+        gateway.start()
+        amazon = FrrInstance(aws, aws_frr_conf(plan))
+        started.append(amazon)
+        amazon.start()
+        yield gateway, amazon
+    finally:
+        for frr in reversed(started):
+            frr.stop()

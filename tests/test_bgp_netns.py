@@ -19,17 +19,15 @@ from hostconfig.agent.bgp import steer
 from hostconfig.agent.desired import TunnelView
 from hostconfig.agent.frr import apply_steering
 from hostconfig.plan import GatewayPlan
-from hostconfig.render import render_frr_conf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from frr_testlib import (  # noqa: E402
     AMAZON_ASN,
-    FrrInstance,
     aws_egress,
-    aws_frr_conf,
     best,
     drop_link,
     frr_missing,
+    frr_pair,
     heal_link,
     sh,
     wire_tunnels,
@@ -52,18 +50,8 @@ def bgp_pair(netns):
     plan = GatewayPlan.from_host_config(obj)
     gw, aws = netns("hvbgw"), netns("hvbaws")
     links = wire_tunnels(gw, aws, plan)
-    started: list[FrrInstance] = []
-    try:
-        gateway = FrrInstance(gw, render_frr_conf(plan))
-        started.append(gateway)
-        gateway.start()
-        amazon = FrrInstance(aws, aws_frr_conf(plan))
-        started.append(amazon)
-        amazon.start()
+    with frr_pair(gw, aws, plan) as (gateway, amazon):
         yield plan, gw, aws, gateway, amazon, links
-    finally:
-        for frr in reversed(started):
-            frr.stop()
 
 
 def test_agent_steering_moves_awss_return_path(bgp_pair):
