@@ -92,6 +92,11 @@ STACK_KEYS: tuple[KeyRow, ...] = (
            "probe.extra_targets"),
     KeyRow("host_config.failover", _k("failover"), "see stacks/Pulumi.dev.yaml", "probe"),
     KeyRow("host_config.admin_cidrs", _k("admin_cidrs"), "[198.51.100.7/32]"),
+    # routing.mode bgp only (a static stack's host_config has no routing object, its agent.json no bgp section)
+    KeyRow("host_config.routing.mode", _k("routing.mode"), "bgp"),
+    KeyRow("host_config.routing.customer_asn", _k("routing.customer_asn"), "65010", "bgp.customer_asn"),
+    KeyRow("host_config.routing.amazon_side_asn", _k("aws.amazon_side_asn"), "64512"),
+    KeyRow("host_config.routing", _k("routing"), "{mode: bgp, customer_asn: 65010}", "bgp"),
     KeyRow("host_config", FROM_PROGRAM, "docs/contracts.md section 1", ""),  # anything else: kind, version, ownership
 )
 
