@@ -139,7 +139,6 @@ SSH_PRIVATE_KEY_EXAMPLE = "pulumi config set --secret --path 'hybrid-vpn:deliver
 SSH_KEY_EXAMPLE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... you@laptop (the line of ~/.ssh/id_ed25519.pub)"
 # 16-bit private ASNs or 32-bit private ASNs, as CreateVpnGateway accepts them.
 AMAZON_ASN_RANGES = ((64512, 65534), (4200000000, 4294967294))
-CUSTOMER_GATEWAY_ASN = 65000  # unused with static routes, but AWS requires one; must differ from Amazon's
 # Sources of SSH that no Cloud Firewall on the internet ever sees (IANA IPv4 special-purpose registry): an admin CIDR
 # inside one admits nobody, and the push times out at the firewall. The lab's emulated cloud uses 192.0.2.0/24 on
 # purpose; only there are these accepted (see ``parse_stack_config(real_cloud=...)``).
@@ -371,8 +370,6 @@ def _parse_aws(root: Reader) -> dict[str, Any]:
     elif not any(lo <= asn <= hi for lo, hi in AMAZON_ASN_RANGES):
         s.fail("amazon_side_asn", f"{asn} is not a private ASN AWS accepts for a virtual private gateway "
                "(64512-65534 or 4200000000-4294967294)", "64512")
-    elif asn == CUSTOMER_GATEWAY_ASN:
-        s.fail("amazon_side_asn", f"{asn} is the customer gateway's ASN; the two sides must differ", "64512")
     else:
         out["amazon_side_asn"] = asn
     out["allow_linode_in_security_group_id"] = s.string("allow_linode_in_security_group_id", SG_ID)
@@ -544,7 +541,7 @@ def _parse_routing(root: Reader, aws: Mapping[str, Any], linode: Mapping[str, An
                     "with AWS", "bgp")
     asn = s.get("customer_asn")
     if asn is not MISSING and (problem := rules.customer_asn_problem(asn, aws.get("amazon_side_asn"))):
-        s.fail("customer_asn", problem, str(rules.DEFAULT_CUSTOMER_ASN))
+        s.fail("customer_asn", problem, "65010")
         asn = None
     if mode == "bgp" and linode.get("vlan_cidrs"):
         nets = [ipaddress.IPv4Network(c) for c in linode["vlan_cidrs"]]

@@ -78,7 +78,7 @@ def problems(routing: dict[str, Any], **linode: Any) -> str:
     ({"mode": "bgp", "customer_asn": "65000"}, "hybrid-vpn:routing.customer_asn", "must be an integer"),
     ({"mode": "bgp", "customer_asn": 7224}, "hybrid-vpn:routing.customer_asn", "reserved by AWS"),
     ({"mode": "bgp", "customer_asn": 23456}, "hybrid-vpn:routing.customer_asn", "AS_TRANS"),
-    ({"mode": "bgp", "customer_asn": 64512}, "hybrid-vpn:routing.customer_asn", "also aws.amazon_side_asn"),
+    ({"mode": "bgp", "customer_asn": 64512}, "hybrid-vpn:routing.customer_asn", "is both routing.customer_asn"),
     ({"mode": "bgp", "asn": 65001}, "hybrid-vpn:routing.asn", "unknown key"),
 ])
 def test_bad_routing_names_the_key_the_rule_and_a_right_value(routing, key, rule):
@@ -105,3 +105,29 @@ def test_bgp_counts_the_more_specific_halves_against_awss_100_routes():
 def test_bgp_refuses_a_vlan_cidr_without_halves():
     text = problems({"mode": "bgp"}, vlan_cidrs=["172.16.0.0/12", "192.168.9.9/32"])
     assert "hybrid-vpn:linode.vlan_cidrs[1]: 192.168.9.9/32: a /32 has no more-specific halves" in text
+
+
+def test_the_asns_must_differ_as_configured_not_from_a_fixed_65000():
+    """amazon_side_asn 65000 is fine beside another customer ASN; equal ASNs are refused naming both keys."""
+    raw = bare(stack("lab"))
+    raw["aws"]["amazon_side_asn"] = 65000
+    raw["routing"] = {"mode": "bgp", "customer_asn": 65010}
+    config = parse_stack_config(raw)
+    assert (config.aws.amazon_side_asn, config.routing.customer_asn) == (65000, 65010)
+    raw["routing"]["customer_asn"] = 65000
+    with pytest.raises(ConfigError) as err:
+        parse_stack_config(raw)
+    line = next(p for p in err.value.problems if "65000" in p)
+    assert line.startswith("hybrid-vpn:routing.customer_asn: 65000 is both routing.customer_asn")
+    assert "aws.amazon_side_asn" in line and "example" in line
+    raw["routing"] = {"mode": "bgp", "customer_asn": 4_200_000_001}
+    raw["aws"]["amazon_side_asn"] = 4_200_000_001
+    with pytest.raises(ConfigError, match="hybrid-vpn:routing.customer_asn: 4200000001 is both"):
+        parse_stack_config(raw)
+
+
+def test_a_bgp_stack_with_amazon_side_asn_65000_runs_end_to_end():
+    config = bgp_stack(customer_asn=65010)
+    config["hybrid-vpn:aws"]["amazon_side_asn"] = 65000
+    run = run_program(config)
+    assert run.outputs["host_config"]["routing"] == {"mode": "bgp", "customer_asn": 65010, "amazon_side_asn": 65000}

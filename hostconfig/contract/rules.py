@@ -292,10 +292,19 @@ def customer_asn_problem(asn: Any, amazon_side_asn: int | None) -> str | None:
         return problem
     if asn in AWS_RESERVED_CUSTOMER_ASNS:
         return f"{asn} is {AWS_RESERVED_CUSTOMER_ASNS[asn]}; {CUSTOMER_ASN.why}"
-    if amazon_side_asn is not None and asn == amazon_side_asn:
-        return (f"{asn} is also aws.amazon_side_asn; the customer gateway and the VGW must have different ASNs "
-                "(the sessions are eBGP)")
+    if amazon_side_asn is not None:
+        return distinct_asns_problem(asn, amazon_side_asn)
     return None
+
+
+def distinct_asns_problem(customer_asn: int, amazon_side_asn: int) -> str | None:
+    """The customer gateway's ASN and the VGW's, as configured: AWS's BGP sessions are eBGP, so they must differ.
+    The customer gateway carries its ASN in static mode too, so the rule holds in both modes."""
+    if customer_asn != amazon_side_asn:
+        return None
+    other = 65010 if customer_asn != 65010 else 65020
+    return (f"{customer_asn} is both routing.customer_asn (the customer gateway's) and aws.amazon_side_asn (the "
+            f"VGW's); the two must differ (the sessions are eBGP): change either, e.g. routing.customer_asn {other}")
 
 
 def is_private_asn(asn: int) -> bool:
