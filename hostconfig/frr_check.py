@@ -21,10 +21,16 @@ BGPD = gateway_paths.FRR_BGPD
 _ERROR = re.compile(r"\[EC \d+\].*")
 
 
+def vtysh_dryrun_argv(path: str, *, vtysh: str = gateway_paths.VTYSH) -> tuple[str, ...]:
+    """FRR's parse of a whole frr.conf, exiting non-zero on any command it does not know (the push's validation runs
+    this too, on the gateway, before frr.service reloads the file)."""
+    return (vtysh, "--dryrun", "-f", path)
+
+
 def frr_config_problems(path: Path, *, vtysh: str = gateway_paths.VTYSH, bgpd: str = BGPD) -> list[str]:
     """Every problem FRR finds in ``path``; [] when both checks pass."""
     problems = []
-    checked = subprocess.run([vtysh, "--dryrun", "-f", str(path)], capture_output=True, text=True, timeout=60)
+    checked = subprocess.run(vtysh_dryrun_argv(str(path), vtysh=vtysh), capture_output=True, text=True, timeout=60)
     if checked.returncode != 0:
         problems.append(f"vtysh --dryrun exit {checked.returncode}: {(checked.stdout + checked.stderr).strip()}")
     with tempfile.TemporaryDirectory(prefix="hybrid-vpn-frr-check-") as scratch:

@@ -210,7 +210,7 @@ def preview_problems(config: StackConfig, *, stack: str, label: str) -> list[str
     problems: list[str] = []
     try:
         render_user_data(hostname=label, ssh_host_ed25519_private=_PRIVATE_KEY_PLACEHOLDER,
-                         ssh_host_ed25519_public=_placeholder_public_key())
+                         ssh_host_ed25519_public=_placeholder_public_key(), bgp=config.routing.bgp)
     except (UserDataError, RenderError) as exc:
         rule = str(exc).removeprefix("hostname: ")
         problems.append(f"{STACK_NAME}: {rule}; example: dev (refused by the cloud-init user data, hostname "
