@@ -41,7 +41,8 @@ check_before_any_resource(config, stack=stack, label=label)  # what the renderer
 # The gateway's SSH host key is made here so delivery can pin it (no trust on first use).
 host_key = tls.PrivateKey("gateway-ssh-host-key", algorithm="ED25519")
 user_data = pulumi.Output.all(host_key.private_key_openssh, host_key.public_key_openssh).apply(
-    lambda keys: render_user_data(hostname=label, ssh_host_ed25519_private=keys[0], ssh_host_ed25519_public=keys[1])
+    lambda keys: render_user_data(hostname=label, bgp=config.routing.bgp,
+                                  ssh_host_ed25519_private=keys[0], ssh_host_ed25519_public=keys[1])
 )
 
 firewall = GatewayFirewall("gateway", GatewayFirewallArgs(
@@ -78,6 +79,7 @@ vpn = AwsVpnSide("vpn", AwsVpnSideArgs(
     inside_cidrs=config.tunnels.inside_cidrs,
     allow_linode_in_security_group_id=config.aws.allow_linode_in_security_group_id,
     tags={"Project": "hybrid-vpn", "Stack": stack, **config.tags},
+    routing=config.routing,
 ), opts=pulumi.ResourceOptions(providers={"aws": aws_provider}))
 connection = vpn.vpn_connection
 
@@ -111,6 +113,7 @@ if config.delivery.enabled:
     from hostconfig.deliver.program import gateway_config
 
     delivered = gateway_config("gateway-config", host_config, config.delivery,
-                               depends_on=[connection, firewall, firewall_rules], instance_id=gateway.instance.id)
+                               depends_on=[connection, firewall, firewall_rules], instance_id=gateway.instance.id,
+                               bgp=config.routing.bgp)
     # hostconfig.stack_outputs.DELIVERED_HOST_KEY_OUTPUT: the key `hostconfig status` pins after the first push
     pulumi.export("gateway_ssh_host_public_key", delivered.pinned_host_public_key)

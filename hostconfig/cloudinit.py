@@ -28,6 +28,10 @@ PACKAGES = (
     "python3",
 )
 
+# routing.mode bgp only (issue 16): Debian's FRR; frr-pythontools has frr-reload.py, which `systemctl reload frr`
+# runs to apply a new frr.conf without dropping the BGP sessions.
+BGP_PACKAGES = ("frr", "frr-pythontools")
+
 _PRIVATE_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
 _PRIVATE_END = "-----END OPENSSH PRIVATE KEY-----"
 
@@ -54,8 +58,8 @@ def _block(text: str) -> str:
     return text.rstrip("\n")
 
 
-def _file(where: gp.GatewayFile, content: str) -> dict:
-    return {"path": where.path, "mode": f"{where.mode:04o}", "content": _block(content)}
+def _file(where: gp.GatewayFile, content: str, *, defer: bool = False) -> dict:
+    return {"path": where.path, "mode": f"{where.mode:04o}", "content": _block(content), "defer": defer}
 
 
 def _install_dirs(dirs: tuple[gp.GatewayDir, ...]) -> list[list[str]]:
@@ -64,8 +68,19 @@ def _install_dirs(dirs: tuple[gp.GatewayDir, ...]) -> list[list[str]]:
     return [["install", "-d", "-m", f"{mode:04o}", *(d.path for d in dirs if d.mode == mode)] for mode in modes]
 
 
-def render_user_data(*, hostname: str, ssh_host_ed25519_private: str, ssh_host_ed25519_public: str) -> str:
-    """The gateway's `#cloud-config` user data (called by the Pulumi program)."""
+def _bgp_additions(view: dict) -> None:
+    """routing.mode bgp: FRR installed, bgpd enabled and running (without sessions until the push brings frr.conf).
+    The daemons file is deferred (cloud-init writes it in its final stage, after the packages are installed) so the
+    package's own conffile never meets it; runcmd, later still, restarts frr.service to start bgpd."""
+    view["packages"].extend(BGP_PACKAGES)
+    view["files"].append(_file(gp.FRR_DAEMONS, rendermod.render_frr_daemons(), defer=True))
+    view["commands"].extend([["systemctl", "enable", gp.FRR_UNIT], ["systemctl", "restart", gp.FRR_UNIT]])
+
+
+def render_user_data(*, hostname: str, ssh_host_ed25519_private: str, ssh_host_ed25519_public: str,
+                     bgp: bool = False) -> str:
+    """The gateway's `#cloud-config` user data (called by the Pulumi program). ``bgp``: the stack's routing.mode is
+    bgp (a static stack's user data is unchanged)."""
     _check(hostname, ssh_host_ed25519_private, ssh_host_ed25519_public)
     view = {
         "hostname": hostname,
@@ -89,6 +104,8 @@ def render_user_data(*, hostname: str, ssh_host_ed25519_private: str, ssh_host_e
             ["systemctl", "enable", "--now", gp.STRONGSWAN_UNIT],
         ],
     }
+    if bgp:
+        _bgp_additions(view)
     text = rendermod.render("user-data.yaml.j2", view)
     log.info("rendered cloud-init user data for %s (%d bytes)", hostname, len(text))
     return text

@@ -71,3 +71,12 @@ NFT = "/usr/sbin/nft"
 CLOUD_INIT_DONE = "/var/lib/cloud/instance/boot-finished"
 
 UPDOWN_COMMAND = f"{VPNCTL.path} updown"
+
+# --- BGP mode (routing.mode bgp, issue 16): FRR from Debian's frr package ---
+# Root's, 0640: vtysh -b (root, frr.service's start) reads it; no secrets (AWS's BGP sessions carry no password).
+FRR_CONF = GatewayFile("/etc/frr/frr.conf", 0o640)
+# Which daemons frr.service starts (bgpd=yes): cloud-init writes it after the package is installed, the push keeps it.
+FRR_DAEMONS = GatewayFile("/etc/frr/daemons", 0o640)
+FRR_UNIT = "frr.service"
+VTYSH = "/usr/bin/vtysh"
+FRR_BGPD = "/usr/lib/frr/bgpd"  # Debian's frr puts its daemons in /usr/lib/frr

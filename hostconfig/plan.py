@@ -24,6 +24,7 @@ from hostconfig.contract.codec import field_table, version_problem
 from hostconfig.contract.connection import Connection, tunnels_of
 from hostconfig.contract.crypto import CryptoProfile, PhaseProposal, read_crypto
 from hostconfig.contract.reader import (
+    MISSING,
     NETWORK_RULE,
     REQUIRED,
     ContractError,
@@ -175,6 +176,8 @@ class GatewayPlan:
     # Who may SSH to the gateway (the stack's admin_cidrs); None when host_config does not carry them (older
     # programs): the input policy then accepts SSH from any source and leaves the filtering to the Cloud Firewall.
     admin_cidrs: tuple[IPv4Network, ...] | None = None
+    # routing.mode bgp (issue 16); None: static routes, no FRR (host_config of a static stack has no routing key).
+    routing: RoutingSpec | None = None
 
     @classmethod
     def from_host_config(cls, obj: dict) -> GatewayPlan:
@@ -244,7 +247,8 @@ class _PlanBuilder:
         if not isinstance(obj, dict):
             raise PlanError([Problem("host_config", f"got {type_name(obj)}; expected the JSON object exported as "
                                      "stack output host_config")])
-        r = Reader(self.problems, "host_config", obj, {**_required(_TOP_KEYS), "admin_cidrs": None}, unknown=_WARN)
+        r = Reader(self.problems, "host_config", obj, {**_required(_TOP_KEYS), "admin_cidrs": None, "routing": None},
+                   unknown=_WARN)
         r.check("kind", _equals(SCHEMA_KIND), f'"{SCHEMA_KIND}"', SCHEMA_KIND)
         r.check("version", ruled(lambda v: version_problem(v, SCHEMA_VERSION, "this renderer")), "a version",
                 str(SCHEMA_VERSION))
@@ -270,6 +274,7 @@ class _PlanBuilder:
         mss = r.integer("tcp_mss", rules.TCP_MSS)
         failover = self.failover(r)
         admin_cidrs = self.admin_cidrs(r)
+        routing = read_routing(r, vlan_cidrs)
 
         if not self.problems:
             self.cross_checks(r, gateway, aws_cidrs, vlan_cidrs, subnet_cidr, tunnels, mtu, mss, failover)
@@ -279,7 +284,7 @@ class _PlanBuilder:
             stack=stack, gateway=gateway, aws_region=aws_region, vpn_connection_id=vpn_id, vgw_id=vgw_id,
             aws_cidrs=aws_cidrs, linode_region=linode_region, vlan_label=vlan_label, vlan_cidrs=vlan_cidrs,
             subnet_cidr=subnet_cidr, crypto=crypto, connections=(Connection(vpn_id, tunnels),), tunnel_mtu=mtu,
-            tcp_mss=mss, failover=failover, admin_cidrs=admin_cidrs,
+            tcp_mss=mss, failover=failover, admin_cidrs=admin_cidrs, routing=routing,
         )  # type: ignore[arg-type]  # fmt: skip
         log.info("plan for stack %s: %d tunnels, %d AWS CIDRs, %d VLAN CIDRs", stack, len(plan.tunnels),
                  len(plan.aws_cidrs), len(plan.vlan_cidrs))
@@ -596,7 +601,7 @@ def agent_config(plan: GatewayPlan) -> dict:
 
 
 def agent_view(plan: GatewayPlan) -> dict:
-    return {"agent": agent_config(plan)}
+    return {"agent": agent_config_with_bgp(plan)}
 
 
 def nftables_view(plan: GatewayPlan) -> dict:
@@ -649,3 +654,80 @@ def sysctl_view() -> dict:
             ("net.ipv4.conf.all.accept_redirects", 0, "routes come from the agent only"),
         ]
     }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ BGP mode (issue 16): its own section
+@dataclass(frozen=True)
+class RoutingSpec:
+    customer_asn: int  # the gateway's ASN (the customer gateway's)
+    amazon_side_asn: int  # the VGW's
+
+
+def read_routing(r: Reader, vlan_cidrs: tuple[IPv4Network, ...] | None) -> RoutingSpec | None:
+    """host_config.routing: absent for a static stack; present only with mode bgp."""
+    if not r.has("routing"):
+        return None
+    s = r.sub("routing", _required(("mode", "customer_asn", "amazon_side_asn")), unknown=_WARN,
+              example='{"mode": "bgp", "customer_asn": 65000, "amazon_side_asn": 64512}')
+    s.choice("mode", ("bgp",), "host_config carries routing only in bgp mode", "bgp")
+    amazon = s.get("amazon_side_asn")
+    if amazon is not MISSING and not (isinstance(amazon, int) and not isinstance(amazon, bool)
+                                      and rules.is_private_asn(amazon)):
+        s.fail("amazon_side_asn", f"{amazon!r} is not a private ASN (64512-65534 or 4200000000-4294967294)", "64512")
+        amazon = None
+    customer = s.get("customer_asn")
+    if customer is not MISSING and (problem := rules.customer_asn_problem(customer, amazon)):
+        s.fail("customer_asn", problem, str(rules.DEFAULT_CUSTOMER_ASN))
+        customer = None
+    for i, net in enumerate(vlan_cidrs or ()):
+        if problem := rules.bgp_vlan_cidr_problem(net):
+            r.fail(f"linode.vlan_cidrs[{i}]", problem, '["172.16.0.0/12"]')
+    if vlan_cidrs and (problem := rules.bgp_route_limit_problem(vlan_cidrs)):
+        r.fail("linode.vlan_cidrs", problem, '["172.16.0.0/12"]')
+    if not s.ok or customer in (None, MISSING) or amazon in (None, MISSING):
+        return None
+    return RoutingSpec(customer, amazon)
+
+
+def frr_view(plan: GatewayPlan) -> dict:
+    """The gateway's FRR (bgpd) configuration: one eBGP neighbor per tunnel at AWS's inside address, sourced from the
+    gateway's inside address on that tunnel's VTI, AWS's timers. The primary tunnel starts as primary, the other as
+    standby; from then on the agent switches the route-maps (hostconfig/agent/bgp.py)."""
+    routing = plan.routing
+    if routing is None:
+        raise ValueError("frr_view needs a plan in routing.mode bgp")
+    neighbors = [{
+        "tunnel": t.name,
+        "interface": t.interface,
+        "address": str(t.aws_inside_ip),
+        "local_address": str(t.gateway_inside_ip),
+        "route_map_out": rules.ROUTE_MAP_PRIMARY if t.name == plan.failover.primary else rules.ROUTE_MAP_STANDBY,
+    } for t in plan.tunnels]  # fmt: skip
+    return {
+        "header": _header(plan),
+        "asn": routing.customer_asn,
+        "amazon_side_asn": routing.amazon_side_asn,
+        "router_id": str(plan.gateway.private_ip),
+        "keepalive": rules.AWS_BGP_KEEPALIVE_SECONDS,
+        "hold": rules.AWS_BGP_HOLD_SECONDS,
+        "vlan_cidrs": [str(n) for n in plan.vlan_cidrs],
+        "halves": [str(h) for n in plan.vlan_cidrs for h in rules.more_specific_halves(n)],
+        "aws_cidrs": [str(n) for n in plan.aws_cidrs],
+        "prepend": " ".join([str(routing.customer_asn)] * rules.STANDBY_PREPEND),
+        "route_maps": {
+            "primary": rules.ROUTE_MAP_PRIMARY,
+            "standby": rules.ROUTE_MAP_STANDBY,
+            "more_specific": rules.ROUTE_MAP_PRIMARY_MORE_SPECIFIC,
+            "from_aws": rules.ROUTE_MAP_FROM_AWS,
+        },
+        "neighbors": neighbors,
+    }
+
+
+def agent_config_with_bgp(plan: GatewayPlan) -> dict:
+    """agent.json: agent_config, plus the ``bgp`` section the daemon steers FRR with in routing.mode bgp (a static
+    stack's agent.json is unchanged)."""
+    config = agent_config(plan)
+    if plan.routing is not None:
+        config["bgp"] = {"customer_asn": plan.routing.customer_asn}
+    return config

@@ -165,8 +165,25 @@ def render_gateway_files(plan: GatewayPlan) -> list[RenderedFile]:
         _file(gateway_paths.FAILOVER_UNIT_FILE, render_failover_unit()),
         _file(gateway_paths.GUARD_UNIT_FILE, render_guard_unit()),
     ]
+    if plan.routing is not None:  # routing.mode bgp only: a static stack's file set is unchanged
+        files.append(_file(gateway_paths.FRR_CONF, render_frr_conf(plan)))
+        files.append(_file(gateway_paths.FRR_DAEMONS, render_frr_daemons()))
     log.info("rendered %d gateway files for stack %s", len(files), plan.stack)
     return files
+
+
+def render_frr_conf(plan: GatewayPlan) -> str:
+    return render("frr.conf.j2", planmod.frr_view(plan))
+
+
+# FRR 8.4's daemons besides bgpd that /etc/frr/daemons switches (Debian 12's file lists them all with =no).
+FRR_OTHER_DAEMONS = ("ospfd", "ospf6d", "ripd", "ripngd", "isisd", "pimd", "pim6d", "ldpd", "nhrpd", "eigrpd",
+                     "babeld", "sharpd", "pbrd", "bfdd", "fabricd", "vrrpd", "pathd")
+
+
+def render_frr_daemons() -> str:
+    """/etc/frr/daemons for routing.mode bgp: no plan value in it (cloud-init writes it before the AWS side exists)."""
+    return render("frr-daemons.j2", {"disabled": FRR_OTHER_DAEMONS})
 
 
 def render_legacy_files(plan: GatewayPlan) -> list[RenderedFile]:

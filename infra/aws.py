@@ -12,8 +12,9 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from hostconfig.contract import rules
 from hostconfig.contract.crypto import TUNNEL_OPTIONS
-from infra.config import CUSTOMER_GATEWAY_ASN, TUNNEL_NAMES, ConfigError, CryptoProfile, TunnelsConfig
+from infra.config import TUNNEL_NAMES, ConfigError, CryptoProfile, RoutingConfig, TunnelsConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class AwsVpnSideArgs:
     inside_cidrs: tuple[str, str] | None = None  # None: AWS picks
     allow_linode_in_security_group_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    routing: RoutingConfig = RoutingConfig()  # bgp: no static routes, the gateway's FRR advertises the VLAN CIDRs
 
 
 # aws:* keys whose values are credentials: secret inputs of the provider, never plain in the state.
@@ -83,6 +85,13 @@ def aws_version() -> str:
         return "unknown"
 
 
+def customer_gateway_asn_args(asn: int) -> dict[str, str]:
+    """CreateCustomerGateway takes an ASN up to 2,147,483,647 as BgpAsn, a larger one only as BgpAsnExtended."""
+    if asn <= rules.CUSTOMER_ASN_BGP_ASN_MAX:
+        return {"bgp_asn": str(asn)}
+    return {"bgp_asn_extended": str(asn)}
+
+
 def tunnel_options(crypto: CryptoProfile, tunnel: int) -> dict[str, object]:
     """The VpnConnection arguments of one tunnel, from the ONE crypto profile (pure; unit-tested)."""
     p = f"tunnel{tunnel}_"
@@ -128,8 +137,8 @@ class AwsVpnSide(pulumi.ComponentResource):
         attachment = aws.ec2.VpnGatewayAttachment(f"{name}-vgw-attachment", vpc_id=vpc_id, vpn_gateway_id=vgw.id,
                                                   opts=child)
         self.customer_gateway = aws.ec2.CustomerGateway(
-            f"{name}-cgw", bgp_asn=str(CUSTOMER_GATEWAY_ASN), ip_address=args.customer_gateway_ip, type="ipsec.1",
-            tags={**tags, "Name": f"{name}-cgw"}, opts=child)
+            f"{name}-cgw", **customer_gateway_asn_args(args.routing.customer_asn), ip_address=args.customer_gateway_ip,
+            type="ipsec.1", tags={**tags, "Name": f"{name}-cgw"}, opts=child)
 
         options: dict[str, object] = {**tunnel_options(args.crypto, 1), **tunnel_options(args.crypto, 2)}
         if args.inside_cidrs:
@@ -139,7 +148,7 @@ class AwsVpnSide(pulumi.ComponentResource):
             vpn_gateway_id=vgw.id,
             customer_gateway_id=self.customer_gateway.id,
             type="ipsec.1",
-            static_routes_only=True,
+            static_routes_only=not args.routing.bgp,
             tunnel1_preshared_key=pulumi.Output.secret(args.psks[0]),
             tunnel2_preshared_key=pulumi.Output.secret(args.psks[1]),
             tags={**tags, "Name": f"{name}-vpn"},
@@ -149,7 +158,7 @@ class AwsVpnSide(pulumi.ComponentResource):
         # Named by what they are, not by list position: inserting a CIDR or a route table renames nothing else.
         # The aliases move stacks created with the index names (see position_alias); delete_before_replace because
         # AWS refuses a second route for the same CIDR (or propagation for the same table) while the old one exists.
-        for i, cidr in enumerate(args.linode_cidrs):
+        for i, cidr in enumerate(() if args.routing.bgp else args.linode_cidrs):  # bgp: FRR advertises them
             aws.ec2.VpnConnectionRoute(
                 f"{name}-route-{resource_slug(cidr)}", destination_cidr_block=cidr,
                 vpn_connection_id=self.vpn_connection.id,

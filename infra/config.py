@@ -54,7 +54,7 @@ from infra.secret import Secret
 log = logging.getLogger(__name__)
 
 NAMESPACE = "hybrid-vpn"
-TOP_LEVEL_KEYS = ("aws", "linode", "tunnels", "crypto", "failover", "admin_cidrs", "tags", "delivery")
+TOP_LEVEL_KEYS = ("aws", "linode", "tunnels", "crypto", "failover", "admin_cidrs", "tags", "delivery", "routing")
 TUNNEL_NAMES = ("tunnel1", "tunnel2")
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -101,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
     "admin_cidrs": [],
     "tags": {},
     "delivery": {"enabled": True, "ssh_user": "root", "ssh_private_key": None, "timeout_seconds": 300},
+    "routing": {"mode": "static", "customer_asn": rules.DEFAULT_CUSTOMER_ASN},
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "aws": ("region",),
@@ -125,7 +126,6 @@ DELIVERY_TIMEOUT = IntLimit(10, 3600, "seconds", 300)
 SSH_PRIVATE_KEY_EXAMPLE = "pulumi config set --secret --path 'hybrid-vpn:delivery.ssh_private_key' < ~/.ssh/id_ed25519"
 # 16-bit private ASNs or 32-bit private ASNs, as CreateVpnGateway accepts them.
 AMAZON_ASN_RANGES = ((64512, 65534), (4200000000, 4294967294))
-CUSTOMER_GATEWAY_ASN = 65000  # unused with static routes, but AWS requires one; must differ from Amazon's
 # Sources of SSH that no Cloud Firewall on the internet ever sees (IANA IPv4 special-purpose registry): an admin CIDR
 # inside one admits nobody, and the push times out at the firewall. The lab's emulated cloud uses 192.0.2.0/24 on
 # purpose; only there are these accepted (see ``parse_stack_config(real_cloud=...)``).
@@ -219,6 +219,18 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class RoutingConfig:
+    """How AWS learns the VLAN CIDRs: static VPN routes, or BGP from FRR on the gateway (issue 16)."""
+
+    mode: str = "static"
+    customer_asn: int = rules.DEFAULT_CUSTOMER_ASN  # the customer gateway's ASN (AWS requires one even when static)
+
+    @property
+    def bgp(self) -> bool:
+        return self.mode == "bgp"
+
+
+@dataclass(frozen=True)
 class StackConfig:
     aws: AwsConfig
     linode: LinodeConfig
@@ -228,6 +240,7 @@ class StackConfig:
     admin_cidrs: tuple[str, ...]
     tags: Mapping[str, str]
     delivery: DeliveryConfig
+    routing: RoutingConfig = RoutingConfig()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -303,8 +316,6 @@ def _parse_aws(root: Reader) -> dict[str, Any]:
     elif not any(lo <= asn <= hi for lo, hi in AMAZON_ASN_RANGES):
         s.fail("amazon_side_asn", f"{asn} is not a private ASN AWS accepts for a virtual private gateway "
                "(64512-65534 or 4200000000-4294967294)", "64512")
-    elif asn == CUSTOMER_GATEWAY_ASN:
-        s.fail("amazon_side_asn", f"{asn} is the customer gateway's ASN; the two sides must differ", "64512")
     else:
         out["amazon_side_asn"] = asn
     out["allow_linode_in_security_group_id"] = s.string("allow_linode_in_security_group_id", SG_ID)
@@ -445,6 +456,33 @@ def _parse_tags(root: Reader) -> dict[str, str] | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Routing (issue 16: BGP mode). Its own section: the rules are rules.py's "BGP routing" section.
+# ---------------------------------------------------------------------------------------------------------------------
+ROUTING_EXAMPLE = "{mode: bgp, customer_asn: 65000}"
+
+
+def _parse_routing(root: Reader, aws: Mapping[str, Any], linode: Mapping[str, Any]) -> RoutingConfig | None:
+    s = root.sub("routing", _fields("routing"), example=ROUTING_EXAMPLE)
+    mode = s.choice("mode", rules.ROUTING_MODES, "static: static VPN routes; bgp: FRR on the gateway speaks BGP "
+                    "with AWS", "bgp")
+    asn = s.get("customer_asn")
+    if asn is not MISSING and (problem := rules.customer_asn_problem(asn, aws.get("amazon_side_asn"))):
+        s.fail("customer_asn", problem, "65010")
+        asn = None
+    if mode == "bgp" and linode.get("vlan_cidrs"):
+        nets = [ipaddress.IPv4Network(c) for c in linode["vlan_cidrs"]]
+        for i, net in enumerate(nets):
+            if problem := rules.bgp_vlan_cidr_problem(net):
+                root.fail(f"linode.vlan_cidrs[{i}]", f"{problem} ({root.key('routing.mode')})", "[172.16.0.0/12]")
+        if problem := rules.bgp_route_limit_problem(nets):
+            root.fail("linode.vlan_cidrs", f"{problem} ({root.key('routing.mode')})",
+                      "[172.16.0.0/12] (summarise), or routing.mode: static")
+    if mode is None or asn is None or asn is MISSING:
+        return None
+    return RoutingConfig(mode, asn)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Cross-field rules
 # ---------------------------------------------------------------------------------------------------------------------
 def _cross_checks(root: Reader, aws: dict[str, Any], linode: dict[str, Any], admin_cidrs: tuple[str, ...] | None,
@@ -568,6 +606,7 @@ def parse_stack_config(raw: Mapping[str, Any], *, secret_keys: Collection[str] =
     admin_cidrs = root.list_of("admin_cidrs", _network, NETWORK_RULE, "[198.51.100.7/32]")
     tags = _parse_tags(root)
     delivery = _parse_delivery(root)
+    routing = _parse_routing(root, aws, linode)
     _cross_checks(root, aws, linode, admin_cidrs, delivery)
     _secret_checks(problems, raw, frozenset(secret_keys))  # type: ignore[arg-type]
     if real_cloud:
@@ -583,6 +622,7 @@ def parse_stack_config(raw: Mapping[str, Any], *, secret_keys: Collection[str] =
         admin_cidrs=admin_cidrs,  # type: ignore[arg-type]
         tags=tags,  # type: ignore[arg-type]
         delivery=delivery,  # type: ignore[arg-type]
+        routing=routing,  # type: ignore[arg-type]
     )
 
 

@@ -95,7 +95,7 @@ def build_host_config(*, stack: str, config: StackConfig, gateway: GatewayFacts,
                          f"{len(connections)}")
     (connection,) = connections
     f = config.failover
-    return {
+    host_config = {
         "kind": HOST_CONFIG_KIND,
         "version": HOST_CONFIG_VERSION,
         "stack": stack,
@@ -135,6 +135,10 @@ def build_host_config(*, stack: str, config: StackConfig, gateway: GatewayFacts,
         },
         "admin_cidrs": list(config.admin_cidrs),  # the gateway's own input policy admits SSH only from these
     }
+    if config.routing.bgp:  # only then: a static stack's host_config (and every file rendered from it) is unchanged
+        host_config["routing"] = {"mode": "bgp", "customer_asn": config.routing.customer_asn,
+                                  "amazon_side_asn": config.aws.amazon_side_asn}
+    return host_config
 
 
 def ssh_host_public_key_line(public_key_openssh: str, label: str) -> str:

@@ -92,6 +92,11 @@ STACK_KEYS: tuple[KeyRow, ...] = (
            "probe.extra_targets"),
     KeyRow("host_config.failover", _k("failover"), "see stacks/Pulumi.dev.yaml", "probe"),
     KeyRow("host_config.admin_cidrs", _k("admin_cidrs"), "[198.51.100.7/32]"),
+    # routing.mode bgp only (a static stack's host_config has no routing object, its agent.json no bgp section)
+    KeyRow("host_config.routing.mode", _k("routing.mode"), "bgp"),
+    KeyRow("host_config.routing.customer_asn", _k("routing.customer_asn"), "65010", "bgp.customer_asn"),
+    KeyRow("host_config.routing.amazon_side_asn", _k("aws.amazon_side_asn"), "64512"),
+    KeyRow("host_config.routing", _k("routing"), "{mode: bgp, customer_asn: 65010}", "bgp"),
     KeyRow("host_config", FROM_PROGRAM, "docs/contracts.md section 1", ""),  # anything else: kind, version, ownership
 )
 
@@ -204,7 +209,7 @@ def preview_problems(config: StackConfig, *, stack: str, label: str) -> list[str
     problems: list[str] = []
     try:
         render_user_data(hostname=label, ssh_host_ed25519_private=_PRIVATE_KEY_PLACEHOLDER,
-                         ssh_host_ed25519_public=_placeholder_public_key())
+                         ssh_host_ed25519_public=_placeholder_public_key(), bgp=config.routing.bgp)
     except (UserDataError, RenderError) as exc:
         rule = str(exc).removeprefix("hostname: ")
         problems.append(f"{STACK_NAME}: {rule}; example: dev (refused by the cloud-init user data, hostname "

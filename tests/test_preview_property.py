@@ -105,8 +105,16 @@ def random_stack_config(rng: random.Random) -> dict[str, Any]:
                "route_table_ids": rng.choice(("all", ["rtb-0a1b2c3d4e5f60718"]))}
     aws.update(region=rng.choice(("us-east-1", "eu-west-2", "ap-southeast-2")),
                amazon_side_asn=rng.choice((64512, rng.randint(64513, 65534), rng.randint(4200000000, 4294967294))))
-    if aws["amazon_side_asn"] == 65000:
-        aws["amazon_side_asn"] = 64512
+    # routing: absent (static), static, or bgp with a customer ASN of either private range or a public one
+    routing: dict[str, Any] | None = rng.choice((None, {"mode": "static"}, {"mode": "bgp"}, {"mode": "bgp"}))
+    if routing is not None and routing["mode"] == "bgp" and rng.random() < 0.8:
+        routing["customer_asn"] = rng.choice((65010, rng.randint(64512, 65534), rng.randint(4200000000, 4294967294),
+                                              rng.randint(100, 2_147_483_647)))
+    customer_asn = (routing or {}).get("customer_asn", 65000)
+    if customer_asn in (7224, 9059, 23456):
+        routing["customer_asn"] = customer_asn = 65010  # type: ignore[index]
+    if aws["amazon_side_asn"] == customer_asn:  # the two ASNs differ (eBGP)
+        aws["amazon_side_asn"] = 64512 if customer_asn != 64512 else 64513
     tunnels: dict[str, Any] = {}
     if rng.random() < 0.6:
         tunnels["inside_cidrs"] = [str(n) for n in rng.sample(INSIDE_CHOICES, 2)]
@@ -141,6 +149,7 @@ def random_stack_config(rng: random.Random) -> dict[str, Any]:
                    "gateway_vlan_address": f"{vlan_host}/{vlan_nets[0].prefixlen}"},
         "tunnels": tunnels, "crypto": crypto, "failover": failover, "admin_cidrs": admin,
         "tags": {"env": "prop"}, "delivery": {"enabled": rng.random() < 0.7},
+        **({"routing": routing} if routing is not None else {}),
     }
 
 
@@ -232,6 +241,22 @@ def _stack_name(raw: dict[str, Any], rng: random.Random) -> str:
     return f"stack name = {raw['__stack__']!r}"
 
 
+def _same_asns(raw: dict[str, Any], rng: random.Random) -> str:
+    asn = raw["aws"]["amazon_side_asn"]
+    raw["routing"] = {"mode": rng.choice(("bgp", "static")), "customer_asn": asn}
+    return f"routing.customer_asn = aws.amazon_side_asn = {asn}"
+
+
+def _bgp_vlan_cidrs(raw: dict[str, Any], rng: random.Random) -> str:
+    """VLAN CIDRs bgp mode refuses (a /32 has no halves; 34 CIDRs make 102 routes) but static accepts."""
+    raw["routing"] = {**raw.get("routing", {}), "mode": rng.choice(("bgp", "bgp", "static"))}
+    first = raw["linode"]["vlan_cidrs"][0]
+    value = rng.choice(([first, "192.168.77.7/32"], [first, *(f"192.168.{i}.0/24" for i in range(33))],
+                        [first, *(f"192.168.{i}.0/24" for i in range(32))]))
+    raw["linode"]["vlan_cidrs"] = value
+    return f"routing.mode {raw['routing']['mode']} with {len(value)} VLAN CIDRs (last {value[-1]})"
+
+
 def _mixed_gcm(raw: dict[str, Any], rng: random.Random) -> str:
     phase = rng.choice(("phase1", "phase2"))
     raw["crypto"][phase]["encryption"] = ["AES256-GCM-16", "AES128"]
@@ -290,6 +315,11 @@ MUTATIONS: list[Mutation] = [
     _set("crypto", "dpd_timeout_action", ("restart", "hold", "none")),
     _set("crypto", "startup_action", ("start", "route")),
     _stack_name,
+    _set("routing", "mode", ("ospf", "BGP", "", "static", "bgp", 1)),
+    _set("routing", "customer_asn", (0, 1, 7224, 9059, 23456, 64512, 65000, 2_147_483_647, 2_147_483_648,
+                                     4_294_967_294, 4_294_967_295, 2**32, "65010", True, None)),
+    _same_asns,
+    _bgp_vlan_cidrs,
     _set("admin_cidrs_holder", "_", (None,)),  # replaced below: admin_cidrs is a list, not a section
 ]
 

@@ -120,4 +120,5 @@ def test_only_infra_config_reads_pulumi_config():
 
 def test_defaults_live_in_one_table():
     # Every optional section the model reads has its defaults in DEFAULTS (the stack file documents the same values).
-    assert set(DEFAULTS) == {"aws", "linode", "tunnels", "crypto", "failover", "admin_cidrs", "tags", "delivery"}
+    assert set(DEFAULTS) == {"aws", "linode", "tunnels", "crypto", "failover", "admin_cidrs", "tags", "delivery",
+                             "routing"}

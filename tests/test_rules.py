@@ -92,6 +92,12 @@ def probe(name: str, value: Any) -> dict[str, list]:
             "agent": [(("probe", PROBE_NAMES[name]), value)]}
 
 
+def asns(customer: int, amazon: int) -> dict[str, list | None]:
+    return {"stack": [(("routing",), {"mode": "bgp", "customer_asn": customer}), (("aws", "amazon_side_asn"), amazon)],
+            "plan": [(("routing",), {"mode": "bgp", "customer_asn": customer, "amazon_side_asn": amazon})],
+            "agent": None}
+
+
 def mtu(value: int) -> dict[str, list]:
     # The agent carries no MSS; the other two must keep MSS <= MTU - 40 to isolate the MTU rule.
     mss = min(1379, value - 40)
@@ -203,6 +209,11 @@ CASES: list[tuple[str, bool, bool, dict[str, list | None]]] = [
     # i17-rest: one OpenSSH key rule; the plan's own pattern took a gateway host key whose data is no key at all.
     ("ssh-key-placeholder", False, True, ssh_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample gw")),
     ("ssh-key-good", True, False, ssh_key(GOOD_HOST_KEY)),
+    # The customer gateway's and the VGW's ASN as configured (issue 16): the stack reader refused a VGW ASN of 65000
+    # whatever the customer ASN, the plan compared the two values.
+    ("asns-vgw-65000-customer-65010", True, True, asns(65010, 65000)),
+    ("asns-equal-65010", False, False, asns(65010, 65010)),
+    ("asns-equal-65000", False, False, asns(65000, 65000)),
     ("tunnel-name-with-dot", False, True,
      {"stack": None, "plan": [(("tunnels", 0, "name"), "tunnel.1")], "agent": [(("tunnels", 0, "name"), "tunnel.1")]}),
 ]
@@ -290,3 +301,12 @@ def test_the_stack_reader_reads_the_running_stacks_name(monkeypatch):
     with pytest.raises(Seen):
         config.load_stack_config()
     assert seen["stack"] == "lab_eu"
+
+
+def test_the_asn_rule_is_one_rule_over_both_configured_values():
+    from hostconfig.contract.rules import customer_asn_problem, distinct_asns_problem
+
+    assert distinct_asns_problem(65010, 65000) is None
+    problem = distinct_asns_problem(64512, 64512)
+    assert problem and "routing.customer_asn" in problem and "aws.amazon_side_asn" in problem
+    assert customer_asn_problem(64512, 64512) == problem  # the customer ASN reader uses the same rule

@@ -93,6 +93,14 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class BgpConfig:
+    """routing.mode bgp (issue 16): the daemon steers AWS through the gateway's bgpd (hostconfig/agent/bgp.py)."""
+
+    customer_asn: int  # `router bgp <asn>` in frr.conf
+    vty_socket: Path | None = None  # FRR's vty socket dir; None: FRR's default (the gateway's frr.service)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     version: int
     public_interface: str
@@ -109,6 +117,7 @@ class AgentConfig:
     probe: ProbeConfig
     ownership: Ownership
     paths: Paths
+    bgp: BgpConfig | None = None  # absent from agent.json: static routing, no FRR to steer
 
     @property
     def tunnels(self) -> tuple[TunnelConfig, ...]:
@@ -137,7 +146,8 @@ _TUNNEL_FIELDS = field_table(TunnelConfig)
 _PROBE_FIELDS = field_table(ProbeConfig, {"repair_hold_seconds": DEFAULT_REPAIR_HOLD_SECONDS})
 _OWNERSHIP_FIELDS = field_table(Ownership)
 _PATHS_FIELDS = field_table(Paths)
-_FIELDS = field_table(AgentConfig)
+_FIELDS = field_table(AgentConfig, {"bgp": None})  # bgp absent: static routing
+_BGP_FIELDS = field_table(BgpConfig, {"vty_socket": None})
 
 _DISTINCT = {"name": "tunnel1 and tunnel2", "interface": "vti-aws1 and vti-aws2", "mark": "100 and 200",
              "remote_outside_ip": "198.51.100.1 and 198.51.100.2"}
@@ -255,6 +265,7 @@ def parse_config(data: Any) -> AgentConfig:
         for aws in aws_cidrs or ():
             if problem := rules.sides_overlap_problem(cidr, aws):
                 r.fail(f"vlan_cidrs[{i}]", problem, "[172.16.0.0/12] with aws_cidrs [10.0.0.0/16]")
+    bgp = _bgp(r)
     if problems:
         raise ConfigError(problems)
     return AgentConfig(
@@ -266,8 +277,22 @@ def parse_config(data: Any) -> AgentConfig:
         probe=ProbeConfig(interval, timeout, down_after, up_after, float(hold), extra,  # type: ignore[arg-type]
                           float(repair_hold)),  # type: ignore[arg-type]
         ownership=Ownership(table, route_protocol, rule_priority, nft_table),  # type: ignore[arg-type]
-        paths=Paths(**paths),
+        paths=Paths(**paths), bgp=bgp,
     )
+
+
+def _bgp(r: Reader) -> BgpConfig | None:
+    """The optional ``bgp`` section (only agent.json of a routing.mode bgp stack has it)."""
+    if not r.has("bgp") or r.raw.get("bgp") is None:
+        return None
+    b = r.sub("bgp", _BGP_FIELDS, example='{"customer_asn": 65000}')
+    asn = b.integer("customer_asn", rules.CUSTOMER_ASN)
+    vty = b.get("vty_socket")
+    vty_socket = None if vty is None or vty is MISSING else b.check("vty_socket", _absolute_path, "an absolute path",
+                                                                  "/run/frr")
+    if asn is None or not b.ok:
+        return None
+    return BgpConfig(asn, vty_socket)
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:

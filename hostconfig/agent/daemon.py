@@ -23,6 +23,7 @@ from dataclasses import replace
 
 from .config import AgentConfig
 from .desired import LinkMode, TunnelView
+from .frr import BgpSteerer, Vtysh
 from .health import (
     Decision,
     RepairAction,
@@ -39,7 +40,15 @@ from .nft import NftError
 from .probe import IcmpProber, ProbeResult
 from .reconcile import Reconciler
 from .state import LockTimeout, reconcile_lock, write_daemon_state
-from .status_contract import DaemonState, ProbeHealth, ReconcileRecord, RepairRecord, Switch, TunnelState
+from .status_contract import (
+    BgpSteeringState,
+    DaemonState,
+    ProbeHealth,
+    ReconcileRecord,
+    RepairRecord,
+    Switch,
+    TunnelState,
+)
 from .vici_client import (
     Connector,
     UpdownEvent,
@@ -250,6 +259,14 @@ class FailoverDaemon:
         self.last_change_reconcile = float("-inf")
         self.reconciler = Reconciler(config, self.kernel, link_mode)
         self.output_errors: dict[str, str] = {}
+        self.bgp = bgp_steerer(config)
+
+    def steer_bgp(self, now: float, force: bool = False) -> None:
+        """routing.mode bgp: tell AWS, through the gateway's bgpd, the tunnel the kernel now sends on (after the kernel
+        switch: the gateway -> AWS direction never waits for vtysh). ``force``: re-read FRR even for an unchanged view
+        (the periodic full reconcile: an FRR restart went back to frr.conf's steady state)."""
+        if self.bgp is not None and self.view is not None:
+            self.bgp.on_view(self.view, now, force=force)
 
     # ---- start-up --------------------------------------------------------------------------------------------------
 
@@ -450,8 +467,18 @@ class FailoverDaemon:
             up=sorted(n for n, h in self.health.items() if h.up), switches_total=self.switches_total,
             repairs_total=self.repairer.total, last_switch=self.last_switch, tunnels=tunnels,
             extra_targets={n: target(h) for n, h in self.targets.items()}, vici=self.vici_status,
-            last_reconcile=self.last_reconcile, link_mode=self.link_mode,
+            last_reconcile=self.last_reconcile, link_mode=self.link_mode, bgp=self.bgp_snapshot(),
         )
+
+    def bgp_snapshot(self) -> BgpSteeringState | None:
+        if self.bgp is None:
+            return None
+        last = self.bgp.last
+        return BgpSteeringState(
+            customer_asn=self.bgp.asn,
+            advertise={name: a.route_map for name, a in last.advertise.items()} if last else {},
+            reason=last.reason if last else "not applied yet", changes_total=self.bgp.changes_total,
+            failures_total=self.bgp.failures_total, last_error=self.bgp.last_error)
 
     def write_outputs(self) -> None:
         snap = self.snapshot()
@@ -493,6 +520,7 @@ class FailoverDaemon:
             log.warning("no netlink change notifications (%s): changes by others are repaired by the periodic "
                         "reconcile only", exc)
         self.apply(routes_only=False)
+        self.steer_bgp(started, force=True)
         log.info("running: active %s (%s); probing every %.0f ms", self.active or "none", self.reason,
                  self.interval * 1000)
         next_probe = started
@@ -509,6 +537,7 @@ class FailoverDaemon:
                     if next_probe < now:  # we fell behind (suspend, loaded machine): do not burst
                         next_probe = now + self.interval
                 self.evaluate(now)
+                self.steer_bgp(now)
                 if self.repairer.tick(now, self.active or self.last_active) is not None:
                     self.write_outputs()
                 if now >= next_full or now >= self.kernel_change_deadline():
@@ -517,6 +546,7 @@ class FailoverDaemon:
                         self.last_change_reconcile = now
                     self.kernel_changed_at = None
                     self.apply(routes_only=False)
+                    self.steer_bgp(now, force=True)
                     next_full = now + self.full_reconcile_seconds
                 if now >= next_write:
                     self.write_outputs()
@@ -545,6 +575,7 @@ class FailoverDaemon:
                     else:
                         self.on_probe_results(item.receive(now), now)
                 self.evaluate(now)
+                self.steer_bgp(now)
                 if self.view != changed_before:
                     self.write_outputs()
         finally:
@@ -557,3 +588,12 @@ class FailoverDaemon:
                 self.kernel_watch.close()
             self.kernel.close()
             log.info("stopped (routes left in place: traffic keeps flowing without the daemon)")
+
+
+def bgp_steerer(config: AgentConfig) -> BgpSteerer | None:
+    """The daemon's BGP steering when agent.json has a bgp section (routing.mode bgp), else None."""
+    if config.bgp is None:
+        return None
+    vtysh = Vtysh(vty_socket=str(config.bgp.vty_socket) if config.bgp.vty_socket else None)
+    neighbors = {t.name: str(t.aws_inside_ip) for t in config.tunnels}
+    return BgpSteerer(config.tunnel_names, config.primary_tunnel, neighbors, config.bgp.customer_asn, vtysh)

@@ -13,6 +13,7 @@ from typing import Any
 
 from hostconfig import gateway_paths as gp
 
+from .bgp import Advertisement
 from .config import AgentConfig, TunnelConfig
 from .desired import (
     ACTIVE_METRIC,
@@ -579,9 +580,41 @@ def check_repairs(config: AgentConfig, facts: DoctorFacts) -> list[CheckResult]:
     return results
 
 
+def check_bgp(config: AgentConfig, facts: DoctorFacts) -> list[CheckResult]:
+    """routing.mode bgp: each tunnel's BGP session Established, with one of the route-maps frr.conf defines."""
+    if facts.bgp is None:
+        return []
+    known = {a.route_map for a in Advertisement}
+    out = []
+    for t in config.tunnels:
+        name, address = f"bgp {t.name}", str(t.aws_inside_ip)
+        expected = f"session to {address} Established, outbound route-map one of {', '.join(sorted(known))}"
+        if isinstance(facts.bgp, Unavailable):
+            out.append(_unavailable(name, expected, facts.bgp, "bgpd"))
+            continue
+        state = facts.bgp.states.get(address)
+        route_map = facts.bgp.route_maps.get(address)
+        if state is None:
+            out.append(CheckResult(name, FAIL, expected, f"bgpd has no neighbor {address}",
+                                   f"{gp.FRR_CONF.path} is not the rendered one, or FRR was reconfigured by hand: "
+                                   "re-run `pulumi up`; `vtysh -c 'show running-config'`"))
+        elif state != "Established":
+            out.append(CheckResult(name, FAIL, expected, f"session {state}",
+                                   f"AWS does not learn the VLAN CIDRs over {t.name}: is the tunnel up (sa lines)? "
+                                   "`vtysh -c 'show bgp neighbors'`; AWS's side: the tunnel's BGP status in the "
+                                   "console (VgwTelemetry)"))
+        elif route_map not in known:
+            out.append(CheckResult(name, FAIL, expected, f"Established, outbound route-map {route_map}",
+                                   "someone changed it by hand: the daemon puts its own back at its next full "
+                                   "reconcile (30 s)"))
+        else:
+            out.append(CheckResult(name, OK, expected, f"Established, advertising {route_map}"))
+    return out
+
+
 CHECKS: tuple[Callable[[AgentConfig, DoctorFacts], list[CheckResult]], ...] = (
     check_links, check_vtis, check_addresses, check_sysctls, check_rule, check_routes, check_nft, check_xfrm,
-    check_sas, check_log, check_probes, check_daemon, check_repairs,
+    check_sas, check_log, check_probes, check_daemon, check_repairs, check_bgp,
 )
 
 

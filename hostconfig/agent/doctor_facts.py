@@ -124,6 +124,22 @@ def daemon_facts(state_dir: Path) -> DaemonFacts:
                        {name: t.repair for name, t in state.tunnels.items()} if state else {}, summary.state_error)
 
 
+@dataclass(frozen=True)
+class BgpFacts:
+    """routing.mode bgp: bgpd's neighbors as vtysh reports them (address -> state, address -> outbound route-map)."""
+
+    states: dict[str, str]
+    route_maps: dict[str, str | None]
+
+
+def read_bgp_facts(config: AgentConfig) -> BgpFacts:
+    from .frr import Vtysh, neighbor_states, outbound_route_maps
+
+    assert config.bgp is not None
+    vtysh = Vtysh(vty_socket=str(config.bgp.vty_socket) if config.bgp.vty_socket else None)
+    return BgpFacts(neighbor_states(vtysh), outbound_route_maps(vtysh))
+
+
 @dataclass
 class DoctorFacts:
     link_mode: LinkMode
@@ -140,6 +156,7 @@ class DoctorFacts:
     probes: dict[str, ProbeFacts] | Unavailable | None  # None: probing switched off
     daemon: DaemonFacts = field(default_factory=lambda: DaemonFacts(False))
     probe_timeout: float = DEFAULT_PROBE_TIMEOUT
+    bgp: BgpFacts | Unavailable | None = None  # None: not routing.mode bgp
 
 
 # Charon log patterns the guide tells operators to look for, with what each one means here.
@@ -480,6 +497,7 @@ def gather_facts(config: AgentConfig, link_mode: LinkMode = "vti", charon_log: P
             probes=probes,
             daemon=daemon_facts(config.paths.state_dir),
             probe_timeout=probe_timeout,
+            bgp=_read("bgpd (vtysh)", lambda: read_bgp_facts(config)) if config.bgp is not None else None,
         )
     finally:
         if not isinstance(kernel, Unavailable):

@@ -58,12 +58,31 @@ def render_metrics(state: DaemonState | None, tunnel_names: Sequence[str] = (), 
     ]
     lines += [f'hybrid_vpn_repair_waiting{{tunnel="{_label(n)}"}} '
               f'{1 if n in tunnels and tunnels[n].repair.waiting else 0}' for n in names]
+    if state is not None and state.bgp is not None:
+        lines += _bgp_metrics(state)
     targets = state.extra_targets if state is not None else {}
     if targets:
         lines += ["# HELP hybrid_vpn_target_up Extra probe target answering through the active path (1/0).",
                   "# TYPE hybrid_vpn_target_up gauge"]
         lines += [f'hybrid_vpn_target_up{{target="{_label(n)}"}} {1 if t.up else 0}' for n, t in targets.items()]
     return "\n".join(lines) + "\n"
+
+
+def _bgp_metrics(state: DaemonState) -> list[str]:
+    bgp = state.bgp
+    assert bgp is not None
+    lines = ["# HELP hybrid_vpn_bgp_advertisement 1 for the outbound route-map each tunnel's BGP neighbor has "
+             "(routing.mode bgp: primary, standby = AS path prepended, primary-more-specific = plus the halves).",
+             "# TYPE hybrid_vpn_bgp_advertisement gauge"]
+    lines += [f'hybrid_vpn_bgp_advertisement{{tunnel="{_label(n)}",route_map="{_label(m)}"}} 1'
+              for n, m in sorted(bgp.advertise.items())]
+    lines += ["# HELP hybrid_vpn_bgp_steering_changes_total Route-map changes the daemon applied through vtysh.",
+              "# TYPE hybrid_vpn_bgp_steering_changes_total counter",
+              f"hybrid_vpn_bgp_steering_changes_total {bgp.changes_total}",
+              "# HELP hybrid_vpn_bgp_steering_failures_total vtysh calls that failed (each retried).",
+              "# TYPE hybrid_vpn_bgp_steering_failures_total counter",
+              f"hybrid_vpn_bgp_steering_failures_total {bgp.failures_total}"]
+    return lines
 
 
 def write_metrics(path: Path, state: DaemonState | None, tunnel_names: Sequence[str] = (),

@@ -8,9 +8,12 @@ import logging
 
 from .config import AgentConfig
 from .desired import ACTIVE_METRIC, STANDBY_METRIC, UNREACHABLE_METRIC
+from .frr import FrrError, Vtysh, neighbor_states
 from .kernel import Kernel, KernelError
 from .state import EVENT_PREFIX, daemon_summary, read_json
 from .status_contract import (
+    BgpStatus,
+    BgpSteeringState,
     ContractError,
     KernelRouting,
     ProbeView,
@@ -93,7 +96,35 @@ def gather_status(config: AgentConfig) -> StatusReport:
             last_updown=_last_updown(config, t.name),
             repair=None if probe is None else probe.repair,
         ))
-    return StatusReport(tunnels=tunnels, daemon=summary, vici=vici, kernel=routing)
+    return StatusReport(tunnels=tunnels, daemon=summary, vici=vici, kernel=routing,
+                        bgp=bgp_status(config, daemon.bgp if daemon else None))
+
+
+def bgp_status(config: AgentConfig, steering: BgpSteeringState | None) -> BgpStatus | None:
+    if config.bgp is None:
+        return None
+    vtysh = Vtysh(vty_socket=str(config.bgp.vty_socket) if config.bgp.vty_socket else None)
+    try:
+        states = neighbor_states(vtysh)
+    except FrrError as exc:
+        return BgpStatus(sessions={}, error=str(exc), steering=steering)
+    return BgpStatus(sessions={t.name: states.get(str(t.aws_inside_ip), "missing") for t in config.tunnels},
+                     error=None, steering=steering)
+
+
+def render_bgp(bgp: BgpStatus) -> list[str]:
+    if bgp.error is not None:
+        lines = [f"bgp: bgpd unreachable ({bgp.error})"]
+    else:
+        lines = ["bgp sessions: " + ", ".join(f"{name} {state}" for name, state in bgp.sessions.items())]
+    s = bgp.steering
+    if s is None:
+        lines.append("bgp steering: no daemon data")
+    else:
+        shown = ", ".join(f"{name} {route_map}" for name, route_map in s.advertise.items()) or "nothing applied yet"
+        lines.append(f"bgp steering (AS {s.customer_asn}): {shown}; {s.reason}; {s.changes_total} change(s), "
+                     f"{s.failures_total} failure(s)" + (f"; now failing: {s.last_error}" if s.last_error else ""))
+    return lines
 
 
 def render_repair(name: str, repair: RepairRecord | None) -> str | None:
@@ -156,4 +187,6 @@ def render_status(status: StatusReport) -> str:
         lines.append(f"kernel: rule {'present' if k.rule else 'MISSING'}, leak protection "
                      f"{'present' if k.leak_protection else 'MISSING'}, {k.routes} routes")
     lines.append(f"charon (VICI): {status.vici}")
+    if status.bgp is not None:
+        lines += render_bgp(status.bgp)
     return "\n".join(lines) + "\n"

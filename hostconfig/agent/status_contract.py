@@ -140,6 +140,18 @@ class ReconcileRecord(Record):
 
 
 @dataclass(frozen=True)
+class BgpSteeringState(Record):
+    """routing.mode bgp: what the daemon last had the gateway's bgpd advertise per tunnel (hostconfig/agent/bgp.py)."""
+
+    customer_asn: int
+    advertise: dict[str, str]  # tunnel -> outbound route-map in force (empty until the first success)
+    reason: str
+    changes_total: int  # route-map changes applied since the daemon started
+    failures_total: int  # vtysh failures (each retried)
+    last_error: str | None  # set while the last attempt failed
+
+
+@dataclass(frozen=True)
 class DaemonState(Document):
     VERSION: ClassVar[int] = DAEMON_STATE_VERSION
     TITLE: ClassVar[str] = "daemon state"
@@ -157,6 +169,7 @@ class DaemonState(Document):
     vici: str  # the event connection: connected, unreachable: ..., lost: ...
     last_reconcile: ReconcileRecord | None
     link_mode: str  # vti | given
+    bgp: BgpSteeringState | None = field(default=None, metadata={codec.OPTIONAL: True})  # routing.mode bgp only
     version: int = DAEMON_STATE_VERSION
 
 
@@ -225,6 +238,15 @@ class KernelRouting(Record):
 
 
 @dataclass(frozen=True)
+class BgpStatus(Record):
+    """routing.mode bgp: the gateway's BGP sessions as bgpd reports them now, and the daemon's steering."""
+
+    sessions: dict[str, str]  # tunnel -> bgpd's state of its neighbor (Established, Active, ..., or missing)
+    error: str | None  # bgpd unreachable through vtysh
+    steering: BgpSteeringState | None  # None: no daemon data
+
+
+@dataclass(frozen=True)
 class StatusReport(Document):
     VERSION: ClassVar[int] = STATUS_VERSION
     TITLE: ClassVar[str] = "vpnctl status --json"
@@ -233,6 +255,7 @@ class StatusReport(Document):
     daemon: DaemonSummary
     vici: str  # reachable | unreachable (reason)
     kernel: KernelRouting
+    bgp: BgpStatus | None = field(default=None, metadata={codec.OPTIONAL: True})  # routing.mode bgp only
     version: int = STATUS_VERSION
 
     def tunnel(self, name: str) -> TunnelStatus | None:

@@ -35,6 +35,9 @@ class Unknown(Enum):
 
 
 REQUIRED: Any = object()  # the default of a key that must be present
+# A field with this metadata (and the default None) is written only when set and read as None when absent: a section
+# only some writers have (bgp: routing.mode bgp), so every other document stays exactly what it was.
+OPTIONAL = "optional"
 
 
 def json_key(f: dataclasses.Field[Any]) -> str:
@@ -77,7 +80,8 @@ def encode(value: Any) -> Any:
     """A dataclass (by its fields' JSON keys), list, tuple, dict or scalar as JSON values; addresses, networks and
     paths as their text."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {json_key(f): encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {json_key(f): encode(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.metadata.get(OPTIONAL) and getattr(value, f.name) is None)}
     if isinstance(value, dict):
         return {str(k): encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -105,6 +109,9 @@ def decode(cls: type[T], data: Any, where: str, error: type[Exception], unknown:
         key = json_key(f)
         path = f"{where}.{key}"
         if key not in data:
+            if f.metadata.get(OPTIONAL):
+                values[f.name] = None
+                continue
             raise error(f"{path}: missing field")
         values[f.name] = _value(hints[f.name], data[key], path, error, unknown)
     return cls(**values)

@@ -381,3 +381,90 @@ UP_AFTER = IntLimit(1, 1000, "good probes", 5)
 FAILBACK_HOLD_SECONDS = IntLimit(0, 86_400, "seconds", 20)
 MAX_EXTRA_PROBE_TARGETS = 16  # one probe per target per interval, each tunnel: bounded work per tick
 REPAIR_HOLD_SECONDS = IntLimit(1, 3600, "seconds", 5)
+
+
+# ============================================================================== BGP routing (AWS facts, issue 16)
+# Kept in one section of its own: the routing mode's rules (stack reader, plan, FRR view and agent read them here).
+ROUTING_MODES = ("static", "bgp")
+DEFAULT_CUSTOMER_ASN = 65000  # CreateCustomerGateway's default BgpAsn
+# CreateCustomerGateway: BgpAsn 1..2,147,483,647, above that BgpAsnExtended (..4,294,967,295); 4,294,967,295 is
+# reserved (RFC 7300) and 23456 is AS_TRANS (RFC 6793): no real speaker may use either.
+CUSTOMER_ASN = IntLimit(1, 4_294_967_294, "", DEFAULT_CUSTOMER_ASN,
+                        "a customer gateway ASN AWS accepts; without a public ASN of your own use a private one, "
+                        "64512-65534 or 4200000000-4294967294")
+CUSTOMER_ASN_BGP_ASN_MAX = 2_147_483_647  # the largest BgpAsn; larger ASNs go in BgpAsnExtended
+AWS_RESERVED_CUSTOMER_ASNS = {
+    7224: "reserved by AWS (Amazon's own ASN, us-east-1)",
+    9059: "reserved by AWS (eu-west-1)",
+    23456: "AS_TRANS (RFC 6793), never a real speaker's ASN",
+}
+PRIVATE_ASN_RANGES = ((64512, 65534), (4_200_000_000, 4_294_967_294))
+# "BGP: Amazon-side ASN default 64512; hold time 30 s, keepalive 10 s."
+AWS_BGP_KEEPALIVE_SECONDS = 10
+AWS_BGP_HOLD_SECONDS = 30
+
+
+def customer_asn_problem(asn: Any, amazon_side_asn: int | None) -> str | None:
+    """The customer gateway's ASN: a range AWS accepts, not one AWS reserves, not the VGW's own (eBGP needs two)."""
+    if problem := CUSTOMER_ASN.problem(asn):
+        return problem
+    if asn in AWS_RESERVED_CUSTOMER_ASNS:
+        return f"{asn} is {AWS_RESERVED_CUSTOMER_ASNS[asn]}; {CUSTOMER_ASN.why}"
+    if amazon_side_asn is not None:
+        return distinct_asns_problem(asn, amazon_side_asn)
+    return None
+
+
+def distinct_asns_problem(customer_asn: int, amazon_side_asn: int) -> str | None:
+    """The customer gateway's ASN and the VGW's, as configured: AWS's BGP sessions are eBGP, so they must differ.
+    The customer gateway carries its ASN in static mode too, so the rule holds in both modes."""
+    if customer_asn != amazon_side_asn:
+        return None
+    other = 65010 if customer_asn != 65010 else 65020
+    return (f"{customer_asn} is both routing.customer_asn (the customer gateway's) and aws.amazon_side_asn (the "
+            f"VGW's); the two must differ (the sessions are eBGP): change either, e.g. routing.customer_asn {other}")
+
+
+def is_private_asn(asn: int) -> bool:
+    return any(low <= asn <= high for low, high in PRIVATE_ASN_RANGES)
+
+
+def more_specific_halves(net: IPv4Network) -> tuple[IPv4Network, IPv4Network]:
+    """The two halves of a VLAN CIDR: longer prefixes than the CIDR itself, so AWS prefers them over the CIDR on any
+    tunnel ("longest prefix first"), whatever the AS path of the CIDR there."""
+    low, high = net.subnets(prefixlen_diff=1)
+    return low, high
+
+
+def bgp_vlan_cidr_problem(net: IPv4Network) -> str | None:
+    if net.prefixlen >= 32:
+        return (f"{net}: a /32 has no more-specific halves, which the gateway advertises to move AWS's return traffic "
+                "at once (routing.mode bgp); use /31 or shorter")
+    return None
+
+
+def bgp_advertised_prefixes(vlan_cidrs: Iterable[IPv4Network]) -> list[IPv4Network]:
+    """Everything the gateway may advertise on one BGP session: each VLAN CIDR and its two halves."""
+    out: list[IPv4Network] = []
+    for net in vlan_cidrs:
+        out.extend((net, *more_specific_halves(net)) if net.prefixlen < 32 else (net,))  # a /32: bgp_vlan_cidr_problem
+    return out
+
+
+def bgp_route_limit_problem(vlan_cidrs: Iterable[IPv4Network]) -> str | None:
+    """AWS's 100-route limit counted against the most the gateway may advertise at once (CIDRs plus halves)."""
+    cidrs = list(vlan_cidrs)
+    count = len(bgp_advertised_prefixes(cidrs))
+    if count > MAX_ROUTES_TO_AWS:
+        return (f"{len(cidrs)} VLAN CIDRs make {count} BGP routes with their more-specific halves (3 per CIDR), above "
+                f"{MAX_ROUTES_TO_AWS_WHY} (at most {MAX_ROUTES_TO_AWS // 3} VLAN CIDRs in routing.mode bgp)")
+    return None
+# What the gateway's FRR advertises per neighbor: one route-map each, switched by the agent (hostconfig/agent/bgp.py)
+# and defined by hostconfig/templates/frr.conf.j2, so the names live here, once, for both.
+ROUTE_MAP_PRIMARY = "hybrid-vpn-primary"  # the VLAN CIDRs, plain AS path: AWS sends on this tunnel
+ROUTE_MAP_STANDBY = "hybrid-vpn-standby"  # the VLAN CIDRs, AS path prepended: AWS avoids this tunnel
+ROUTE_MAP_PRIMARY_MORE_SPECIFIC = "hybrid-vpn-primary-more-specific"  # + the halves: wins over any CIDR elsewhere
+ROUTE_MAP_FROM_AWS = "hybrid-vpn-from-aws"  # accepts only the AWS CIDRs (and their subnets)
+# Extra copies of the customer ASN on the standby: one is enough for "shortest AS path"; two keep it so if AWS or a
+# Transit Gateway in between adds an ASN of its own on one path only.
+STANDBY_PREPEND = 2

@@ -12,6 +12,7 @@ from pathlib import Path
 from hostconfig import gateway_paths as gp
 from hostconfig.agent.state import DAEMON_STATE
 from hostconfig.deliver.changes import Command, DesiredFile
+from hostconfig.frr_check import vtysh_dryrun_argv
 
 # The agent's daemon rewrites this file every few seconds (hostconfig.agent.state): proof that it runs.
 DAEMON_STATE_FILE = f"{gp.STATE_DIR.path}/{DAEMON_STATE}"
@@ -57,17 +58,21 @@ sys.exit(1)
 """
 
 
-def validation_commands() -> list[Command]:
+def validation_commands(*, bgp: bool = False) -> list[Command]:
     """Checks run after the files are in place and before anything reloads them (paths under {root}).
 
     agent.json is checked by the agent's own reader (`vpnctl check-config`, the delivered vpnctl), so a config the
     daemon would refuse at start fails here and is rolled back, instead of a crash-looping daemon after the push.
+    ``bgp`` (routing.mode bgp): frr.conf is checked by FRR itself (vtysh --dryrun); a static stack's list is unchanged.
     """
-    return [
+    commands = [
         Command(("nft", "-c", "-f", "{root}" + gp.NFT_RULESET.path), when_changed=(gp.NFT_RULESET.path,)),
         Command(("{root}" + gp.VPNCTL.path, "check-config", "{root}" + gp.AGENT_CONFIG.path),
                 when_changed=(gp.AGENT_CONFIG.path, gp.VPNCTL.path)),
     ]
+    if bgp:
+        commands.append(Command(vtysh_dryrun_argv("{root}" + gp.FRR_CONF.path), when_changed=(gp.FRR_CONF.path,)))
+    return commands
 
 
 def _unit(name: str) -> str:
@@ -115,15 +120,32 @@ ACTIVATION_ORDER = (
 )
 
 
-def activation_steps(changed: Iterable[str]) -> list[ActivationStep]:
-    """The steps that ``changed`` (gateway paths) calls for, in ACTIVATION_ORDER."""
+# routing.mode bgp only, after load-swanctl: bgpd's sessions run over the VTIs the tunnels bring up. A new daemons
+# list needs a restart (bgpd not running yet); a new frr.conf only a reload (frr-reload.py applies the difference,
+# the BGP sessions stay up, so AWS keeps its routes), which starts frr.service if it is not running.
+FRR_ACTIVATION = (
+    ActivationStep("restart-frr", (gp.FRR_DAEMONS.path,), ("systemctl", "restart", _unit(gp.FRR_UNIT))),
+    ActivationStep("reload-frr", (gp.FRR_CONF.path,), ("systemctl", "reload-or-restart", _unit(gp.FRR_UNIT))),
+)
+
+
+def activation_order(*, bgp: bool = False) -> tuple[ActivationStep, ...]:
+    """ACTIVATION_ORDER, with FRR's steps right after load-swanctl in routing.mode bgp."""
+    if not bgp:
+        return ACTIVATION_ORDER
+    after = [s.name for s in ACTIVATION_ORDER].index("load-swanctl") + 1
+    return (*ACTIVATION_ORDER[:after], *FRR_ACTIVATION, *ACTIVATION_ORDER[after:])
+
+
+def activation_steps(changed: Iterable[str], *, bgp: bool = False) -> list[ActivationStep]:
+    """The steps that ``changed`` (gateway paths) calls for, in activation_order(bgp)."""
     changed = set(changed)
-    return [step for step in ACTIVATION_ORDER if changed & set(step.when_changed)]
+    return [step for step in activation_order(bgp=bgp) if changed & set(step.when_changed)]
 
 
-def activation_commands() -> list[Command]:
-    """ACTIVATION_ORDER as delivery's commands; on the gateway each runs only when a file it reads changed."""
-    return [Command(step.argv, when_changed=step.when_changed) for step in ACTIVATION_ORDER]
+def activation_commands(*, bgp: bool = False) -> list[Command]:
+    """activation_order(bgp) as delivery's commands; on the gateway each runs only when a file it reads changed."""
+    return [Command(step.argv, when_changed=step.when_changed) for step in activation_order(bgp=bgp)]
 
 
 def host_key_files(private_openssh: str, public_openssh: str) -> list[DesiredFile]:

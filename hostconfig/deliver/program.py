@@ -28,9 +28,11 @@ def render_for_delivery(host_config: dict[str, Any], vpnctl: Any | None) -> list
 
 
 def gateway_config(name: str, host_config: pulumi.Output, delivery: Any, depends_on: Sequence[pulumi.Resource],
-                   *, include_vpnctl: bool = True, instance_id: pulumi.Input[str] | None = None) -> GatewayConfig:
+                   *, include_vpnctl: bool = True, instance_id: pulumi.Input[str] | None = None,
+                   bgp: bool = False) -> GatewayConfig:
     """The resource that pushes the rendered files over SSH. `delivery`: infra.config.DeliveryConfig.
-    `instance_id`: the gateway instance's id; a rebuilt instance (same address, same host key) is pushed anew."""
+    `instance_id`: the gateway instance's id; a rebuilt instance (same address, same host key) is pushed anew.
+    `bgp`: the stack's routing.mode is bgp (host_config carries routing): FRR's validation and activation too."""
     vpnctl = vpnctl_file() if include_vpnctl else None  # independent of the stack: built once, outside apply
     key = delivery.ssh_private_key.reveal() if delivery.ssh_private_key is not None else None
     # The host key the gateway uses after the first push: never in user data. Rotate it (a compromised gateway,
@@ -48,8 +50,8 @@ def gateway_config(name: str, host_config: pulumi.Output, delivery: Any, depends
         private_key=key,
         user=delivery.ssh_user,
         connect_timeout_seconds=delivery.timeout_seconds,
-        validate=validation_commands(),
-        activate=activation_commands(),
+        validate=validation_commands(bgp=bgp),
+        activate=activation_commands(bgp=bgp),
         scrub=host_config.apply(lambda hc: [t["psk"] for t in hc["tunnels"]]),
         instance_id=pulumi.Output.from_input(instance_id).apply(str) if instance_id is not None else None,
     )
