@@ -204,8 +204,9 @@ def sas(host: str = "gw") -> dict[str, dict]:
     if host == "gw":
         r = driver.lab("exec", "gw", "swanctl", "--list-sas", "--raw", timeout=120)
     else:
-        r = driver.lab("exec", "root", "sh", "-c", "STRONGSWAN_CONF=/run/hybrid-vpn-lab/lab/aws/strongswan.conf "
-                       "swanctl --list-sas --raw --uri unix:///run/hybrid-vpn-lab/lab/aws/charon.vici", timeout=120)
+        aws = paths.STATE_DIR / "aws"
+        r = driver.lab("exec", "root", "sh", "-c", f"STRONGSWAN_CONF={aws}/strongswan.conf "
+                       f"swanctl --list-sas --raw --uri unix://{aws}/charon.vici", timeout=120)
     out: dict[str, dict] = {}
     for line in r.out.splitlines():
         m = re.match(r"list-sa event \{(\S+) \{uniqueid=(\d+) .*?state=(\S+) .*?initiator-spi=(\w+)", line)

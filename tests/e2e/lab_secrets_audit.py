@@ -12,7 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-STATE = Path("/run/hybrid-vpn-lab/lab")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script inside the lab machine
+
+from lab.paths import CACHE_DIR, RUNTIME_DIR, STATE_DIR  # noqa: E402  (the run dir: HYBRID_VPN_LAB_RUN or default)
+
+STATE = STATE_DIR
 GW_ROOTS = ("etc", "run", "var")
 MAX_BYTES = 2 * 1024 * 1024
 # the rendered swanctl.conf, and the delivery's rollback copy of the previous one (not matched by conf.d/*.conf)
@@ -78,7 +82,7 @@ def main() -> int:
     for top in GW_ROOTS:
         for dirpath, dirnames, filenames in os.walk(gw_root / top):
             rel_dir = "/" + os.path.relpath(dirpath, gw_root)
-            if rel_dir.startswith(("/run/hybrid-vpn-lab", "/var/lib/hybrid-vpn-lab", "/var/cache")):
+            if rel_dir.startswith((str(RUNTIME_DIR), str(CACHE_DIR), "/var/cache")):
                 dirnames[:] = []
                 continue
             for name in filenames:
