@@ -125,7 +125,6 @@ TAG_KEY = NamePattern(re.compile(r"^[A-Za-z0-9_.:/=+@-]{1,128}$"), "1-128 of let
 DELIVERY_TIMEOUT = IntLimit(10, 3600, "seconds", 300)
 SSH_PRIVATE_KEY_EXAMPLE = "pulumi config set --secret --path 'hybrid-vpn:delivery.ssh_private_key' < ~/.ssh/id_ed25519"
 # 16-bit private ASNs or 32-bit private ASNs, as CreateVpnGateway accepts them.
-AMAZON_ASN_RANGES = ((64512, 65534), (4200000000, 4294967294))
 # Sources of SSH that no Cloud Firewall on the internet ever sees (IANA IPv4 special-purpose registry): an admin CIDR
 # inside one admits nobody, and the push times out at the firewall. The lab's emulated cloud uses 192.0.2.0/24 on
 # purpose; only there are these accepted (see ``parse_stack_config(real_cloud=...)``).
@@ -313,9 +312,8 @@ def _parse_aws(root: Reader) -> dict[str, Any]:
         pass
     elif isinstance(asn, bool) or not isinstance(asn, int):
         s.fail("amazon_side_asn", f"must be an integer ASN, got {asn!r}", "64512")
-    elif not any(lo <= asn <= hi for lo, hi in AMAZON_ASN_RANGES):
-        s.fail("amazon_side_asn", f"{asn} is not a private ASN AWS accepts for a virtual private gateway "
-               "(64512-65534 or 4200000000-4294967294)", "64512")
+    elif problem := rules.amazon_side_asn_problem(asn):
+        s.fail("amazon_side_asn", problem, "64512")
     else:
         out["amazon_side_asn"] = asn
     out["allow_linode_in_security_group_id"] = s.string("allow_linode_in_security_group_id", SG_ID)

@@ -121,7 +121,7 @@ def test_static_commands_are_unchanged_and_bgp_adds_frr_after_swanctl():
     assert names == [*[s.name for s in gw.ACTIVATION_ORDER[:5]], "restart-frr", "reload-frr", "reload-sshd"]
     assert names.index("restart-frr") == names.index("load-swanctl") + 1
     assert [s.name for s in gw.activation_steps([gp.FRR_CONF.path], bgp=True)] == ["reload-frr"]
-    assert [s.name for s in gw.activation_steps([gp.FRR_DAEMONS.path, gp.FRR_CONF.path, gw.SWANCTL_CONF],
+    assert [s.name for s in gw.activation_steps([gp.FRR_DAEMONS.path, gp.FRR_CONF.path, gp.SWANCTL_CONF.path],
                                                 bgp=True)] == ["restart-agent", "load-swanctl", "restart-frr",
                                                                "reload-frr"]
     assert gw.activation_steps([gp.FRR_CONF.path]) == []  # a static gateway never touches FRR

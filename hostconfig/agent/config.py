@@ -16,7 +16,7 @@ from typing import Any
 
 from hostconfig import gateway_paths as gp
 from hostconfig.contract import rules
-from hostconfig.contract.codec import field_table, version_problem
+from hostconfig.contract.codec import OPTIONAL, field_table, version_problem
 from hostconfig.contract.connection import SINGLE, Connection, tunnels_of
 from hostconfig.contract.reader import (
     MISSING,
@@ -97,7 +97,8 @@ class BgpConfig:
     """routing.mode bgp (issue 16): the daemon steers AWS through the gateway's bgpd (hostconfig/agent/bgp.py)."""
 
     customer_asn: int  # `router bgp <asn>` in frr.conf
-    vty_socket: Path | None = None  # FRR's vty socket dir; None: FRR's default (the gateway's frr.service)
+    vty_socket: Path | None = field(default=None, metadata={OPTIONAL: True})  # FRR's vty socket dir; None: FRR's
+    # default (the gateway's frr.service)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class AgentConfig:
     probe: ProbeConfig
     ownership: Ownership
     paths: Paths
-    bgp: BgpConfig | None = None  # absent from agent.json: static routing, no FRR to steer
+    bgp: BgpConfig | None = field(default=None, metadata={OPTIONAL: True})  # absent: static routing, no FRR
 
     @property
     def tunnels(self) -> tuple[TunnelConfig, ...]:
@@ -146,8 +147,8 @@ _TUNNEL_FIELDS = field_table(TunnelConfig)
 _PROBE_FIELDS = field_table(ProbeConfig, {"repair_hold_seconds": DEFAULT_REPAIR_HOLD_SECONDS})
 _OWNERSHIP_FIELDS = field_table(Ownership)
 _PATHS_FIELDS = field_table(Paths)
-_FIELDS = field_table(AgentConfig, {"bgp": None})  # bgp absent: static routing
-_BGP_FIELDS = field_table(BgpConfig, {"vty_socket": None})
+_FIELDS = field_table(AgentConfig)
+_BGP_FIELDS = field_table(BgpConfig)
 
 _DISTINCT = {"name": "tunnel1 and tunnel2", "interface": "vti-aws1 and vti-aws2", "mark": "100 and 200",
              "remote_outside_ip": "198.51.100.1 and 198.51.100.2"}

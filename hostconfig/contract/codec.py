@@ -49,7 +49,8 @@ def field_table(cls: type, defaults: Mapping[str, Any] | None = None) -> dict[st
     """JSON key -> default (``REQUIRED`` when the key must be present) for every field of the dataclass ``cls``: the
     key list of an object is its dataclass, written once."""
     defaults = defaults or {}
-    return {json_key(f): defaults.get(json_key(f), REQUIRED) for f in dataclasses.fields(cls)}
+    return {json_key(f): defaults.get(json_key(f), None if f.metadata.get(OPTIONAL) else REQUIRED)
+            for f in dataclasses.fields(cls)}
 
 
 def unknown_keys(data: Mapping[str, Any], known: Mapping[str, Any]) -> list[str]:

@@ -429,6 +429,14 @@ def is_private_asn(asn: int) -> bool:
     return any(low <= asn <= high for low, high in PRIVATE_ASN_RANGES)
 
 
+def amazon_side_asn_problem(asn: int) -> str | None:
+    """The VGW's ASN: AWS accepts only a private one for a virtual private gateway."""
+    if is_private_asn(asn):
+        return None
+    return (f"{asn} is not a private ASN AWS accepts for a virtual private gateway "
+            "(64512-65534 or 4200000000-4294967294)")
+
+
 def more_specific_halves(net: IPv4Network) -> tuple[IPv4Network, IPv4Network]:
     """The two halves of a VLAN CIDR: longer prefixes than the CIDR itself, so AWS prefers them over the CIDR on any
     tunnel ("longest prefix first"), whatever the AS path of the CIDR there."""
