@@ -139,8 +139,11 @@ def heal_link(gw: str) -> None:
 
 
 def aws_egress(aws: str, address: str) -> str:
-    """The AWS namespace's kernel decision for ``address``: the link it sends on (zebra installed FRR's best)."""
-    words = sh("ip", "-n", aws, "-4", "route", "get", address).split()
+    """The AWS namespace's kernel decision for ``address``: the link it sends on (zebra installed FRR's best); "" while
+    the kernel has no route for it (bgpd can have its best path a moment before zebra installs it: under load the
+    wait for "AWS on the primary" read that moment and failed on `ip route get`'s "Network is unreachable")."""
+    got = subprocess.run(["ip", "-n", aws, "-4", "route", "get", address], capture_output=True, text=True)
+    words = got.stdout.split() if got.returncode == 0 else []
     return words[words.index("dev") + 1] if "dev" in words else ""
 
 
