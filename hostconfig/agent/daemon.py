@@ -33,6 +33,7 @@ from .health import (
     TunnelSaFacts,
     choose_active,
     plan_repairs,
+    replacement_installed,
 )
 from .kernel import Kernel
 from .metrics import write_metrics
@@ -146,6 +147,10 @@ class Repairer:
         self.waiting: dict[str, str] = {}
         self.next_check = float("-inf")
         self.counters: dict[int, tuple[int, int]] = {}  # CHILD_SA traffic at the last listing
+        # The last listing's SAs per tunnel, and the CHILD_SAs VICI reported up since: what a down event is judged by.
+        self.listed = False
+        self.facts: dict[str, TunnelSaFacts] = {}
+        self.came_up: dict[str, frozenset[int]] = {t.name: frozenset() for t in config.tunnels}
 
     @property
     def total(self) -> int:
@@ -164,6 +169,8 @@ class Repairer:
             return None
         facts = tunnel_sa_facts(self.config, sas, now, self.counters)
         self.counters = child_counters(sas)
+        self.listed, self.facts = True, facts
+        self.came_up = {t.name: frozenset() for t in self.config.tunnels}
         for name, state in self.states.items():
             state.observe(self.health[name], facts.get(name, TunnelSaFacts()), now, self.policy)
         plan = plan_repairs(self.config.tunnel_names, self.health, facts, self.states, active, now, self.policy)
@@ -397,16 +404,22 @@ class FailoverDaemon:
             mark = self.config.tunnel(name).mark
             if event.kind == "child-updown" and not any(c.mark_in in (None, mark) for c in ike.children):
                 continue
+            children = frozenset(c.child_id for c in ike.children if c.child_id is not None)
             if event.up:
                 log.debug("%s: %s up for %s; probing now", event.kind, ike.name, name)
+                if event.kind == "child-updown":
+                    self.repairer.came_up[name] |= children
                 self.probe_now(name, now)
-            elif not self._still_installed(name):
+            elif not self._still_installed(name, event.kind == "ike-updown", ike.ike_id, children):
                 if self.health[name].force_down(now, f"{event.kind}: {ike.name} went down (VICI)"):
                     log.info("%s down: %s", name, self.health[name].reason)
 
-    def _still_installed(self, name: str) -> bool:
+    def _still_installed(self, name: str, whole_ike_sa: bool, ike_id: int | None, children: frozenset[int]) -> bool:
         # A down event for an old SA while a replacement is installed (reauth, duplicate) must not fail over.
-        try:
+        if self.repairer.listed:
+            return replacement_installed(self.repairer.facts.get(name, TunnelSaFacts()), self.repairer.came_up[name],
+                                         whole_ike_sa, ike_id, children)
+        try:  # no listing yet (the daemon's first second): ask charon
             return name in installed_tunnels(self.config, list_sas(self.config.paths.vici_socket))
         except ViciUnavailable:
             return False

@@ -13,6 +13,7 @@ from hostconfig.agent.health import (
     TunnelHealth,
     TunnelSaFacts,
     plan_repairs,
+    replacement_installed,
 )
 
 T = ("tunnel1", "tunnel2")
@@ -248,3 +249,24 @@ def test_repair_hold_is_optional_in_agent_json_and_checked(tmp_path):
     data["probe"]["repair_hold_seconds"] = 0
     with pytest.raises(ConfigError, match=r"probe\.repair_hold_seconds: 0 is out of range: 1\.\.3600 seconds"):
         load_config(write_config(tmp_path, data))
+
+
+# ---- a VICI down event: fail over at once, or does a replacement remain? (health.replacement_installed) ------------
+
+def sas_of(*ikes: tuple[int, tuple[int, ...]]) -> TunnelSaFacts:
+    return TunnelSaFacts(tuple(IkeSaFact(ike, 0.0, tuple(ChildSaFact(c, 0.0) for c in children))
+                               for ike, children in ikes))
+
+
+def test_a_delete_of_the_tunnels_only_ike_sa_fails_it_over_without_asking_charon():
+    """AWS's maintenance with DELETE: the event alone decides (charon answers only after its updown hook ran)."""
+    assert not replacement_installed(sas_of((1, (11,))), frozenset(), True, 1, frozenset({11}))
+    assert not replacement_installed(sas_of((1, (11,))), frozenset(), False, 1, frozenset({11}))  # its child-updown
+
+
+def test_a_down_event_of_a_duplicate_or_an_old_sa_keeps_the_tunnel():
+    assert replacement_installed(sas_of((1, (11,)), (2, (21,))), frozenset(), True, 1, frozenset({11}))
+    # a reauthentication's new CHILD_SA came up after the last listing: its up event counts
+    assert replacement_installed(sas_of((1, (11,))), frozenset({31}), True, 1, frozenset({11}))
+    # a listing from before a rekey still shows the rekeyed-away SA: "remains", the probes decide
+    assert replacement_installed(sas_of((1, (11,))), frozenset(), False, 1, frozenset({12}))
