@@ -147,9 +147,9 @@ class Repairer:
         self.waiting: dict[str, str] = {}
         self.next_check = float("-inf")
         self.counters: dict[int, tuple[int, int]] = {}  # CHILD_SA traffic at the last listing
-        # The last listing's SAs per tunnel, and the CHILD_SAs VICI reported up since: what a down event is judged by.
-        self.listed = False
-        self.facts: dict[str, TunnelSaFacts] = {}
+        # The last listing's SAs per tunnel (None: no listing yet), and the CHILD_SAs VICI reported up since: what a
+        # down event is judged by.
+        self.facts: dict[str, TunnelSaFacts] | None = None
         self.came_up: dict[str, frozenset[int]] = {t.name: frozenset() for t in config.tunnels}
 
     @property
@@ -169,7 +169,7 @@ class Repairer:
             return None
         facts = tunnel_sa_facts(self.config, sas, now, self.counters)
         self.counters = child_counters(sas)
-        self.listed, self.facts = True, facts
+        self.facts = facts
         self.came_up = {t.name: frozenset() for t in self.config.tunnels}
         for name, state in self.states.items():
             state.observe(self.health[name], facts.get(name, TunnelSaFacts()), now, self.policy)
@@ -416,7 +416,7 @@ class FailoverDaemon:
 
     def _still_installed(self, name: str, whole_ike_sa: bool, ike_id: int | None, children: frozenset[int]) -> bool:
         # A down event for an old SA while a replacement is installed (reauth, duplicate) must not fail over.
-        if self.repairer.listed:
+        if self.repairer.facts is not None:
             return replacement_installed(self.repairer.facts.get(name, TunnelSaFacts()), self.repairer.came_up[name],
                                          whole_ike_sa, ike_id, children)
         try:  # no listing yet (the daemon's first second): ask charon
