@@ -14,7 +14,7 @@ What stands for what on Linode:
 - the VLAN: namespace `<prefix>vlan`, one host, its tap moved there once QEMU holds it.
 No QEMU user networking, no route out of the namespaces: the guest reaches only these two namespaces.
 
-    python -m lab.first_boot prepare DIR   # the operator side (program against the emulated cloud), own process
+    python -m lab.first_boot prepare DIR [static|bgp]  # the operator side (the program, emulated cloud), own process
     python -m lab.first_boot push DIR      # the real delivery (GatewayConfig provider's create), in the wan netns
 """
 
@@ -77,10 +77,16 @@ def _write_secret(path: Path, text: str) -> None:
 
 # --- the operator side: `python -m lab.first_boot prepare DIR` ------------------------------------------------------
 
-def prepare(out_dir: Path) -> None:
+# routing.mode bgp for the first boot (issue 16): the same gateway plus FRR, which cloud-init installs and starts and
+# the delivery activates through systemd (`systemctl restart frr`, `reload-or-restart frr`).
+BGP_ROUTING = {"mode": "bgp", "customer_asn": 65010}
+
+
+def prepare(out_dir: Path, routing_mode: str = "static") -> None:
     """Evaluate the program (stacks/Pulumi.lab.yaml, plus an operator key as `linode.authorized_keys` and
-    `delivery.ssh_private_key`) and keep what a real `pulumi up` hands on: the instance's user data and authorized
-    keys, and the GatewayConfig resource's inputs (what its provider's create receives)."""
+    `delivery.ssh_private_key`, and ``routing_mode`` bgp: BGP_ROUTING) and keep what a real `pulumi up` hands on: the
+    instance's user data and authorized keys, and the GatewayConfig resource's inputs (what its provider's create
+    receives)."""
     from lab import cloud, host_config_source
     from lab.addresses import LAB_PLAN
 
@@ -90,6 +96,8 @@ def prepare(out_dir: Path) -> None:
     config = copy.deepcopy(cloud.stack_config_from_file(host_config_source.STACK_CONFIG))
     config["hybrid-vpn:linode"]["authorized_keys"] = [ops_public]
     config["hybrid-vpn:delivery"] = {"ssh_private_key": ops_private, "timeout_seconds": 300}
+    if routing_mode == "bgp":
+        config["hybrid-vpn:routing"] = dict(BGP_ROUTING)
     run = cloud.run_program(config, stack="lab", address_plan=LAB_PLAN, secret_keys=("delivery",))
     instance = run.one(INSTANCE_TYPE)
     delivery = run.one(GATEWAY_CONFIG_TYPE)
@@ -131,10 +139,11 @@ class OperatorOutput:
         return self.gateway_config["host_public_key"]
 
 
-def run_operator(out_dir: Path, timeout: float = 900) -> OperatorOutput:
+def run_operator(out_dir: Path, routing_mode: str = "static", timeout: float = 900) -> OperatorOutput:
     """`prepare` in a child process: the Pulumi runtime wants its own main thread (as lab/operator.py)."""
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    proc = subprocess.run([sys.executable, "-m", "lab.first_boot", "prepare", str(out_dir)], cwd=paths.REPO,
+    proc = subprocess.run([sys.executable, "-m", "lab.first_boot", "prepare", str(out_dir), routing_mode],
+                          cwd=paths.REPO,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"program evaluation failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -374,13 +383,13 @@ def reset_run_dir() -> Path:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if len(argv) == 2 and argv[0] == "prepare":
-        prepare(Path(argv[1]))
+    if len(argv) in (2, 3) and argv[0] == "prepare":
+        prepare(Path(argv[1]), *argv[2:])
         return 0
     if len(argv) == 2 and argv[0] == "push":
         print(json.dumps(push(Path(argv[1]))))
         return 0
-    print("usage: python -m lab.first_boot prepare|push DIR", file=sys.stderr)
+    print("usage: python -m lab.first_boot prepare DIR [static|bgp] | push DIR", file=sys.stderr)
     return 2
 
 

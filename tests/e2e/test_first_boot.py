@@ -4,6 +4,11 @@ then the real delivery, then a reboot with VLAN traffic running (lab/first_boot.
 One VM per module, in order: boot -> cloud-init -> pinned key -> delivery -> units -> vpnctl -> secrets -> reboot.
 No AWS side is attached (see lab/README.md, "First boot"): the tunnels stay down, which is the state the boot-time
 leak window is about.
+
+The stack is in routing.mode bgp: its gateway is a static stack's plus FRR (the same guard, units, files and delivery),
+so one boot covers both, and FRR's own steps are the ones only a real boot can show: cloud-init installs and starts it,
+the delivery activates frr.conf through systemd, and it comes back with bgpd at every boot. What a static stack's user
+data leaves out (no FRR) is checked without a VM (tests/test_deliver_frr.py).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 
 import pytest
 
+from hostconfig import gateway_paths as gp
 from lab import debian_image, first_boot
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
@@ -27,7 +33,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.root]
 BOOT_TIMEOUT = 900.0  # TCG on a loaded 2-core machine: sshd up in 108-266 s measured; generous
 CLOUD_INIT_TIMEOUT = 900.0
 STREAM_PORT = 40404
-UNITS = ("hybrid-vpn-guard.service", "hybrid-vpn-failover.service", "strongswan.service")
+UNITS = ("hybrid-vpn-guard.service", "hybrid-vpn-failover.service", "strongswan.service", "frr.service")
 # cloud-init log lines at WARNING or above that are expected in this VM, with why. None so far: package_update's
 # apt-get update, which cannot reach a mirror here, exits 0 (it keeps the image's lists) and logs no warning.
 EXPLAINED_WARNINGS: tuple[str, ...] = ()
@@ -49,7 +55,7 @@ def gateway():
     if reason:
         pytest.skip(reason)
     out = first_boot.reset_run_dir()
-    op = first_boot.run_operator(out)
+    op = first_boot.run_operator(out, routing_mode="bgp")
     t0 = time.monotonic()
     image = debian_image.ensure_image(debian_image.packages_of_user_data(op.user_data))
     print(f"image ready in {time.monotonic() - t0:.1f} s", flush=True)
@@ -108,6 +114,16 @@ def test_cloud_init_completes_without_error(gateway, cloud_init_done):
     assert _charon_processes(gateway) == {"charon-systemd": 1, "charon": 0, "starter": 0}
 
 
+def _active(gateway) -> list[str]:
+    return gateway.ssh("systemctl is-active " + " ".join(UNITS)).stdout.split()
+
+
+def _bgp_neighbors(gateway) -> dict[str, dict]:
+    """bgpd's neighbors (address -> facts) as FRR reports them on the gateway."""
+    out = _ok(gateway.ssh("vtysh -c 'show bgp neighbors json'"))
+    return json.loads(out)
+
+
 def _charon_processes(gateway) -> dict[str, int]:
     """IKE daemons by process name: charon-systemd (strongswan.service) and the starter's charon, which must not run."""
     names = ("charon-systemd", "charon", "starter")
@@ -118,7 +134,7 @@ def _charon_processes(gateway) -> dict[str, int]:
 def test_delivery_pushes_and_activates_through_systemd(gateway, delivered):
     assert "/etc/swanctl/conf.d/hybrid-vpn.conf" in delivered["changed_paths"]
     assert "/usr/local/sbin/vpnctl" in delivered["changed_paths"]
-    states = gateway.ssh("systemctl is-active " + " ".join(UNITS)).stdout.split()
+    states = _active(gateway)
     assert states == ["active"] * len(UNITS), dict(zip(UNITS, states, strict=False))
     assert _charon_processes(gateway) == {"charon-systemd": 1, "charon": 0, "starter": 0}
     # the push installed the delivered host key and sshd serves it; the bootstrap key is gone
@@ -126,6 +142,29 @@ def test_delivery_pushes_and_activates_through_systemd(gateway, delivered):
     assert gateway.ssh("nft list table inet hybrid_vpn").returncode == 0
     conns = _ok(gateway.ssh("swanctl --list-conns"))
     assert "tunnel1" in conns and "tunnel2" in conns
+
+
+def test_frr_runs_the_delivered_bgp_config_through_systemd(gateway, delivered):
+    """cloud-init started bgpd without sessions; the push's frr.conf (checked by FRR, then `systemctl reload-or-restart
+    frr`) gave it one neighbor per tunnel at AWS's inside address, AWS's ASN and timers, and the agent sees them."""
+    assert gp.FRR_CONF.path in delivered["changed_paths"]
+    _ok(gateway.ssh("systemctl is-enabled frr.service"))
+    assert _ok(gateway.ssh("pgrep -c -x bgpd")).strip() == "1"
+    hc = gateway.op.host_config
+    aws_inside = {t["aws_inside_ip"] for t in hc["tunnels"]}
+    neighbors = _bgp_neighbors(gateway)
+    assert set(neighbors) == aws_inside, neighbors.keys()
+    for address, facts in neighbors.items():
+        assert facts["remoteAs"] == hc["routing"]["amazon_side_asn"], (address, facts["remoteAs"])
+        assert facts["localAs"] == hc["routing"]["customer_asn"] == first_boot.BGP_ROUTING["customer_asn"], facts
+        assert (facts["bgpTimerConfiguredHoldTimeMsecs"], facts["bgpTimerConfiguredKeepAliveIntervalMsecs"]) == (
+            30000, 10000), facts
+    # no AWS side here: the sessions cannot come up, but the agent reads them from bgpd (not "missing")
+    sessions = json.loads(_ok(gateway.ssh("vpnctl status --json")))["bgp"]["sessions"]
+    assert set(sessions) == {"tunnel1", "tunnel2"} and "missing" not in sessions.values(), sessions
+    # the product's file with the product's owner and mode (hostconfig/gateway_paths.py), as every delivered file
+    f = gp.FRR_CONF
+    assert _ok(gateway.ssh(f"stat -c '%u %g %a' {f.path}")).split() == [str(f.uid), str(f.gid), f"{f.mode:o}"]
 
 
 def test_vpnctl_status_and_doctor_run(gateway, delivered):
@@ -233,10 +272,11 @@ def test_reboot_with_a_vlan_stream_leaks_nothing_and_the_agent_comes_back(gatewa
         gateway.ssh("systemctl reboot", timeout=60)
         gateway.wait(lambda: (b := gateway.boot_id()) and b != old_boot, BOOT_TIMEOUT, "the gateway back after reboot",
                      interval=3)
-        gateway.wait(lambda: gateway.ssh("systemctl is-active " + " ".join(UNITS)).stdout.split() == ["active"] * 3,
-                     300, "guard, agent and strongswan active after the reboot")
+        gateway.wait(lambda: _active(gateway) == ["active"] * len(UNITS), 300,
+                     "guard, agent, strongswan and frr active after the reboot")
         print(f"reboot: agent active again {time.monotonic() - t0:.1f} s after `systemctl reboot`", flush=True)
         _ok(gateway.ssh("vpnctl status"))
+        assert set(_bgp_neighbors(gateway)) == {t["aws_inside_ip"] for t in hc["tunnels"]}, "bgpd after the reboot"
         time.sleep(10)  # traffic keeps arriving at the running gateway: a leak now would show too
     finally:
         stop_file.touch()
