@@ -469,7 +469,6 @@ def swanctl_view(plan: GatewayPlan) -> dict:
             "child_life_time": crypto.phase2.lifetime_seconds,
             "ike_settings": ike_settings,
             "child_settings": child_settings,
-            "replay_window": crypto.replay_window,
             "mark": t.mark,
             "interface": t.interface,
             "updown": gp.UPDOWN_COMMAND,
@@ -511,7 +510,6 @@ def legacy_view(plan: GatewayPlan) -> dict:
             "ikelifetime": crypto.phase1.lifetime_seconds,
             "lifetime": crypto.phase2.lifetime_seconds,
             "settings": settings,
-            "replay_window": crypto.replay_window,
             "mark": t.mark,
             "updown": gp.UPDOWN_COMMAND,
         })  # fmt: skip

@@ -125,3 +125,20 @@ def test_a_rendered_value_is_one_plain_token():
     for bad in ("a b", "x\ny", "", 'q"uote'):
         with pytest.raises(ValueError, match=r"start_action: .* is not a plain number or keyword"):
             rendered(setting, bad, None)
+
+
+# i17-option: replay_window moved onto the table (its row's `applies`): the stack key is checked at preview, sets
+# tunnel<n>_replay_window_size, and its row alone writes charon's replay_window into both gateway files.
+def test_the_replay_window_is_checked_at_preview_set_on_aws_and_rendered_from_its_row():
+    with pytest.raises(ConfigError, match=r"hybrid-vpn:crypto.replay_window: 32 is out of range: 64..2048 packets; "
+                                          r"example: 1024"):
+        with_crypto(replay_window=32)
+    config = with_crypto(replay_window=256)
+    assert [tunnel_options(config.crypto, n)[f"tunnel{n}_replay_window_size"] for n in (1, 2)] == [256, 256]
+    assert crypto_dict(config)["replay_window"] == 256
+    host_config = json.loads((REPO / "tests" / "golden" / "inputs" / "default.json").read_text())
+    host_config["crypto"]["replay_window"] = 256
+    files = rendered_configs(host_config)
+    assert files[Section.CHILD].count(f"\n{' ' * 16}replay_window = 256\n") == 2
+    assert files[Section.LEGACY].count("\n    replay_window = 256\n") == 2
+    assert "replay_window = 1024" not in files[Section.CHILD] + files[Section.LEGACY]

@@ -79,7 +79,6 @@ TUNNEL_OPTIONS: tuple[TunnelOption, ...] = (
         child("rand_time", lambda c: lifetimes(c).child_rand_time, "s"),
         legacy("rekeyfuzz", None, "%"),
     )),
-    TunnelOption("replay_window", 1024, "replay_window_size", _integer(rules.REPLAY)),
     TunnelOption("dpd_timeout_seconds", 30, "dpd_timeout_seconds", _integer(rules.DPD_TIMEOUT), applies=(
         ike("dpd_delay", lambda c: dpd_delay_seconds(c), "s",
             "Liveness every {value}; a dead peer is declared when the retransmissions time out."),
@@ -101,6 +100,10 @@ TUNNEL_OPTIONS: tuple[TunnelOption, ...] = (
         legacy("closeaction", lambda c: LEGACY_CLOSE_ACTION[c.startup_action]),
         legacy("auto", lambda c: LEGACY_AUTO[c.startup_action]),
     )),
+    # AWS's ReplayWindowSize (64..2048 packets, default 1024) is charon's replay_window of the CHILD_SA (charon's own
+    # default is 32, so the line is always written). Both ends refuse the same late packets.
+    TunnelOption("replay_window", 1024, "replay_window_size", _integer(rules.REPLAY),
+                 applies=(child("replay_window"), legacy("replay_window"))),
     # "Tunnel endpoint lifecycle control" (AWS facts, "Tunnel options"; EC2 TunnelOption.EnableTunnelLifecycleControl,
     # pulumi_aws tunnel<n>_enable_tunnel_lifecycle_control): AWS then waits for the operator (ReplaceVpnTunnel
     # --apply-pending-maintenance) before replacing a tunnel endpoint, so maintenance takes a tunnel down when the
@@ -139,10 +142,10 @@ class CryptoProfile:
     phase2: PhaseProposal
     rekey_margin_seconds: int
     rekey_fuzz_percent: int
-    replay_window: int
     dpd_timeout_seconds: int
     dpd_timeout_action: str
     startup_action: str
+    replay_window: int
     enable_tunnel_lifecycle_control: bool
 
 
