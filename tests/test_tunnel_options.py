@@ -142,3 +142,41 @@ def test_the_replay_window_is_checked_at_preview_set_on_aws_and_rendered_from_it
     assert files[Section.CHILD].count(f"\n{' ' * 16}replay_window = 256\n") == 2
     assert files[Section.LEGACY].count("\n    replay_window = 256\n") == 2
     assert "replay_window = 1024" not in files[Section.CHILD] + files[Section.LEGACY]
+
+
+# What a NEW gateway-applied row sets, shown on a stand-in of the replay_window row (the table's last gateway row):
+# host_config written before the option existed lacks the key and still renders (AWS then has the row's default),
+# and a line whose default is also charon's is written only when set, so neither the committed host_config examples
+# (golden inputs, docs/contracts.md) nor the goldens change when such a row is added.
+def with_replay_row(monkeypatch, **changes):
+    table = tuple(dataclasses.replace(o, **changes) if o.key == "replay_window" else o for o in TUNNEL_OPTIONS)
+    monkeypatch.setattr(crypto_module, "TUNNEL_OPTIONS", table)
+
+
+def default_host_config() -> dict:
+    return json.loads((REPO / "tests" / "golden" / "inputs" / "default.json").read_text())
+
+
+def test_a_row_added_after_host_config_v1_may_be_absent_from_host_config_and_takes_its_default(monkeypatch):
+    host_config = default_host_config()
+    del host_config["crypto"]["replay_window"]
+    with pytest.raises(ValueError, match=r"host_config.crypto.replay_window: is required"):
+        GatewayPlan.from_host_config(host_config)  # a row of host_config v1: every host_config has it
+    with_replay_row(monkeypatch, optional_in_host_config=True)
+    assert GatewayPlan.from_host_config(host_config).crypto.replay_window == 1024
+    host_config["crypto"]["replay_window"] = 32
+    with pytest.raises(ValueError, match=r"host_config.crypto.replay_window: 32 is out of range: 64..2048"):
+        GatewayPlan.from_host_config(host_config)  # present: checked as before
+
+
+def test_a_line_only_when_set_is_left_out_at_the_rows_default(monkeypatch):
+    with_replay_row(monkeypatch, applies=(charon.child("replay_window", only_when_set=True),))
+    host_config = default_host_config()
+    assert "replay_window" not in rendered_configs(host_config)[Section.CHILD]
+    host_config["crypto"]["replay_window"] = 256
+    assert rendered_configs(host_config)[Section.CHILD].count(f"\n{' ' * 16}replay_window = 256\n") == 2
+
+
+def test_an_aws_only_row_cannot_set_gateway_lines():
+    with pytest.raises(ValueError, match="enable_tunnel_lifecycle_control: the gateway applies it"):
+        dataclasses.replace(next(o for o in TUNNEL_OPTIONS if not o.gateway), applies=(charon.child("x"),))

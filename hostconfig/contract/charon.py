@@ -27,25 +27,30 @@ class GatewaySetting:
 
     ``value``: computed from the whole CryptoProfile (a charon timer can combine several options, e.g. rand_time is
     margin * fuzz); None: the option's own value. ``unit`` is appended ("s", "%"). ``comment``: lines printed above
-    it, formatted with ``value`` (the rendered value) and ``aws`` (the option's AWS-side value)."""
+    it, formatted with ``value`` (the rendered value) and ``aws`` (the option's AWS-side value). ``only_when_set``:
+    written only when the option differs from its row's default; honest only where that default (AWS's) is also
+    charon's own default for ``key``, so leaving the line out changes nothing on the gateway."""
 
     section: Section
     key: str
     value: Callable[[Any], Any] | None = None
     unit: str = ""
     comment: tuple[str, ...] = ()
+    only_when_set: bool = False
 
 
-def ike(key: str, value: Callable[[Any], Any] | None = None, unit: str = "", *comment: str) -> GatewaySetting:
-    return GatewaySetting(Section.IKE, key, value, unit, comment)
+def _setting_in(section: Section) -> Callable[..., GatewaySetting]:
+    def setting(key: str, value: Callable[[Any], Any] | None = None, unit: str = "", *comment: str,
+                only_when_set: bool = False) -> GatewaySetting:
+        return GatewaySetting(section, key, value, unit, comment, only_when_set)
+
+    return setting
 
 
-def child(key: str, value: Callable[[Any], Any] | None = None, unit: str = "", *comment: str) -> GatewaySetting:
-    return GatewaySetting(Section.CHILD, key, value, unit, comment)
-
-
-def legacy(key: str, value: Callable[[Any], Any] | None = None, unit: str = "", *comment: str) -> GatewaySetting:
-    return GatewaySetting(Section.LEGACY, key, value, unit, comment)
+# The rows' spelling: ike("rekey_time", value, "s", "comment line", ...), child(...), legacy(...).
+ike = _setting_in(Section.IKE)
+child = _setting_in(Section.CHILD)
+legacy = _setting_in(Section.LEGACY)
 
 
 # A rendered value is a number or a charon keyword: nothing a config parser could read as more than one token.

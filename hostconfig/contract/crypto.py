@@ -36,7 +36,12 @@ class TunnelOption:
 
     ``gateway``: host_config carries it (the gateway applies it, or its value shapes the gateway's files). An AWS-only
     option (``False``) stays out of host_config: the renderer's reader takes its default, so host_config and the
-    goldens do not change when one is added."""
+    goldens do not change when one is added.
+
+    ``optional_in_host_config``: for a gateway option added after host_config version 1 first shipped (set it on every
+    new row). A host_config written by an older program lacks the key; that program never set the option on AWS, so
+    AWS has its default, which is the row's: the renderer's reader takes the default instead of refusing (and the
+    committed host_config examples need no new key). The rows before it are required: every host_config has them."""
 
     key: str
     default: Any
@@ -44,9 +49,10 @@ class TunnelOption:
     read: Callable[[Reader, str], Any]
     gateway: bool = True
     applies: tuple[GatewaySetting, ...] = ()
+    optional_in_host_config: bool = False
 
     def __post_init__(self) -> None:
-        if self.applies and not self.gateway:
+        if (self.applies or self.optional_in_host_config) and not self.gateway:
             raise ValueError(f"tunnel option {self.key}: the gateway applies it, so host_config must carry it")
 
 
@@ -153,7 +159,8 @@ def gateway_settings(crypto: CryptoProfile, section: Section) -> list[dict[str, 
     """The lines the table's options set in one section of the gateway's files, in table order (the templates print
     them with a loop)."""
     return [rendered(setting, getattr(crypto, o.key), crypto)
-            for o in TUNNEL_OPTIONS for setting in o.applies if setting.section is section]
+            for o in TUNNEL_OPTIONS for setting in o.applies if setting.section is section
+            and not (setting.only_when_set and getattr(crypto, o.key) == o.default)]
 
 
 @dataclass(frozen=True)
@@ -247,7 +254,10 @@ def read_crypto(parent: Reader, name: str = "crypto", defaults: Mapping[str, Any
     """The crypto object ``parent[name]``; ``defaults``: the stack config's (host_config has every key it carries:
     ``host_config``, where the AWS-only options take their defaults)."""
     keys = HOST_CONFIG_CRYPTO_KEYS if host_config else CRYPTO_KEYS
-    c = parent.sub(name, _fields(keys, defaults), unknown=unknown,
+    fields = _fields(keys, defaults)
+    if host_config:
+        fields.update({o.key: o.default for o in TUNNEL_OPTIONS if o.optional_in_host_config})
+    c = parent.sub(name, fields, unknown=unknown,
                    example="{ike_version: 2, phase1: {...}, ...}")
     ike = c.check("ike_version", _ike_version, "IKE version 2", "2")
     phase1 = read_phase(c, "phase1", (defaults or {}).get("phase1"), unknown)
