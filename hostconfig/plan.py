@@ -13,9 +13,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
 from typing import Any
 
 from hostconfig import gateway_paths as gp
+from hostconfig.agent import config as agentcfg
 
 # The rules the program validated are checked again here, by the same code (the input may come from any program
 # version, or by hand).
@@ -67,7 +69,6 @@ SCHEMA_KIND = "hybrid-vpn/host-config"
 SCHEMA_VERSION = 1
 
 # --- What the gateway agent owns and where things live (docs/contracts.md §2 and §4). ---
-AGENT_CONFIG_VERSION = 1
 OWNERSHIP = {"route_table": 1519, "route_protocol": 157, "rule_priority": 10100, "nft_table": "hybrid_vpn"}
 # Where things live on the gateway: hostconfig/gateway_paths.py (gp), the one table.
 IKE_PORT, NAT_T_PORT = 500, 4500
@@ -518,45 +519,27 @@ def legacy_view(plan: GatewayPlan) -> dict:
 
 
 def agent_config(plan: GatewayPlan) -> dict:
-    """/etc/hybrid-vpn/agent.json exactly as docs/contracts.md §2 lays it out. No secrets."""
+    """/etc/hybrid-vpn/agent.json exactly as docs/contracts.md §2 lays it out, built as the agent's own definition
+    (hostconfig/agent/config.py AgentConfig) and written through the contracts' codec, as the agent reads it. No
+    secrets. The ``bgp`` section only in routing.mode bgp (a static stack's agent.json is unchanged)."""
     f = plan.failover
-    return {
-        "version": AGENT_CONFIG_VERSION,
-        "public_interface": plan.gateway.public_interface,
-        "vlan_interface": plan.gateway.vlan_interface,
-        "gateway_vlan_address": str(plan.gateway.vlan_address),
-        "local_outside_ip": str(plan.gateway.private_ip),
-        "aws_cidrs": [str(n) for n in plan.aws_cidrs],
-        "vlan_cidrs": [str(n) for n in plan.vlan_cidrs],
-        "tunnels": [
-            {
-                "name": t.name,
-                "interface": t.interface,
-                "mark": t.mark,
-                "remote_outside_ip": str(t.outside_ip),
-                "gateway_inside_cidr": f"{t.gateway_inside_ip}/{t.inside_cidr.prefixlen}",
-                "aws_inside_ip": str(t.aws_inside_ip),
-            }
-            for t in plan.tunnels
-        ],
-        "mtu": plan.tunnel_mtu,
-        "primary_tunnel": f.primary,
-        "probe": {
-            "interval_ms": f.probe_interval_ms,
-            "timeout_ms": f.probe_timeout_ms,
-            "down_after": f.down_after,
-            "up_after": f.up_after,
-            "failback_hold_seconds": f.failback_hold_seconds,
-            "extra_targets": [str(a) for a in f.extra_probe_targets],
-        },
-        "ownership": dict(OWNERSHIP),
-        "paths": {
-            "nft_ruleset": gp.NFT_RULESET.path,
-            "state_dir": gp.STATE_DIR.path,
-            "metrics_file": gp.METRICS_FILE,
-            "vici_socket": gp.VICI_SOCKET,
-        },
-    }
+    tunnels = tuple(
+        agentcfg.TunnelConfig(t.name, t.interface, t.mark, t.outside_ip,
+                              IPv4Interface(f"{t.gateway_inside_ip}/{t.inside_cidr.prefixlen}"), t.aws_inside_ip)
+        for t in plan.tunnels)
+    config = agentcfg.AgentConfig(
+        version=agentcfg.SUPPORTED_VERSION, public_interface=plan.gateway.public_interface,
+        vlan_interface=plan.gateway.vlan_interface, gateway_vlan_address=plan.gateway.vlan_address,
+        local_outside_ip=plan.gateway.private_ip, aws_cidrs=plan.aws_cidrs, vlan_cidrs=plan.vlan_cidrs,
+        connections=(Connection(plan.vpn_connection_id, tunnels),), mtu=plan.tunnel_mtu, primary_tunnel=f.primary,
+        probe=agentcfg.ProbeConfig(f.probe_interval_ms, f.probe_timeout_ms, f.down_after, f.up_after,
+                                   f.failback_hold_seconds, f.extra_probe_targets),
+        ownership=agentcfg.Ownership(**OWNERSHIP),
+        paths=agentcfg.Paths(Path(gp.NFT_RULESET.path), Path(gp.STATE_DIR.path), Path(gp.METRICS_FILE),
+                             Path(gp.VICI_SOCKET)),
+        bgp=None if plan.routing is None else agentcfg.BgpConfig(plan.routing.customer_asn),
+    )
+    return agentcfg.to_json(config)
 
 
 def agent_view(plan: GatewayPlan) -> dict:
@@ -683,10 +666,5 @@ def frr_view(plan: GatewayPlan) -> dict:
     }
 
 
-def agent_config_with_bgp(plan: GatewayPlan) -> dict:
-    """agent.json: agent_config, plus the ``bgp`` section the daemon steers FRR with in routing.mode bgp (a static
-    stack's agent.json is unchanged)."""
-    config = agent_config(plan)
-    if plan.routing is not None:
-        config["bgp"] = {"customer_asn": plan.routing.customer_asn}
-    return config
+# Its older name: agent_config has carried the bgp section since the writer went through the codec.
+agent_config_with_bgp = agent_config
