@@ -69,7 +69,8 @@ def _boolean(example: str) -> Callable[[Reader, str], Any]:
 
 
 # AWS's tunnel options (rules.py, "AWS facts" "Tunnel options"), in the CryptoProfile's field order.
-# The gateway's lines come out in table order within each section (Section), in both tunnels.
+# The gateway's lines come out in table order within each section (Section), in both tunnels. (Lambdas: lifetimes()
+# and dpd_delay_seconds() are defined below the table.)
 TUNNEL_OPTIONS: tuple[TunnelOption, ...] = (
     TunnelOption("rekey_margin_seconds", 270, "rekey_margin_time_seconds", _integer(rules.REKEY_MARGIN), applies=(
         ike("rekey_time", lambda c: lifetimes(c).ike_rekey_time, "s",
