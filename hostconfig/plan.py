@@ -13,16 +13,34 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
 from typing import Any
 
 from hostconfig import gateway_paths as gp
+from hostconfig.agent import config as agentcfg
 
 # The rules the program validated are checked again here, by the same code (the input may come from any program
 # version, or by hand).
 from hostconfig.contract import rules
+from hostconfig.contract.charon import (  # noqa: F401  (the plan's names for them)
+    GATEWAY_CLOSE_ACTION,
+    GATEWAY_DPD_ACTION,
+    GATEWAY_START_ACTION,
+    LEGACY_AUTO,
+    LEGACY_CLOSE_ACTION,
+    Section,
+)
 from hostconfig.contract.codec import field_table, version_problem
 from hostconfig.contract.connection import Connection, tunnels_of
-from hostconfig.contract.crypto import CryptoProfile, PhaseProposal, read_crypto
+from hostconfig.contract.crypto import (  # noqa: F401  (Lifetimes: the plan's name for it)
+    CryptoProfile,
+    Lifetimes,
+    PhaseProposal,
+    dpd_delay_seconds,
+    gateway_settings,
+    lifetimes,
+    read_crypto,
+)
 from hostconfig.contract.reader import (
     MISSING,
     NETWORK_RULE,
@@ -51,7 +69,6 @@ SCHEMA_KIND = "hybrid-vpn/host-config"
 SCHEMA_VERSION = 1
 
 # --- What the gateway agent owns and where things live (docs/contracts.md §2 and §4). ---
-AGENT_CONFIG_VERSION = 1
 OWNERSHIP = {"route_table": 1519, "route_protocol": 157, "rule_priority": 10100, "nft_table": "hybrid_vpn"}
 # Where things live on the gateway: hostconfig/gateway_paths.py (gp), the one table.
 IKE_PORT, NAT_T_PORT = 500, 4500
@@ -84,21 +101,8 @@ DH_GROUPS = {
     24: "modp2048s256",
 }
 
-# The gateway's reaction to a dead peer. AWS's action is what AWS does when *it* declares the gateway dead; the
-# gateway must bring the tunnel back in every case, because (a) with startup action `add` AWS never initiates, so a
-# gateway that clears would leave the tunnel down for good, and (b) the failover agent stops routing into a dead
-# tunnel, so an on-demand `trap` would never be triggered by traffic. Duplicate SAs from both ends restarting at once
-# are resolved by IKEv2 collision handling and `unique = replace`.
-GATEWAY_DPD_ACTION = {"clear": "restart", "restart": "restart", "none": "restart"}
-# AWS `add`: AWS waits for the customer gateway -> the gateway initiates as soon as the config is loaded (`start`),
-# and re-initiates when AWS closes the CHILD_SA. AWS `start`: AWS initiates -> the gateway does not race it at load
-# time, but installs trap policies so the first packet routed into the VTI (the agent's probes) makes the gateway
-# initiate if AWS has not yet: never stuck waiting for the peer (`none` could be).
-GATEWAY_START_ACTION = {"add": "start", "start": "trap"}
-GATEWAY_CLOSE_ACTION = {"add": "start", "start": "trap"}
-LEGACY_AUTO = {"add": "start", "start": "route"}
-LEGACY_CLOSE_ACTION = {"add": "restart", "start": "hold"}
-
+# What charon does for each AWS action (GATEWAY_DPD_ACTION, ...): hostconfig/contract/charon.py, beside the table
+# rows that apply them; imported here for the plan's readers.
 # IKEv2 declares a peer dead only when its retransmissions time out (the DPD timeout is an IKEv1 setting). These
 # charon settings bound that schedule: 2 + 2.8 + 3.9 + 5.5 = 14.2 s, so dpd_delay (a third of AWS's DPD timeout)
 # plus the retransmissions stay below AWS's DPD timeout (>= 30 s): both ends notice a dead peer at about the same time.
@@ -436,37 +440,6 @@ def esp_proposals(phase2: PhaseSpec) -> list[str]:
     return out[::-1] if aead_first and classic else out
 
 
-@dataclass(frozen=True)
-class Lifetimes:
-    """charon timers (seconds) with AWS's rekey semantics: rekey between lifetime - margin - margin*fuzz and
-    lifetime - margin; hard expiry at the lifetime AWS was given."""
-
-    ike_rekey_time: int
-    ike_over_time: int
-    ike_rand_time: int
-    child_rekey_time: int
-    child_life_time: int
-    child_rand_time: int
-
-
-def lifetimes(crypto: CryptoProfile) -> Lifetimes:
-    margin = crypto.rekey_margin_seconds
-    rand = margin * crypto.rekey_fuzz_percent // 100
-    return Lifetimes(
-        ike_rekey_time=crypto.phase1.lifetime_seconds - margin,
-        ike_over_time=margin,
-        ike_rand_time=rand,
-        child_rekey_time=crypto.phase2.lifetime_seconds - margin,
-        child_life_time=crypto.phase2.lifetime_seconds,
-        child_rand_time=rand,
-    )
-
-
-def dpd_delay_seconds(crypto: CryptoProfile) -> int:
-    """Liveness check interval: a third of AWS's DPD timeout (AWS itself checks every 10 s against 30 s)."""
-    return max(10, crypto.dpd_timeout_seconds // 3)
-
-
 def retransmit_total_seconds() -> float:
     return sum(RETRANSMIT_TIMEOUT * RETRANSMIT_BASE**n for n in range(RETRANSMIT_TRIES + 1))
 
@@ -480,7 +453,9 @@ def _header(plan: GatewayPlan) -> dict:
 
 def swanctl_view(plan: GatewayPlan) -> dict:
     crypto = plan.crypto
-    times = lifetimes(crypto)
+    # The tunnel options' lines (TUNNEL_OPTIONS), the same in both tunnels.
+    ike_settings = gateway_settings(crypto, Section.IKE)
+    child_settings = gateway_settings(crypto, Section.CHILD)
     connections = []
     secrets = []
     for t in plan.tunnels:
@@ -492,19 +467,9 @@ def swanctl_view(plan: GatewayPlan) -> dict:
             "remote_id": str(t.outside_ip),
             "proposals": ",".join(ike_proposals(crypto.phase1)),
             "esp_proposals": ",".join(esp_proposals(crypto.phase2)),
-            "ike_rekey_time": times.ike_rekey_time,
-            "ike_over_time": times.ike_over_time,
-            "ike_rand_time": times.ike_rand_time,
-            "child_rekey_time": times.child_rekey_time,
-            "child_life_time": times.child_life_time,
-            "child_rand_time": times.child_rand_time,
-            "dpd_delay": dpd_delay_seconds(crypto),
-            "dpd_action": GATEWAY_DPD_ACTION[crypto.dpd_timeout_action],
-            "aws_dpd_action": crypto.dpd_timeout_action,
-            "start_action": GATEWAY_START_ACTION[crypto.startup_action],
-            "close_action": GATEWAY_CLOSE_ACTION[crypto.startup_action],
-            "aws_startup_action": crypto.startup_action,
-            "replay_window": crypto.replay_window,
+            "child_life_time": crypto.phase2.lifetime_seconds,
+            "ike_settings": ike_settings,
+            "child_settings": child_settings,
             "mark": t.mark,
             "interface": t.interface,
             "updown": gp.UPDOWN_COMMAND,
@@ -530,6 +495,7 @@ def charon_view(plan: GatewayPlan | None = None) -> dict:
 
 def legacy_view(plan: GatewayPlan) -> dict:
     crypto = plan.crypto
+    settings = gateway_settings(crypto, Section.LEGACY)  # the tunnel options' lines (TUNNEL_OPTIONS)
     conns = []
     secrets = []
     for t in plan.tunnels:
@@ -544,13 +510,7 @@ def legacy_view(plan: GatewayPlan) -> dict:
             "esp": ",".join(esp_proposals(crypto.phase2)) + "!",
             "ikelifetime": crypto.phase1.lifetime_seconds,
             "lifetime": crypto.phase2.lifetime_seconds,
-            "margintime": crypto.rekey_margin_seconds,
-            "rekeyfuzz": crypto.rekey_fuzz_percent,
-            "dpddelay": dpd_delay_seconds(crypto),
-            "dpdaction": GATEWAY_DPD_ACTION[crypto.dpd_timeout_action],
-            "auto": LEGACY_AUTO[crypto.startup_action],
-            "closeaction": LEGACY_CLOSE_ACTION[crypto.startup_action],
-            "replay_window": crypto.replay_window,
+            "settings": settings,
             "mark": t.mark,
             "updown": gp.UPDOWN_COMMAND,
         })  # fmt: skip
@@ -559,45 +519,27 @@ def legacy_view(plan: GatewayPlan) -> dict:
 
 
 def agent_config(plan: GatewayPlan) -> dict:
-    """/etc/hybrid-vpn/agent.json exactly as docs/contracts.md §2 lays it out. No secrets."""
+    """/etc/hybrid-vpn/agent.json exactly as docs/contracts.md §2 lays it out, built as the agent's own definition
+    (hostconfig/agent/config.py AgentConfig) and written through the contracts' codec, as the agent reads it. No
+    secrets. The ``bgp`` section only in routing.mode bgp (a static stack's agent.json is unchanged)."""
     f = plan.failover
-    return {
-        "version": AGENT_CONFIG_VERSION,
-        "public_interface": plan.gateway.public_interface,
-        "vlan_interface": plan.gateway.vlan_interface,
-        "gateway_vlan_address": str(plan.gateway.vlan_address),
-        "local_outside_ip": str(plan.gateway.private_ip),
-        "aws_cidrs": [str(n) for n in plan.aws_cidrs],
-        "vlan_cidrs": [str(n) for n in plan.vlan_cidrs],
-        "tunnels": [
-            {
-                "name": t.name,
-                "interface": t.interface,
-                "mark": t.mark,
-                "remote_outside_ip": str(t.outside_ip),
-                "gateway_inside_cidr": f"{t.gateway_inside_ip}/{t.inside_cidr.prefixlen}",
-                "aws_inside_ip": str(t.aws_inside_ip),
-            }
-            for t in plan.tunnels
-        ],
-        "mtu": plan.tunnel_mtu,
-        "primary_tunnel": f.primary,
-        "probe": {
-            "interval_ms": f.probe_interval_ms,
-            "timeout_ms": f.probe_timeout_ms,
-            "down_after": f.down_after,
-            "up_after": f.up_after,
-            "failback_hold_seconds": f.failback_hold_seconds,
-            "extra_targets": [str(a) for a in f.extra_probe_targets],
-        },
-        "ownership": dict(OWNERSHIP),
-        "paths": {
-            "nft_ruleset": gp.NFT_RULESET.path,
-            "state_dir": gp.STATE_DIR.path,
-            "metrics_file": gp.METRICS_FILE,
-            "vici_socket": gp.VICI_SOCKET,
-        },
-    }
+    tunnels = tuple(
+        agentcfg.TunnelConfig(t.name, t.interface, t.mark, t.outside_ip,
+                              IPv4Interface(f"{t.gateway_inside_ip}/{t.inside_cidr.prefixlen}"), t.aws_inside_ip)
+        for t in plan.tunnels)
+    config = agentcfg.AgentConfig(
+        version=agentcfg.SUPPORTED_VERSION, public_interface=plan.gateway.public_interface,
+        vlan_interface=plan.gateway.vlan_interface, gateway_vlan_address=plan.gateway.vlan_address,
+        local_outside_ip=plan.gateway.private_ip, aws_cidrs=plan.aws_cidrs, vlan_cidrs=plan.vlan_cidrs,
+        connections=(Connection(plan.vpn_connection_id, tunnels),), mtu=plan.tunnel_mtu, primary_tunnel=f.primary,
+        probe=agentcfg.ProbeConfig(f.probe_interval_ms, f.probe_timeout_ms, f.down_after, f.up_after,
+                                   f.failback_hold_seconds, f.extra_probe_targets),
+        ownership=agentcfg.Ownership(**OWNERSHIP),
+        paths=agentcfg.Paths(Path(gp.NFT_RULESET.path), Path(gp.STATE_DIR.path), Path(gp.METRICS_FILE),
+                             Path(gp.VICI_SOCKET)),
+        bgp=None if plan.routing is None else agentcfg.BgpConfig(plan.routing.customer_asn),
+    )
+    return agentcfg.to_json(config)
 
 
 def agent_view(plan: GatewayPlan) -> dict:
@@ -724,10 +666,5 @@ def frr_view(plan: GatewayPlan) -> dict:
     }
 
 
-def agent_config_with_bgp(plan: GatewayPlan) -> dict:
-    """agent.json: agent_config, plus the ``bgp`` section the daemon steers FRR with in routing.mode bgp (a static
-    stack's agent.json is unchanged)."""
-    config = agent_config(plan)
-    if plan.routing is not None:
-        config["bgp"] = {"customer_asn": plan.routing.customer_asn}
-    return config
+# Its older name: agent_config has carried the bgp section since the writer went through the codec.
+agent_config_with_bgp = agent_config

@@ -85,3 +85,23 @@ def test_host_configs_object_keys_are_the_plans_spec_fields():
     for table, cls in ((plan._GATEWAY_FIELDS, plan.GatewaySpec), (plan._TUNNEL_FIELDS, plan.TunnelSpec),
                        (plan._FAILOVER_FIELDS, plan.FailoverSpec)):
         assert table == field_table(cls) and list(table) == [f.name for f in dataclasses.fields(cls)]
+
+
+@pytest.mark.parametrize("scenario", ["default", "custom-crypto", "multi-cidr", "bgp"])
+def test_agent_json_is_written_and_read_through_one_definition(scenario):
+    """The renderer writes agent.json from the agent's own dataclasses through the codec: what the agent reads back
+    writes the same JSON again (before, a hand-written dict: failback_hold_seconds was 20 on disk and 20.0 read)."""
+    from hostconfig import plan as planmod
+
+    name = "default" if scenario == "bgp" else scenario
+    host_config = json.loads((REPO / "tests" / "golden" / "inputs" / f"{name}.json").read_text())
+    if scenario == "bgp":
+        host_config["routing"] = {"mode": "bgp", "customer_asn": 65010, "amazon_side_asn": 64512}
+    written = planmod.agent_config(GatewayPlan.from_host_config(host_config))
+    read = parse_config(json.loads(json.dumps(written)))
+    assert agent_config.to_json(read) == written
+    assert type(read.probe.failback_hold_seconds) is type(written["probe"]["failback_hold_seconds"]) is int
+    assert ("bgp" in written) is (scenario == "bgp") and "repair_hold_seconds" not in written["probe"]
+    changed = dataclasses.replace(read, probe=dataclasses.replace(read.probe, repair_hold_seconds=9))
+    assert agent_config.to_json(changed)["probe"]["repair_hold_seconds"] == 9  # written when not the default
+    assert parse_config(agent_config.to_json(changed)).probe.repair_hold_seconds == 9

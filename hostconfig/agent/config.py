@@ -16,7 +16,7 @@ from typing import Any
 
 from hostconfig import gateway_paths as gp
 from hostconfig.contract import rules
-from hostconfig.contract.codec import OPTIONAL, field_table, version_problem
+from hostconfig.contract.codec import OPTIONAL, encode, field_table, version_problem
 from hostconfig.contract.connection import SINGLE, Connection, tunnels_of
 from hostconfig.contract.reader import (
     MISSING,
@@ -69,11 +69,12 @@ class ProbeConfig:
     timeout_ms: int
     down_after: int
     up_after: int
-    failback_hold_seconds: float
+    failback_hold_seconds: int
     extra_targets: tuple[IPv4Address, ...]
     # How long a tunnel must be probe-dead with its CHILD_SA installed before the daemon rebuilds it (the value is
-    # explained at health.RepairPolicy).
-    repair_hold_seconds: float
+    # explained at health.RepairPolicy). Optional: agent.json files written before it existed stay valid, and the
+    # renderer writes it only when it is not the default.
+    repair_hold_seconds: int = field(default=DEFAULT_REPAIR_HOLD_SECONDS, metadata={OPTIONAL: True})
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,7 @@ class AgentConfig:
 
 # Each object's keys are its dataclass's fields (the contracts' one codec, hostconfig/contract/codec.py).
 _TUNNEL_FIELDS = field_table(TunnelConfig)
-# repair_hold_seconds is optional (agent.json files written before it existed stay valid); the default is in health.py.
-_PROBE_FIELDS = field_table(ProbeConfig, {"repair_hold_seconds": DEFAULT_REPAIR_HOLD_SECONDS})
+_PROBE_FIELDS = field_table(ProbeConfig)
 _OWNERSHIP_FIELDS = field_table(Ownership)
 _PATHS_FIELDS = field_table(Paths)
 _FIELDS = field_table(AgentConfig)
@@ -275,11 +275,18 @@ def parse_config(data: Any) -> AgentConfig:
         aws_cidrs=aws_cidrs, vlan_cidrs=vlan_cidrs, connections=(Connection(SINGLE, tunnels),),  # type: ignore
         mtu=mtu,
         primary_tunnel=primary,
-        probe=ProbeConfig(interval, timeout, down_after, up_after, float(hold), extra,  # type: ignore[arg-type]
-                          float(repair_hold)),  # type: ignore[arg-type]
+        probe=ProbeConfig(interval, timeout, down_after, up_after, hold, extra, repair_hold),  # type: ignore[arg-type]
         ownership=Ownership(table, route_protocol, rule_priority, nft_table),  # type: ignore[arg-type]
         paths=Paths(**paths), bgp=bgp,
     )
+
+
+def to_json(config: AgentConfig) -> dict[str, Any]:
+    """agent.json written through the same definition the agent reads it with (the contracts' one codec). Version 1
+    carries one connection, as the flat ``tunnels`` list."""
+    data = encode(config)
+    data["tunnels"] = encode(config.tunnels)
+    return data
 
 
 def _bgp(r: Reader) -> BgpConfig | None:

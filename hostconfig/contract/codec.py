@@ -35,9 +35,14 @@ class Unknown(Enum):
 
 
 REQUIRED: Any = object()  # the default of a key that must be present
-# A field with this metadata (and the default None) is written only when set and read as None when absent: a section
-# only some writers have (bgp: routing.mode bgp), so every other document stays exactly what it was.
+# A field with this metadata is written only when it differs from its dataclass default and read as that default when
+# absent: a section only some writers have (default None; bgp: routing.mode bgp), or a value added later (agent.json's
+# probe.repair_hold_seconds), so every other document stays exactly what it was.
 OPTIONAL = "optional"
+
+
+def _absent_default(f: dataclasses.Field[Any]) -> Any:
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def json_key(f: dataclasses.Field[Any]) -> str:
@@ -49,7 +54,7 @@ def field_table(cls: type, defaults: Mapping[str, Any] | None = None) -> dict[st
     """JSON key -> default (``REQUIRED`` when the key must be present) for every field of the dataclass ``cls``: the
     key list of an object is its dataclass, written once."""
     defaults = defaults or {}
-    return {json_key(f): defaults.get(json_key(f), None if f.metadata.get(OPTIONAL) else REQUIRED)
+    return {json_key(f): defaults.get(json_key(f), _absent_default(f) if f.metadata.get(OPTIONAL) else REQUIRED)
             for f in dataclasses.fields(cls)}
 
 
@@ -82,7 +87,7 @@ def encode(value: Any) -> Any:
     paths as their text."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {json_key(f): encode(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if not (f.metadata.get(OPTIONAL) and getattr(value, f.name) is None)}
+                if not (f.metadata.get(OPTIONAL) and getattr(value, f.name) == _absent_default(f))}
     if isinstance(value, dict):
         return {str(k): encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -111,7 +116,7 @@ def decode(cls: type[T], data: Any, where: str, error: type[Exception], unknown:
         path = f"{where}.{key}"
         if key not in data:
             if f.metadata.get(OPTIONAL):
-                values[f.name] = None
+                values[f.name] = _absent_default(f)
                 continue
             raise error(f"{path}: missing field")
         values[f.name] = _value(hints[f.name], data[key], path, error, unknown)
