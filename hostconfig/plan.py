@@ -22,25 +22,10 @@ from hostconfig.agent import config as agentcfg
 # The rules the program validated are checked again here, by the same code (the input may come from any program
 # version, or by hand).
 from hostconfig.contract import rules
-from hostconfig.contract.charon import (  # noqa: F401  (the plan's names for them)
-    GATEWAY_CLOSE_ACTION,
-    GATEWAY_DPD_ACTION,
-    GATEWAY_START_ACTION,
-    LEGACY_AUTO,
-    LEGACY_CLOSE_ACTION,
-    Section,
-)
+from hostconfig.contract.charon import Section
 from hostconfig.contract.codec import field_table, version_problem
 from hostconfig.contract.connection import Connection, tunnels_of
-from hostconfig.contract.crypto import (  # noqa: F401  (Lifetimes: the plan's name for it)
-    CryptoProfile,
-    Lifetimes,
-    PhaseProposal,
-    dpd_delay_seconds,
-    gateway_settings,
-    lifetimes,
-    read_crypto,
-)
+from hostconfig.contract.crypto import CryptoProfile, PhaseProposal, gateway_settings, read_crypto
 from hostconfig.contract.reader import (
     MISSING,
     NETWORK_RULE,
@@ -543,7 +528,7 @@ def agent_config(plan: GatewayPlan) -> dict:
 
 
 def agent_view(plan: GatewayPlan) -> dict:
-    return {"agent": agent_config_with_bgp(plan)}
+    return {"agent": agent_config(plan)}
 
 
 def nftables_view(plan: GatewayPlan) -> dict:
@@ -665,6 +650,3 @@ def frr_view(plan: GatewayPlan) -> dict:
         "neighbors": neighbors,
     }
 
-
-# Its older name: agent_config has carried the bgp section since the writer went through the codec.
-agent_config_with_bgp = agent_config

@@ -21,6 +21,8 @@ import pytest
 from hostconfig import gateway_paths as gp
 from hostconfig import plan as planmod
 from hostconfig.cloudinit import render_user_data
+from hostconfig.contract import charon as charon_contract
+from hostconfig.contract import crypto as crypto_contract
 from hostconfig.plan import GatewayPlan
 from hostconfig.render import render_gateway_files, render_legacy_files
 
@@ -177,17 +179,17 @@ def test_charon_loads_the_rendered_swanctl_conf(charon, tmp_path, scenario):
     assert listed.returncode == 0, listed.stderr
     conns = raw_conns(listed.stdout)
     assert sorted(conns) == ["tunnel1", "tunnel2"]
-    times = planmod.lifetimes(plan.crypto)
+    times = crypto_contract.lifetimes(plan.crypto)
     for tunnel in plan.tunnels:
         c = conns[tunnel.name]
         assert f"local_addrs=[{plan.gateway.private_ip}] remote_addrs=[{tunnel.outside_ip}] version=IKEv2" in c
         assert f"reauth_time=0 rekey_time={times.ike_rekey_time} unique=UNIQUE_REPLACE" in c
-        assert f"dpd_delay={planmod.dpd_delay_seconds(plan.crypto)}" in c
+        assert f"dpd_delay={crypto_contract.dpd_delay_seconds(plan.crypto)}" in c
         assert f"local-1 {{id={plan.gateway.public_ip} class=pre-shared key" in c
         assert f"remote-1 {{id={tunnel.outside_ip} class=pre-shared key" in c
         assert f"children {{{tunnel.name} {{mode=TUNNEL rekey_time={times.child_rekey_time}" in c
         assert "local-ts=[0.0.0.0/0] remote-ts=[0.0.0.0/0]" in c
-        assert f"close_action={planmod.GATEWAY_CLOSE_ACTION[plan.crypto.startup_action]}" in c
+        assert f"close_action={charon_contract.GATEWAY_CLOSE_ACTION[plan.crypto.startup_action]}" in c
 
     log = instance.log.read_text()
     assert "invalid" not in log.lower() and "failed" not in log.lower(), log[-2000:]

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from hostconfig import plan as planmod
+from hostconfig.contract import charon as charon_contract
+from hostconfig.contract import crypto as crypto_contract
 from hostconfig.contract import rules
 from hostconfig.plan import GatewayPlan, PlanError
 
@@ -275,12 +277,12 @@ def test_mixed_aead_and_classic_become_two_proposals_in_aws_order():
 
 def test_lifetimes_follow_aws_rekey_semantics():
     crypto = GatewayPlan.from_host_config(load_input()).crypto
-    assert planmod.lifetimes(crypto) == planmod.Lifetimes(
+    assert crypto_contract.lifetimes(crypto) == crypto_contract.Lifetimes(
         ike_rekey_time=28800 - 270, ike_over_time=270, ike_rand_time=270,
         child_rekey_time=3600 - 270, child_life_time=3600, child_rand_time=270,
     )  # fmt: skip
     obj = load_input("custom-crypto")
-    times = planmod.lifetimes(GatewayPlan.from_host_config(obj).crypto)
+    times = crypto_contract.lifetimes(GatewayPlan.from_host_config(obj).crypto)
     assert (times.child_rekey_time, times.child_life_time, times.child_rand_time) == (1800 - 120, 1800, 60)
     # Rekeying never starts before the margin window AWS itself uses, nor after the hard lifetime.
     assert times.child_rekey_time - times.child_rand_time >= 1800 - 2 * 120
@@ -292,13 +294,13 @@ def test_a_dead_peer_is_noticed_within_the_aws_dpd_timeout(dpd_timeout):
     obj = load_input()
     obj["crypto"]["dpd_timeout_seconds"] = dpd_timeout
     crypto = GatewayPlan.from_host_config(obj).crypto
-    assert planmod.dpd_delay_seconds(crypto) + planmod.retransmit_total_seconds() <= dpd_timeout
+    assert crypto_contract.dpd_delay_seconds(crypto) + planmod.retransmit_total_seconds() <= dpd_timeout
 
 
 def test_actions_the_gateway_takes_for_each_aws_setting():
-    assert planmod.GATEWAY_START_ACTION == {"add": "start", "start": "trap"}
-    assert set(planmod.GATEWAY_DPD_ACTION.values()) == {"restart"}
-    assert set(planmod.GATEWAY_DPD_ACTION) == set(rules.AWS_DPD_ACTIONS)
+    assert charon_contract.GATEWAY_START_ACTION == {"add": "start", "start": "trap"}
+    assert set(charon_contract.GATEWAY_DPD_ACTION.values()) == {"restart"}
+    assert set(charon_contract.GATEWAY_DPD_ACTION) == set(rules.AWS_DPD_ACTIONS)
 
 
 # --------------------------------------------------------------------------------------------------- view models

@@ -163,12 +163,12 @@ def test_agent_json_carries_bgp_only_in_bgp_mode():
     from pathlib import Path
 
     from hostconfig.agent.config import parse_config
-    from hostconfig.plan import GatewayPlan, agent_config, agent_config_with_bgp
+    from hostconfig.plan import GatewayPlan, agent_config
 
     obj = _json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "host_config.default.json").read_text())
-    assert agent_config_with_bgp(GatewayPlan.from_host_config(obj)) == agent_config(GatewayPlan.from_host_config(obj))
+    assert "bgp" not in agent_config(GatewayPlan.from_host_config(obj))
     obj["routing"] = {"mode": "bgp", "customer_asn": 65010, "amazon_side_asn": 64512}
-    rendered = agent_config_with_bgp(GatewayPlan.from_host_config(obj))
+    rendered = agent_config(GatewayPlan.from_host_config(obj))
     assert rendered["bgp"] == {"customer_asn": 65010}
     assert parse_config(rendered).bgp.customer_asn == 65010  # the agent reads what the renderer writes
 
