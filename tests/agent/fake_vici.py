@@ -47,6 +47,13 @@ class FakeVici:
         self.registrations: list[tuple[Transport, str]] = []  # (connection, event name), in registration order
         self.refused_events: set[str] = set()  # registration answered EVENT_UNKNOWN, as charon for a name it lacks
         self.registered = threading.Condition(self.lock)
+        # Commands answered only after release(), as charon answers while it runs an updown hook; how many requests
+        # were held, and the most held at one time.
+        self.held: frozenset[str] = frozenset()
+        self.released = threading.Event()
+        self.held_total = 0
+        self.held_now = 0
+        self.held_most = 0
 
     def add(self, name: str, remote: str, mark: int, children: int = 1, established: int = 10) -> FakeIke:
         with self.lock:
@@ -120,6 +127,20 @@ class FakeVici:
         transport.send(struct.pack("!B", Packet.CMD_RESPONSE) + Message.serialize(message))
 
     def _command(self, transport: Transport, name: str, message: dict[str, str]) -> None:
+        if name in self.held:
+            with self.lock:
+                self.held_total += 1
+                self.held_now += 1
+                self.held_most = max(self.held_most, self.held_now)
+            self.released.wait()
+            with self.lock:
+                self.held_now -= 1
+        try:
+            self._answer(transport, name, message)
+        except OSError:
+            pass  # the client gave up waiting (its read timeout) and closed the connection
+
+    def _answer(self, transport: Transport, name: str, message: dict[str, str]) -> None:
         if name == "list-sas":
             with self.lock:
                 listing = [self._listing(ike) for ike in self.ikes]
@@ -164,6 +185,16 @@ class FakeVici:
                 "install-time": str(c.install_time), "bytes-in": "0", "bytes-out": "0", "spi-out": f"c{c.child_id:07x}",
             } for c in ike.children},
         }}
+
+    def hold(self, *commands: str) -> None:
+        """From now on these commands (e.g. "list-sas") are answered only after release(), as charon answers while
+        an updown hook runs; a client's read timeout may come first."""
+        self.released.clear()
+        self.held = frozenset(commands)
+
+    def release(self) -> None:
+        self.held = frozenset()
+        self.released.set()
 
     def wait_registered(self, events: int, timeout: float = 10.0) -> None:
         with self.registered:
