@@ -6,6 +6,7 @@ real-charon tests (test_agent_repair_charon.py) check that charon answers the sa
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
@@ -120,6 +121,8 @@ class FakeVici:
                     message = {k: v.decode() if isinstance(v, bytes) else v
                                for k, v in Message.deserialize(FiniteStream(body)).items()} if body else {}
                     self._command(transport, name, message)
+        except OSError:
+            return  # the client went away (e.g. gave up on a held command) before the answer
         finally:
             sock.close()
 
@@ -132,13 +135,23 @@ class FakeVici:
                 self.held_total += 1
                 self.held_now += 1
                 self.held_most = max(self.held_most, self.held_now)
-            self.released.wait()
-            with self.lock:
-                self.held_now -= 1
+            try:
+                while not self.released.wait(0.05):
+                    if self._client_gone(transport.socket):
+                        return  # it gave up waiting (its read timeout): no longer a request under way
+            finally:
+                with self.lock:
+                    self.held_now -= 1
         try:
             self._answer(transport, name, message)
         except OSError:
             pass  # the client gave up waiting (its read timeout) and closed the connection
+
+    @staticmethod
+    def _client_gone(sock: socket.socket) -> bool:
+        poller = select.poll()
+        poller.register(sock, select.POLLRDHUP)
+        return bool(poller.poll(0))
 
     def _answer(self, transport: Transport, name: str, message: dict[str, str]) -> None:
         if name == "list-sas":
