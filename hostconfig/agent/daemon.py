@@ -183,7 +183,7 @@ class Repairer:
             self.listing_asked_at = now
             self.came_up_before = dict(self.came_up)
             path, connect = self.config.paths.vici_socket, self.connect
-            self.worker.submit("list-sas", lambda: list_sas(path, connect=connect), self.listed)
+            self.worker.submit(lambda: list_sas(path, connect=connect), self.listed)
         return decided[0] if decided else None
 
     def seed(self, sas: list[IkeSa], now: float, asked_at: float | None = None) -> None:
@@ -235,8 +235,8 @@ class Repairer:
                  action.reason, ", ".join(steps))
         state.record(action, now, self.wall())
         record = state.last
-        self.worker.submit(f"repair {action.tunnel}", lambda: self.carry_out(action),
-                           lambda *context: self.carried_out(action, record, *context[-2:]))
+        self.worker.submit(lambda: self.carry_out(action), lambda _now, _active, _decided, errors, error:
+                           self.carried_out(action, record, errors, error))
 
     def carry_out(self, action: RepairAction) -> list[str]:
         """On the worker: the repair's VICI commands in order; the errors, one per failed command."""

@@ -24,7 +24,6 @@ Then = Callable[..., None]
 
 @dataclass
 class _Job:
-    what: str
     call: Callable[[], Any]
     then: Then
 
@@ -45,19 +44,14 @@ class ViciWorker:
         self._lock = threading.Condition()
         self._unfinished = 0  # submitted, and their results not taken in yet
 
-    @property
-    def idle(self) -> bool:
-        with self._lock:
-            return self._unfinished == 0
-
-    def submit(self, what: str, call: Callable[[], Any], then: Then) -> None:
+    def submit(self, call: Callable[[], Any], then: Then) -> None:
         """Run ``call`` on the worker thread; the next ``finish()`` after it returned runs ``then``. Never blocks."""
         with self._lock:
             self._unfinished += 1
             if self._thread is None:  # started at the first call: a Repairer in a test that never lists costs none
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._thread.start()
-        self._jobs.put(_Job(what, call, then))
+        self._jobs.put(_Job(call, then))
 
     def finish(self, *context: Any) -> int:
         """On the loop's thread: run ``then(*context, result, error)`` of every call that has returned; never waits.
