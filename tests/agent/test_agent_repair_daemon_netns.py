@@ -5,6 +5,7 @@ shows in the log, the state file, the metrics and `vpnctl status`."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
@@ -17,16 +18,21 @@ from hostconfig.agent.status_contract import StatusReport
 pytestmark = pytest.mark.root
 
 
-def test_daemon_rebuilds_the_probe_dead_tunnel_once_and_shows_it(gateway):
-    data = gateway.data
-    data["probe"].update({"interval_ms": 100, "timeout_ms": 300, "down_after": 3, "up_after": 3,
-                          "failback_hold_seconds": 2, "repair_hold_seconds": 2})
-    write_config(gateway.tmp, data)
+def fast_probes_and_a_fake_charon(gateway, repair_hold_seconds: float) -> tuple[FakeVici, socket.socket]:
+    """Probes every 100 ms (down after ~0.6 s), and a fake charon on the VICI socket path with one IKE_SA and
+    CHILD_SA per tunnel; close the listener to stop it."""
+    gateway.data["probe"].update({"interval_ms": 100, "timeout_ms": 300, "down_after": 3, "up_after": 3,
+                                  "failback_hold_seconds": 2, "repair_hold_seconds": repair_hold_seconds})
+    write_config(gateway.tmp, gateway.data)
     vici = FakeVici()
-    for t in data["tunnels"]:
+    for t in gateway.data["tunnels"]:
         vici.add(t["name"], t["remote_outside_ip"], t["mark"])
+    return vici, vici.serve_unix(gateway.tmp / "charon.vici")
+
+
+def test_daemon_rebuilds_the_probe_dead_tunnel_once_and_shows_it(gateway):
+    vici, listener = fast_probes_and_a_fake_charon(gateway, repair_hold_seconds=2)
     old = {t: vici.tunnel_ikes(t)[0].ike_id for t in ("tunnel1", "tunnel2")}
-    listener = vici.serve_unix(gateway.tmp / "charon.vici")
     proc = start_daemon(gateway)
     try:
         wait_for(lambda: state(gateway).get("up") == ["tunnel1", "tunnel2"], what="both tunnels up")
@@ -76,14 +82,7 @@ def test_daemon_probes_and_fails_over_on_time_while_charon_holds_vici_back(gatew
     every second; while charon holds those listings back, its loop must go on probing and failing over. The old loop
     waited out the 2 s VICI read on every listing: probes went out every ~2 s and their replies were expired unread,
     so the healthy tunnel went down too."""
-    data = gateway.data
-    data["probe"].update({"interval_ms": 100, "timeout_ms": 300, "down_after": 3, "up_after": 3,
-                          "failback_hold_seconds": 2, "repair_hold_seconds": 600})
-    write_config(gateway.tmp, data)
-    vici = FakeVici()
-    for t in data["tunnels"]:
-        vici.add(t["name"], t["remote_outside_ip"], t["mark"])
-    listener = vici.serve_unix(gateway.tmp / "charon.vici")
+    vici, listener = fast_probes_and_a_fake_charon(gateway, repair_hold_seconds=600)  # no repair in this test
     proc = start_daemon(gateway)
     try:
         wait_for(lambda: state(gateway).get("up") == ["tunnel1", "tunnel2"] and state(gateway).get("active")
