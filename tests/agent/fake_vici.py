@@ -53,8 +53,8 @@ class FakeVici:
         self.held: frozenset[str] = frozenset()
         self.released = threading.Event()
         self.held_total = 0
-        self.held_now = 0
         self.held_most = 0
+        self.waiting: set[socket.socket] = set()  # connections of held requests whose client still waits
 
     def add(self, name: str, remote: str, mark: int, children: int = 1, established: int = 10) -> FakeIke:
         with self.lock:
@@ -131,21 +131,28 @@ class FakeVici:
 
     def _command(self, transport: Transport, name: str, message: dict[str, str]) -> None:
         if name in self.held:
+            sock = transport.socket
             with self.lock:
+                # A client that gave up closed its connection before it asked again: counted exactly at each arrival.
+                self.waiting = {s for s in self.waiting if not self._client_gone(s)} | {sock}
                 self.held_total += 1
-                self.held_now += 1
-                self.held_most = max(self.held_most, self.held_now)
+                self.held_most = max(self.held_most, len(self.waiting))
             try:
                 while not self.released.wait(0.05):
-                    if self._client_gone(transport.socket):
+                    if self._client_gone(sock):
                         return  # it gave up waiting (its read timeout): no longer a request under way
             finally:
                 with self.lock:
-                    self.held_now -= 1
+                    self.waiting.discard(sock)
         try:
             self._answer(transport, name, message)
         except OSError:
             pass  # the client gave up waiting (its read timeout) and closed the connection
+
+    @property
+    def held_now(self) -> int:
+        with self.lock:
+            return sum(not self._client_gone(s) for s in self.waiting)
 
     @staticmethod
     def _client_gone(sock: socket.socket) -> bool:
