@@ -1,10 +1,11 @@
 """VICI calls off the daemon's loop thread: one worker thread runs them in order, the loop takes in their results.
 
 charon answers VICI only when it has the SA a request needs: while it runs an updown hook (it waits for the hook) a
-list-sas or terminate waits too, up to vici_client.CONNECT_TIMEOUT. On the loop thread that wait stopped the probes
-and the failover decisions for as long. Here the loop only submits a call and, on a later round, runs what is to be
-done with its result (``then``, on the loop's thread: decisions and state stay single-threaded, the worker does I/O
-only). One thread, first in first out: a listing asked for after a repair's commands sees their effect.
+list-sas waits too (a terminate of that SA likely as well), up to vici_client.CONNECT_TIMEOUT per read. On the loop
+thread that wait stopped the probes and the failover decisions for as long. Here the loop only submits a call and, on
+a later round, runs what is to be done with its result (``then``, on the loop's thread: decisions and state stay
+single-threaded, the worker does I/O only). One thread, first in first out: a listing asked for after a repair's
+commands sees their effect.
 """
 
 from __future__ import annotations
