@@ -44,6 +44,7 @@ from .state import LockTimeout, reconcile_lock, write_daemon_state
 from .status_contract import (
     BgpSteeringState,
     DaemonState,
+    LastRepair,
     ProbeHealth,
     ReconcileRecord,
     RepairRecord,
@@ -51,7 +52,9 @@ from .status_contract import (
     TunnelState,
 )
 from .vici_client import (
+    CONNECT_TIMEOUT,
     Connector,
+    IkeSa,
     UpdownEvent,
     ViciCommandFailed,
     ViciEventStream,
@@ -66,6 +69,7 @@ from .vici_client import (
     tunnel_for_ike,
     tunnel_sa_facts,
 )
+from .vici_worker import ViciWorker
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +138,14 @@ class Repairer:
     """Drives the data-path repairs (rules: health.plan_repairs): lists charon's SAs once a second, feeds the per-tunnel
     repair state, and carries out the one decision, if any, over VICI. Logged once per decision at INFO, counted per
     tunnel and kind, kept for status, metrics and doctor. VICI commands do not wait for the peer (vici_client.NO_WAIT).
+
+    Nor does the loop wait for charon: the listing and a repair's commands run on a worker thread (vici_worker), and
+    ``tick`` decides from the newest listing that completed. charon answers only after an updown hook it runs (seconds
+    on a loaded machine), and the probes and failover must go on meanwhile: a stale listing only delays a repair (the
+    hold is seconds) and, for a down event, errs towards "a replacement remains" (the probes decide). At most one
+    listing is under way, and the next is asked for only after it completed: every decision sees the effect of the
+    repairs decided before it (the worker runs calls in order). The decision and its record stay on the loop's thread;
+    only the VICI calls move.
     """
 
     def __init__(self, config: AgentConfig, health: dict[str, TunnelHealth], policy: RepairPolicy,
@@ -147,39 +159,73 @@ class Repairer:
         self.waiting: dict[str, str] = {}
         self.next_check = float("-inf")
         self.counters: dict[int, tuple[int, int]] = {}  # CHILD_SA traffic at the last listing
-        # The last listing's SAs per tunnel (None: no listing yet), and the CHILD_SAs VICI reported up since: what a
-        # down event is judged by.
+        # The last completed listing's SAs per tunnel (None: no listing yet) and when it was asked for (charon answered
+        # since), and the CHILD_SAs VICI reported up since it was asked for: what a down event is judged by.
         self.facts: dict[str, TunnelSaFacts] | None = None
+        self.listed_at: float | None = None
         self.came_up: dict[str, frozenset[int]] = {t.name: frozenset() for t in config.tunnels}
+        self.worker = ViciWorker()
+        self.listing_asked_at: float | None = None  # the listing under way, if any, was asked for then
+        self.came_up_before: dict[str, frozenset[int]] = {}  # came_up when it was asked for
+        self.stopping = False
 
     @property
     def total(self) -> int:
         return sum(s.total for s in self.states.values())
 
     def tick(self, now: float, active: str | None) -> RepairAction | None:
-        if now < self.next_check:
-            return None
-        self.next_check = now + REPAIR_CHECK_SECONDS
-        path = self.config.paths.vici_socket
-        try:
-            sas = list_sas(path, connect=self.connect)
-        except ViciUnavailable as exc:
-            # No SA facts, no repair: charon's absence is the VICI reconnect's business, and it shows in status.
-            log.debug("repair check skipped: %s", exc)
-            return None
-        facts = tunnel_sa_facts(self.config, sas, now, self.counters)
+        """Take in what the worker finished (a listing: observe, plan, and start the repair decided, if any) and ask
+        for the next listing once a second. Never waits. Returns the repair decided in this call, if any."""
+        decided: list[RepairAction] = []
+        self.worker.finish(now, active, decided)
+        if now >= self.next_check and self.listing_asked_at is None and not self.stopping:
+            self.next_check = now + REPAIR_CHECK_SECONDS
+            self.listing_asked_at = now
+            self.came_up_before = dict(self.came_up)
+            path, connect = self.config.paths.vici_socket, self.connect
+            self.worker.submit(lambda: list_sas(path, connect=connect), self.listed)
+        return decided[0] if decided else None
+
+    def seed(self, sas: list[IkeSa], now: float, asked_at: float | None = None) -> None:
+        """Take in a listing seen at ``now`` (asked for at ``asked_at``); the daemon's start-up listing, taken before
+        the loop runs, is the first facts a down event is judged by."""
+        self.facts = tunnel_sa_facts(self.config, sas, now, self.counters)
         self.counters = child_counters(sas)
-        self.facts = facts
-        self.came_up = {t.name: frozenset() for t in self.config.tunnels}
+        self.listed_at = now if asked_at is None else asked_at
+
+    def listed(self, now: float, active: str | None, decided: list[RepairAction], sas: list[IkeSa] | None,
+               error: Exception | None) -> None:
+        asked_at, self.listing_asked_at = self.listing_asked_at, None
+        if error is not None:
+            if not isinstance(error, ViciUnavailable):
+                raise error
+            # No SA facts, no repair: charon's absence is the VICI reconnect's business, and it shows in status. The
+            # last facts stay: stale, they err towards "remains".
+            log.debug("repair check skipped: %s", error)
+            return
+        if self.stopping:
+            return
+        assert sas is not None and asked_at is not None
+        if now - asked_at >= REPAIR_CHECK_SECONDS:
+            log.debug("SA listing took %.1f s (charon busy); the loop went on", now - asked_at)
+        # Timed at the loop's look (charon answered between asked_at and now): an SA looks younger, never older, so a
+        # hold is never cut short.
+        self.seed(sas, now, asked_at)
+        # An up event since the listing was asked for may be of an SA the listing missed: it keeps counting.
+        self.came_up = {name: ids - self.came_up_before.get(name, frozenset()) for name, ids in self.came_up.items()}
+        facts = self.facts
+        assert facts is not None
         for name, state in self.states.items():
             state.observe(self.health[name], facts.get(name, TunnelSaFacts()), now, self.policy)
         plan = plan_repairs(self.config.tunnel_names, self.health, facts, self.states, active, now, self.policy)
         self.waiting = plan.waiting
         for action in plan.actions:
             self.execute(action, now)
-        return plan.actions[0] if plan.actions else None
+        decided.extend(plan.actions)
 
     def execute(self, action: RepairAction, now: float) -> None:
+        """Log and count the repair now, on the loop's thread (status, settle and backoff count from the decision);
+        its VICI commands run on the worker and their errors are added to the record when they returned."""
         steps = [f"delete IKE_SA #{i}" for i in action.delete_ike_ids]
         steps += [f"delete CHILD_SA #{i}" for i in action.delete_child_ids]
         if action.initiate:
@@ -187,6 +233,13 @@ class Repairer:
         state = self.states[action.tunnel]
         log.info("repair %s (%s, #%d for this tunnel): %s; %s", action.tunnel, action.kind, state.total + 1,
                  action.reason, ", ".join(steps))
+        state.record(action, now, self.wall())
+        record = state.last
+        self.worker.submit(lambda: self.carry_out(action), lambda _now, _active, _decided, errors, error:
+                           self.carried_out(action, record, errors, error))
+
+    def carry_out(self, action: RepairAction) -> list[str]:
+        """On the worker: the repair's VICI commands in order; the errors, one per failed command."""
         path, errors = self.config.paths.vici_socket, []
         calls: list[tuple[str, Callable[[], None]]] = [
             # Forced, both kinds: charon still sends the DELETE (once: that is what moves AWS's traffic) and destroys
@@ -208,10 +261,24 @@ class Repairer:
             except (ViciUnavailable, ViciCommandFailed) as exc:
                 # An SA gone in the meantime is fine; the rest still runs, and backoff applies as for any repair.
                 errors.append(f"{what}: {exc}")
-        state.record(action, now, self.wall())
-        if errors and state.last is not None:
-            state.last = replace(state.last, errors=errors)
-            log.warning("repair %s: %s", action.tunnel, "; ".join(errors))
+        return errors
+
+    def carried_out(self, action: RepairAction, record: LastRepair | None, errors: list[str] | None,
+                    error: Exception | None) -> None:
+        if error is not None:
+            errors = [f"{type(error).__name__}: {error}"]
+        if not errors:
+            return
+        log.warning("repair %s: %s", action.tunnel, "; ".join(errors))
+        state = self.states[action.tunnel]
+        if record is not None and state.last is record:  # not a later repair's record
+            state.last = replace(record, errors=errors)
+
+    def close(self, now: float, timeout: float = 2 * CONNECT_TIMEOUT) -> None:
+        """Stopping: let the repair under way, if any, send its commands (at most ``timeout``); decide nothing more."""
+        self.stopping = True
+        self.worker.close(timeout)
+        self.worker.finish(now, None, [])
 
     def snapshot(self, name: str, now: float) -> RepairRecord:
         state = self.states[name]
@@ -286,7 +353,10 @@ class FailoverDaemon:
             if route.protocol == own.route_protocol and route.type == "unicast" and route.ifname:
                 routed[route.ifname] = min(route.metric, routed.get(route.ifname, route.metric))
         try:
-            installed: frozenset[str] | None = installed_tunnels(self.config, list_sas(self.config.paths.vici_socket))
+            # Before the loop runs, so waiting here delays no probe; the listing is also the repair side's first.
+            sas = list_sas(self.config.paths.vici_socket, connect=self.repairer.connect)
+            installed: frozenset[str] | None = installed_tunnels(self.config, sas)
+            self.repairer.seed(sas, now)
         except ViciUnavailable as exc:
             log.info("start: charon not reachable (%s); judging tunnels by probes only", exc)
             installed = None
@@ -415,14 +485,12 @@ class FailoverDaemon:
                     log.info("%s down: %s", name, self.health[name].reason)
 
     def _still_installed(self, name: str, whole_ike_sa: bool, ike_id: int | None, children: frozenset[int]) -> bool:
-        # A down event for an old SA while a replacement is installed (reauth, duplicate) must not fail over.
-        if self.repairer.facts is not None:
-            return replacement_installed(self.repairer.facts.get(name, TunnelSaFacts()), self.repairer.came_up[name],
-                                         whole_ike_sa, ike_id, children)
-        try:  # no listing yet (the daemon's first second): ask charon
-            return name in installed_tunnels(self.config, list_sas(self.config.paths.vici_socket))
-        except ViciUnavailable:
-            return False
+        # A down event for an old SA while a replacement is installed (reauth, duplicate) must not fail over. Never by
+        # asking charon now (it answers after the hook of this very SA). No listing at all (charon was unreachable at
+        # start and none completed since): what VICI reported up since is all there is to go by.
+        facts = self.repairer.facts or {}
+        return replacement_installed(facts.get(name, TunnelSaFacts()), self.repairer.came_up[name], whole_ike_sa,
+                                     ike_id, children)
 
     def probe_now(self, name: str, now: float) -> None:
         self.on_probe_results(self.probers[name].send(now), now)
@@ -592,6 +660,7 @@ class FailoverDaemon:
                 if self.view != changed_before:
                     self.write_outputs()
         finally:
+            self.repairer.close(self.clock())
             self.write_outputs()
             for prober in [*self.probers.values(), *self.target_probers.values()]:
                 prober.close()

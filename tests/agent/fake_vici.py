@@ -6,6 +6,7 @@ real-charon tests (test_agent_repair_charon.py) check that charon answers the sa
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
@@ -47,6 +48,13 @@ class FakeVici:
         self.registrations: list[tuple[Transport, str]] = []  # (connection, event name), in registration order
         self.refused_events: set[str] = set()  # registration answered EVENT_UNKNOWN, as charon for a name it lacks
         self.registered = threading.Condition(self.lock)
+        # Commands answered only after release(), as charon answers while it runs an updown hook; how many requests
+        # were held, and the most held at one time.
+        self.held: frozenset[str] = frozenset()
+        self.released = threading.Event()
+        self.held_total = 0
+        self.held_most = 0
+        self.waiting: set[socket.socket] = set()  # connections of held requests whose client still waits
 
     def add(self, name: str, remote: str, mark: int, children: int = 1, established: int = 10) -> FakeIke:
         with self.lock:
@@ -113,6 +121,8 @@ class FakeVici:
                     message = {k: v.decode() if isinstance(v, bytes) else v
                                for k, v in Message.deserialize(FiniteStream(body)).items()} if body else {}
                     self._command(transport, name, message)
+        except OSError:
+            return  # the client went away (e.g. gave up on a held command) before the answer
         finally:
             sock.close()
 
@@ -120,6 +130,37 @@ class FakeVici:
         transport.send(struct.pack("!B", Packet.CMD_RESPONSE) + Message.serialize(message))
 
     def _command(self, transport: Transport, name: str, message: dict[str, str]) -> None:
+        if name in self.held:
+            sock = transport.socket
+            with self.lock:
+                # A client that gave up closed its connection before it asked again: counted exactly at each arrival.
+                self.waiting = {s for s in self.waiting if not self._client_gone(s)} | {sock}
+                self.held_total += 1
+                self.held_most = max(self.held_most, len(self.waiting))
+            try:
+                while not self.released.wait(0.05):
+                    if self._client_gone(sock):
+                        return  # it gave up waiting (its read timeout): no longer a request under way
+            finally:
+                with self.lock:
+                    self.waiting.discard(sock)
+        try:
+            self._answer(transport, name, message)
+        except OSError:
+            pass  # the client gave up waiting (its read timeout) and closed the connection
+
+    @property
+    def held_now(self) -> int:
+        with self.lock:
+            return sum(not self._client_gone(s) for s in self.waiting)
+
+    @staticmethod
+    def _client_gone(sock: socket.socket) -> bool:
+        poller = select.poll()
+        poller.register(sock, select.POLLRDHUP)
+        return bool(poller.poll(0))
+
+    def _answer(self, transport: Transport, name: str, message: dict[str, str]) -> None:
         if name == "list-sas":
             with self.lock:
                 listing = [self._listing(ike) for ike in self.ikes]
@@ -164,6 +205,16 @@ class FakeVici:
                 "install-time": str(c.install_time), "bytes-in": "0", "bytes-out": "0", "spi-out": f"c{c.child_id:07x}",
             } for c in ike.children},
         }}
+
+    def hold(self, *commands: str) -> None:
+        """From now on these commands (e.g. "list-sas") are answered only after release(), as charon answers while
+        an updown hook runs; a client's read timeout may come first."""
+        self.released.clear()
+        self.held = frozenset(commands)
+
+    def release(self) -> None:
+        self.held = frozenset()
+        self.released.set()
 
     def wait_registered(self, events: int, timeout: float = 10.0) -> None:
         with self.registered:

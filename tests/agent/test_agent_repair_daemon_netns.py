@@ -5,6 +5,7 @@ shows in the log, the state file, the metrics and `vpnctl status`."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
@@ -17,16 +18,21 @@ from hostconfig.agent.status_contract import StatusReport
 pytestmark = pytest.mark.root
 
 
-def test_daemon_rebuilds_the_probe_dead_tunnel_once_and_shows_it(gateway):
-    data = gateway.data
-    data["probe"].update({"interval_ms": 100, "timeout_ms": 300, "down_after": 3, "up_after": 3,
-                          "failback_hold_seconds": 2, "repair_hold_seconds": 2})
-    write_config(gateway.tmp, data)
+def fast_probes_and_a_fake_charon(gateway, repair_hold_seconds: float) -> tuple[FakeVici, socket.socket]:
+    """Probes every 100 ms (down after ~0.6 s), and a fake charon on the VICI socket path with one IKE_SA and
+    CHILD_SA per tunnel; close the listener to stop it."""
+    gateway.data["probe"].update({"interval_ms": 100, "timeout_ms": 300, "down_after": 3, "up_after": 3,
+                                  "failback_hold_seconds": 2, "repair_hold_seconds": repair_hold_seconds})
+    write_config(gateway.tmp, gateway.data)
     vici = FakeVici()
-    for t in data["tunnels"]:
+    for t in gateway.data["tunnels"]:
         vici.add(t["name"], t["remote_outside_ip"], t["mark"])
+    return vici, vici.serve_unix(gateway.tmp / "charon.vici")
+
+
+def test_daemon_rebuilds_the_probe_dead_tunnel_once_and_shows_it(gateway):
+    vici, listener = fast_probes_and_a_fake_charon(gateway, repair_hold_seconds=2)
     old = {t: vici.tunnel_ikes(t)[0].ike_id for t in ("tunnel1", "tunnel2")}
-    listener = vici.serve_unix(gateway.tmp / "charon.vici")
     proc = start_daemon(gateway)
     try:
         wait_for(lambda: state(gateway).get("up") == ["tunnel1", "tunnel2"], what="both tunnels up")
@@ -69,3 +75,36 @@ def test_daemon_rebuilds_the_probe_dead_tunnel_once_and_shows_it(gateway):
     log = "".join(p.read_text() for p in gateway.tmp.glob("daemon-*.log"))
     repairs = [line for line in log.splitlines() if "repair tunnel2 (reestablish" in line]
     assert len(repairs) == 1, log[-3000:]
+
+
+def test_daemon_probes_and_fails_over_on_time_while_charon_holds_vici_back(gateway):
+    """charon answers VICI only after the updown hook it runs (seconds on a loaded machine). The daemon lists the SAs
+    every second; while charon holds those listings back, its loop must go on probing and failing over. The old loop
+    waited out the 2 s VICI read on every listing: probes went out every ~2 s and their replies were expired unread,
+    so the healthy tunnel went down too."""
+    vici, listener = fast_probes_and_a_fake_charon(gateway, repair_hold_seconds=600)  # no repair in this test
+    proc = start_daemon(gateway)
+    try:
+        wait_for(lambda: state(gateway).get("up") == ["tunnel1", "tunnel2"] and state(gateway).get("active")
+                 == "tunnel1", what="both tunnels up, tunnel1 active")
+        vici.hold("list-sas")
+        wait_for(lambda: vici.held_now >= 1, what="a listing the daemon asked for being held back")
+        since2 = state(gateway)["tunnels"]["tunnel2"]["since"]
+        break_tunnel(gateway, 1)
+        broken = time.monotonic()
+        wait_for(lambda: state(gateway).get("active") == "tunnel2", timeout=60, what="failover to tunnel2")
+        took = time.monotonic() - broken
+        # probes: 3 misses at 100 ms with a 300 ms timeout, ~0.6 s; generous for a loaded CI host (the old loop:
+        # one probe round per 2 s VICI read, and the healthy tunnel failed with the broken one)
+        assert took < 3.0, took
+        held = vici.held_total
+        wait_for(lambda: vici.held_total >= held + 2, timeout=60, what="two more listings held back")
+        s = state(gateway)
+        assert s["up"] == ["tunnel2"] and s["active"] == "tunnel2"
+        # the healthy tunnel never went down meanwhile (since: derived from the monotonic clock at each write)
+        assert s["tunnels"]["tunnel2"]["since"] == pytest.approx(since2, abs=0.05)
+        assert vici.held_most == 1  # one listing under way at a time
+    finally:
+        vici.release()
+        stop(proc)
+        listener.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,12 @@ def install_both(config, vici: FakeVici) -> None:
 
 
 def run(repairer: Repairer, start: float, until: float, active: str | None = "tunnel1", step: float = 0.25) -> None:
+    """Tick on a fake clock; after each tick wait for the worker's VICI calls, so that the next tick takes them in
+    (the daemon's loop never waits: there the next tick is whichever comes after the call returned)."""
     now = start
     while now <= until:
         repairer.tick(now, active)
+        assert repairer.worker.wait(10.0)
         now += step
 
 
@@ -114,6 +118,9 @@ def test_an_sa_gone_meanwhile_is_an_error_recorded_and_the_initiate_still_runs(c
     gone = repairer.states["tunnel2"]
     from hostconfig.agent.health import RepairAction
     repairer.execute(RepairAction("reestablish", "tunnel2", "test", (4242,)), 5.0)
+    assert gone.total == 1 and gone.last is not None and gone.last.errors == []  # counted at the decision
+    assert repairer.worker.wait(10.0)
+    repairer.tick(5.0, "tunnel1")  # takes in the commands' outcome
     assert [c[0] for c in vici.commands] == ["terminate", "initiate"]
     assert gone.last is not None and "no matching SAs" in gone.last.errors[0]
 
@@ -154,3 +161,69 @@ def test_metrics_and_doctor_show_the_repairs(config):
     facts.daemon = DaemonFacts(True, "tunnel1", repairs=repairs)
     failing = {r.name: r for r in check_repairs(config, facts)}["repair tunnel2"]
     assert failing.status == "FAIL" and "3 repairs in a row did not heal it" in failing.found
+
+
+# ---- charon busy (it answers VICI only after the updown hook it runs): the daemon's loop goes on ------------------
+
+def tick_while_held(repairer: Repairer, start: float, seconds: float) -> tuple[float, int]:
+    """Tick as the daemon's loop does, every 50 ms for ``seconds`` of real time (the fake clock advances alike);
+    returns the slowest tick and how many ran."""
+    slowest, ticks, began = 0.0, 0, time.monotonic()
+    while time.monotonic() - began < seconds:
+        t0 = time.monotonic()
+        repairer.tick(start + (t0 - began), "tunnel1")
+        slowest, ticks = max(slowest, time.monotonic() - t0), ticks + 1
+        time.sleep(0.05)
+    return slowest, ticks
+
+
+def test_a_listing_charon_holds_back_does_not_hold_up_the_loop(config):
+    vici = FakeVici()
+    install_both(config, vici)
+    repairer, _ = setup(config, {"tunnel1": True, "tunnel2": True}, vici)
+    run(repairer, 0.0, 1.0)
+    repairer.tick(1.25, "tunnel1")  # takes in the listing asked for at 1.0
+    before = repairer.facts
+    assert before is not None and set(before) == {"tunnel1", "tunnel2"}
+    t1 = config.tunnel("tunnel1")
+    vici.hold("list-sas")
+    try:
+        vici.add("tunnel1", str(t1.remote_outside_ip), t1.mark)  # a reauthentication's new SA charon cannot list yet
+        slowest, ticks = tick_while_held(repairer, 2.0, 3.0)  # longer than the client's 2 s read timeout
+        # The old code listed on the loop's thread: the tick took the whole read timeout (2 s) every second.
+        assert slowest < 0.5, f"a tick took {slowest:.2f}s while charon held list-sas back"
+        assert ticks >= 20
+        assert vici.held_most == 1  # one listing under way at most, not one per second piling up
+        assert repairer.facts is before  # the last listing that completed is what a down event is judged by
+    finally:
+        vici.release()
+    assert repairer.worker.wait(10.0)
+    run(repairer, 10.0, 11.5)  # charon answers again: the next listing is taken in
+    assert repairer.facts is not None and len(repairer.facts["tunnel1"].ikes) == 2
+    assert repairer.listed_at is not None and repairer.listed_at >= 10.0
+
+
+def test_a_repairs_commands_charon_holds_back_do_not_hold_up_the_loop(config, caplog):
+    vici = FakeVici()
+    install_both(config, vici)
+    old = vici.tunnel_ikes("tunnel2")[0].ike_id
+    repairer, _ = setup(config, {"tunnel1": True, "tunnel2": False}, vici)
+    run(repairer, 0.0, 4.75)
+    vici.hold("terminate", "initiate")
+    caplog.set_level(logging.INFO, logger="hostconfig.agent.daemon")
+    try:
+        slowest, _ticks = tick_while_held(repairer, 5.0, 3.0)
+        assert slowest < 0.5, f"a tick took {slowest:.2f}s while charon held the repair's commands back"
+        # decided, logged and counted at once (status shows it), though its commands have not been answered yet
+        snap = repairer.snapshot("tunnel2", 8.0)
+        assert snap.total == 1 and snap.by_kind == {"reestablish": 1}
+        assert sum(r.getMessage().startswith("repair tunnel2 (reestablish") for r in caplog.records) == 1
+    finally:
+        vici.release()
+    assert repairer.worker.wait(15.0)
+    repairer.tick(8.5, "tunnel1")
+    # once charon answers, both went out (the terminate's client may have given up on its answer and sent the
+    # initiate, so the fake may see them in either order)
+    assert sorted(vici.commands, key=lambda c: c[0]) == [("initiate", {"child": "tunnel2", "timeout": "-1"}),
+                                                         ("terminate", {"ike-id": str(old), "timeout": "-1",
+                                                                        "force": "yes"})]
