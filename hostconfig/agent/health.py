@@ -232,9 +232,10 @@ class RepairState:
             self.dead_since = None
         else:
             # Observed once a second: a tunnel that came up and went down again in between is dead since it went
-            # down (changed_at), not since our first look.
+            # down (changed_at), not since our first look. The look may be dated before the probes' verdict (the
+            # daemon judges a listing at the moment it asked for it): never dead since before it went down.
             since = self.dead_since if self.dead_since is not None else now
-            self.dead_since = since if health.changed_at is None else max(since, min(health.changed_at, now))
+            self.dead_since = since if health.changed_at is None else max(since, health.changed_at)
         self.duplicated_since = ((self.duplicated_since if self.duplicated_since is not None else now)
                                  if sas.duplicated else None)
         if health.up and health.healthy_for(now) >= policy.backoff_reset_seconds:

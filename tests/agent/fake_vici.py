@@ -137,13 +137,12 @@ class FakeVici:
                 self.waiting = {s for s in self.waiting if not self._client_gone(s)} | {sock}
                 self.held_total += 1
                 self.held_most = max(self.held_most, len(self.waiting))
-            try:
-                while not self.released.wait(0.05):
-                    if self._client_gone(sock):
-                        return  # it gave up waiting (its read timeout): no longer a request under way
-            finally:
-                with self.lock:
-                    self.waiting.discard(sock)
+            while not self.released.wait(0.05):
+                if self._client_gone(sock):  # it gave up (its read timeout): charon still carries the command out
+                    break
+            with self.lock:
+                self.waiting.discard(sock)
+            self.released.wait()
         try:
             self._answer(transport, name, message)
         except OSError:
