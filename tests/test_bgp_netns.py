@@ -126,3 +126,32 @@ def test_agent_steering_moves_awss_return_path(bgp_pair):
     wait_for(lambda: amazon.json("show bgp ipv4 unicast 172.16.0.0/13 json") == {}
              and best(amazon, "172.31.0.1") == ("172.16.0.0/12", gateway_ends[primary]), timeout=60,
              what="both halves withdrawn")
+
+
+def test_the_gateways_zebra_leaves_the_agents_nexthops_alone(bgp_pair, tmp_path):
+    """The agent switches tunnels by replacing its nexthop objects (docs/contracts.md §3). zebra with kernel nexthop
+    groups on re-installs, as its own, any nexthop changed or deleted under a route it has seen: in the lab it put the
+    gateway's traffic back on the dead tunnel after each switch. The rendered frr.conf, applied as frr.service does
+    (vtysh reads the integrated file), turns that off."""
+    from hostconfig.render import render_frr_conf
+
+    plan, gw, _aws, gateway, _amazon, _links = bgp_pair
+    conf = tmp_path / "frr.conf"
+    conf.write_text(render_frr_conf(plan))
+    sh("vtysh", "--vty_socket", str(gateway.dir), "-f", str(conf))
+    one, two = (t.interface for t in plan.tunnels)
+    # as the agent does it: its own protocol number (157) and nexthop ids, one route per role
+    for line in (f"nexthop add id 1519101 dev {one} proto 157", f"nexthop add id 1519102 dev {two} proto 157",
+                 "route add 10.0.0.0/16 nhid 1519101 proto 157 metric 100",
+                 "route add 10.0.0.0/16 nhid 1519102 proto 157 metric 200"):
+        sh("ip", "-n", gw, *line.split())
+    wait_for(lambda: "1519102" in gateway.vtysh(["-c", "show nexthop-group rib"]), timeout=60,
+             what="zebra seeing the agent's nexthops")
+    sh("ip", "-n", gw, "nexthop", "replace", "id", "1519101", "dev", two, "proto", "157")  # the switch
+    sh("ip", "-n", gw, "nexthop", "del", "id", "1519102")
+    wait_for(lambda: "Kernel deleted a nexthop group with ID (1519102" in gateway.log("zebra"), timeout=60,
+             what="zebra handling the agent's delete")
+    gateway.vtysh(["-c", "show nexthop-group rib"])  # one more round trip through zebra after its handling
+    nexthops = sh("ip", "-n", gw, "nexthop", "show")
+    assert f"id 1519101 dev {two} scope host proto 157" in nexthops, nexthops
+    assert "1519102" not in nexthops, nexthops
