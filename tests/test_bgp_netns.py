@@ -155,3 +155,22 @@ def test_the_gateways_zebra_leaves_the_agents_nexthops_alone(bgp_pair, tmp_path)
     nexthops = sh("ip", "-n", gw, "nexthop", "show")
     assert f"id 1519101 dev {two} scope host proto 157" in nexthops, nexthops
     assert "1519102" not in nexthops, nexthops
+
+
+def test_aws_drops_a_session_that_advertises_more_than_its_route_limit(bgp_pair):
+    """AWS accepts at most 100 routes from the customer gateway (aws-vpn-facts.md, "Limits"); the lab's AWS side
+    (lab/frr.py, shared with this pair) takes the session down beyond that."""
+    from lab.frr import AWS_MAX_ROUTES_FROM_CUSTOMER
+
+    plan, _gw, _aws, gateway, amazon, _links = bgp_pair
+    wait_for(lambda: list(amazon.neighbor_states().values()) == ["Established"] * 2, timeout=120,
+             what="both sessions Established on the AWS side")
+    extra = [f"10.99.{i}.0/24" for i in range(AWS_MAX_ROUTES_FROM_CUSTOMER + 1)]
+    args = ["-c", "configure terminal", "-c", "ip prefix-list hybrid-vpn-vlan seq 1000 permit 10.99.0.0/16 le 24",
+            "-c", f"router bgp {plan.routing.customer_asn}", "-c", "address-family ipv4 unicast"]
+    gateway.vtysh([*args, *(a for prefix in extra for a in ("-c", f"network {prefix}"))])
+    wait_for(lambda: "Established" not in amazon.neighbor_states().values(), timeout=120,
+             what="the AWS side dropping both sessions over the route limit")
+    reasons = {address: info.get("lastNotificationReason", info.get("lastResetDueTo", ""))
+               for address, info in amazon.json("show bgp neighbors json").items() if isinstance(info, dict)}
+    assert all("Maximum Number of Prefixes" in r for r in reasons.values()), reasons
