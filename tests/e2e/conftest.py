@@ -45,6 +45,13 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path.name in LAST_MODULES)
 
 
+@pytest.fixture(scope="module")
+def session_lab_stopper():
+    """stop_session_lab of THIS module object: a test module importing tests.e2e.conftest gets a second copy of it
+    (pytest imports conftest under its own name), whose _session_lab the session's lab_up never set."""
+    return stop_session_lab
+
+
 def stop_session_lab() -> bool:
     """Take the session's static lab down now (a module that needs a lab of its own); False when the running lab is
     not the session's (someone else's: left alone)."""

@@ -88,7 +88,7 @@ def counted_towards_vlan() -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def bgp_lab():
+def bgp_lab(session_lab_stopper):
     reason = driver.why_lab_cannot_run()
     if reason:
         pytest.skip(reason)
@@ -98,7 +98,7 @@ def bgp_lab():
                 pytest.skip("the running lab is in static mode (`lab up --routing bgp` for these tests)")
             yield driver.Result(0, "reused a running bgp lab", "")
             return
-        if not conftest.stop_session_lab():
+        if not session_lab_stopper():
             pytest.skip("a lab is already running (`make lab down` first, or HYBRID_VPN_LAB_REUSE=1 to test it)")
     up = driver.lab("up", "--routing", "bgp", timeout=1800)
     try:
