@@ -34,9 +34,9 @@ first-boot: setup
 	$(PY) -m lab.debian_image build
 	$(PY) -m pytest tests/e2e/test_first_boot.py $(PYTEST_ARGS)
 
-# `make lab` = `make lab up`; `make lab down`, `make lab status`, `make lab break tunnel1`, ...
+# `make lab` = `make lab up`; `make lab down`, `make lab status`, `make lab break tunnel1`, ...; `make lab ROUTING=bgp`
 lab: setup
-	$(PY) -m lab $(or $(filter-out lab,$(MAKECMDGOALS)),up)
+	$(PY) -m lab $(or $(filter-out lab,$(MAKECMDGOALS)),up) $(if $(ROUTING),--routing $(ROUTING))
 
 # Sub-commands of `make lab` are arguments, not targets of their own.
 ifneq ($(filter lab,$(MAKECMDGOALS)),)

@@ -18,6 +18,7 @@ from hostconfig import gateway_paths
 log = logging.getLogger(__name__)
 
 _ERROR = re.compile(r"\[EC \d+\].*")
+_ZEBRA_ONLY = re.compile(r"^(no )?zebra ")
 
 
 def vtysh_dryrun_argv(path: str, *, vtysh: str = gateway_paths.VTYSH) -> tuple[str, ...]:
@@ -35,7 +36,11 @@ def frr_config_problems(path: Path, *, vtysh: str = gateway_paths.VTYSH,
         problems.append(f"vtysh --dryrun exit {checked.returncode}: {(checked.stdout + checked.stderr).strip()}")
     with tempfile.TemporaryDirectory(prefix="hybrid-vpn-frr-check-") as scratch:
         # -S: no privilege change (no frr user needed); own vty socket dir and pid file: never the running bgpd's.
-        applied = subprocess.run([bgpd, "-S", "--dryrun", "-f", str(path), "--vty_socket", scratch,
+        # zebra's own commands are not bgpd's ("No such command"): vtysh --dryrun above checked them.
+        for_bgpd = Path(scratch) / "bgpd.conf"
+        for_bgpd.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                                    if not _ZEBRA_ONLY.match(line)))
+        applied = subprocess.run([bgpd, "-S", "--dryrun", "-f", str(for_bgpd), "--vty_socket", scratch,
                                   "-i", f"{scratch}/bgpd.pid"], capture_output=True, text=True, timeout=60)
     problems.extend(f"bgpd --dryrun: {m.group(0)}" for m in _ERROR.finditer(applied.stdout + applied.stderr))
     log.info("frr check of %s: %d problem(s)", path, len(problems))

@@ -1,5 +1,5 @@
 """`make lab` / `python -m lab up|down|status|exec <host> <cmd...>|break <tunnel>|heal <tunnel>|prefer <tunnel>|
-maintenance <tunnel> [seconds] [--no-delete]|restart charon|agent`.
+maintenance <tunnel> [seconds] [--no-delete]|restart charon|agent|frr`.
 
 The lab runs directly on the host when its kernel can do VTI + ESP, else inside a small VM (lab/vm.py); the commands
 and their output are the same either way. HYBRID_VPN_LAB_BACKEND=vm|host forces one.
@@ -15,9 +15,9 @@ import time
 
 from lab import paths
 
-USAGE = """usage: lab up | down | status | exec <host> <command...> | break <tunnel> | heal <tunnel>
-           | prefer <tunnel> | maintenance <tunnel> [seconds] [--no-delete]
-           | restart charon|agent | lifetimes short|normal
+USAGE = """usage: lab up [--routing static|bgp] | down | status | exec <host> <command...> | break <tunnel>
+           | heal <tunnel> | prefer <tunnel> | maintenance <tunnel> [seconds] [--no-delete]
+           | restart charon|agent|frr | lifetimes short|normal
 hosts: vlan gw nat inet aws vpc ops"""
 UP_TIMEOUT_SECONDS = float(os.environ.get("HYBRID_VPN_LAB_UP_TIMEOUT", "1800"))
 CALL_TIMEOUT_SECONDS = 600.0
@@ -52,7 +52,26 @@ def local(verb: str, args: list[str]) -> int:
     return engine.dispatch(verb, args, sys.stdout.buffer, sys.stderr.buffer)
 
 
-def up() -> int:
+def parse_up_args(args: list[str]) -> str:
+    """`lab up [--routing static|bgp]` -> the routing mode."""
+    from lab.host_config_source import ROUTING_MODES
+
+    routing = "static"
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg.startswith("--routing="):
+            routing = arg.split("=", 1)[1]
+        elif arg == "--routing" and rest:
+            routing = rest.pop(0)
+        else:
+            raise ValueError(f"lab up: unknown argument {arg!r} (expected --routing static|bgp)")
+    if routing not in ROUTING_MODES:
+        raise ValueError(f"lab up --routing: {routing!r} is not one of {', '.join(ROUTING_MODES)} (e.g. --routing bgp)")
+    return routing
+
+
+def up(routing: str = "static") -> int:
     if os.geteuid() != 0:
         say("needs root (network namespaces, VTIs, mounts)")
         return 1
@@ -70,7 +89,7 @@ def up() -> int:
     paths.VM_MODE_FILE.write_text(backend)
     # The operator's side (program + renderer) runs here, on the host, while the VM boots: under TCG it is ~7x slower.
     operator_dir = (paths.RPC_DIR if backend == "vm" else paths.RUNTIME_DIR) / "operator"
-    preparing = start_operator(operator_dir)
+    preparing = start_operator(operator_dir, routing)
     if backend == "host":
         finish_operator(preparing, operator_dir)
         return local("up", [str(operator_dir)])
@@ -84,14 +103,14 @@ def up() -> int:
     return vm.client().call("up", [str(operator_dir)], timeout=UP_TIMEOUT_SECONDS)
 
 
-def start_operator(operator_dir):
+def start_operator(operator_dir, routing: str):
     from lab import operator, rpc
 
     shutil.rmtree(paths.RPC_DIR, ignore_errors=True)
     rpc.make_dirs(paths.RPC_DIR)
-    say("operator side: evaluating the Pulumi program (stacks/Pulumi.lab.yaml, emulated cloud) and rendering the "
-        "gateway files, in the background")
-    return operator.start(operator_dir), time.monotonic()
+    say(f"operator side: evaluating the Pulumi program (stacks/Pulumi.lab.yaml, routing.mode {routing}, emulated "
+        "cloud) and rendering the gateway files, in the background")
+    return operator.start(operator_dir, routing), time.monotonic()
 
 
 def finish_operator(preparing, operator_dir) -> None:
@@ -149,7 +168,12 @@ def main(argv: list[str]) -> int:
         return 0 if argv else 2
     verb, args = argv[0], argv[1:]
     if verb == "up":
-        return up()
+        try:
+            routing = parse_up_args(args)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        return up(routing)
     if verb == "down":
         return down()
     if verb in ("status", "exec", "break", "heal", "prefer", "maintenance", "restart", "lifetimes"):

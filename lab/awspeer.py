@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hostconfig.agent.frr import Vtysh
 from lab import paths
+from lab.frr import FRR_USER, aws_bgpd_conf, daemon_argv
 from lab.rpc import write_atomically
 from lab.sh import ip_batch, run, run_in, spawn_in, sysctl_in
 
@@ -32,6 +35,7 @@ AWS_DIR = paths.STATE_DIR / "aws"
 PREFER_FILE = AWS_DIR / "prefer"  # a `lab prefer` request, consumed by lab/awsrouting.py once that tunnel is UP
 MONITOR_STATUS = AWS_DIR / "monitor-status.json"
 MONITOR_CONF = AWS_DIR / "monitor.json"
+FRR_DIR = AWS_DIR / "frr"  # the AWS side's zebra + bgpd (routing.mode bgp): config, vty sockets, logs
 
 ENCRYPTION = {"AES128": "aes128", "AES256": "aes256", "AES128-GCM-16": "aes128gcm16", "AES256-GCM-16": "aes256gcm16"}
 INTEGRITY = {"SHA1": "sha1", "SHA2-256": "sha256", "SHA2-384": "sha384", "SHA2-512": "sha512"}
@@ -243,10 +247,43 @@ def start(host_config: dict, prefer: str | None = None) -> None:
     from lab.topology import wait_for
     wait_for(lambda: (AWS_DIR / "charon.vici").exists(), 120, "the AWS side's charon")
     swanctl(["--load-all", "--noprompt", "--file", str(conf)])
+    bgp = "routing" in host_config
+    if bgp:
+        start_bgp(host_config)
     monitor_conf = {"tunnels": [t.__dict__ for t in tunnels], "vlan_cidrs": host_config["linode"]["vlan_cidrs"],
-                    "vici": str(AWS_DIR / "charon.vici"), "status": str(MONITOR_STATUS), "prefer": str(PREFER_FILE)}
+                    "vici": str(AWS_DIR / "charon.vici"), "status": str(MONITOR_STATUS), "prefer": str(PREFER_FILE),
+                    "bgp_vty_socket": str(FRR_DIR) if bgp else None}
     write_atomically(MONITOR_CONF, json.dumps(monitor_conf).encode())
     spawn_in("aws", "aws-route-monitor", [sys.executable, "-m", "lab.awsrouting", str(MONITOR_CONF)])
+
+
+def render_bgpd_conf(host_config: dict) -> str:
+    """AWS's bgpd for this VPN connection: the VGW's ASN, a neighbor at the gateway's inside address of each tunnel,
+    the VPC CIDRs advertised (lab/frr.py has AWS's timers, route limit and no-ECMP)."""
+    routing = host_config["routing"]
+    tunnels = aws_tunnels(host_config)
+    return aws_bgpd_conf(amazon_asn=int(routing["amazon_side_asn"]), customer_asn=int(routing["customer_asn"]),
+                         router_id=tunnels[0].aws_inside_cidr.split("/")[0],
+                         neighbors=[t.gateway_inside_ip for t in tunnels], networks=host_config["aws"]["cidrs"])
+
+
+def start_bgp(host_config: dict) -> None:
+    """Real FRR in the aws namespace: zebra installs bgpd's best paths into the kernel, towards the VTIs."""
+    FRR_DIR.mkdir(parents=True, exist_ok=True)
+    (FRR_DIR / "zebra.conf").write_text("!\n")
+    (FRR_DIR / "bgpd.conf").write_text(render_bgpd_conf(host_config))
+    for path in (FRR_DIR, FRR_DIR / "zebra.conf", FRR_DIR / "bgpd.conf"):
+        shutil.chown(path, FRR_USER, FRR_USER)
+    from lab.topology import wait_for
+    for daemon in ("zebra", "bgpd"):
+        spawn_in("aws", f"aws-frr-{daemon}", daemon_argv(daemon, str(FRR_DIR), str(FRR_DIR / f"{daemon}.conf"),
+                                                         ["--log", f"file:{FRR_DIR}/{daemon}.log"]))
+        wait_for(lambda d=daemon: (FRR_DIR / f"{d}.vty").exists(), 120, f"the AWS side's {daemon}")
+
+
+def vtysh() -> Vtysh:
+    """vtysh of the AWS side's FRR (run it in the aws namespace's process tree: any, the socket is a file)."""
+    return Vtysh(vty_socket=str(FRR_DIR))
 
 
 def set_preference(tunnel: str, known: list[str]) -> None:

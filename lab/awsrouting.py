@@ -10,10 +10,15 @@ Sticky, as AWS: after a move AWS stays on the new tunnel when the old one comes 
 pick with a deterministic one so tests and benchmarks know which case they measure: `lab prefer tunnelN` asks for a
 tunnel, the request applies as soon as that tunnel is UP (at once if it is), and is then spent. Runs inside the aws
 namespace: `python -m lab.awsrouting <monitor.json>`.
+
+In routing.mode bgp nothing here chooses a route: the AWS side's real bgpd picks (longest prefix, then AS path length,
+then MED) and zebra installs its pick towards a VTI. The monitor then only reports: which VTI the kernel sends each
+VLAN CIDR on (`ip route get`), the BGP routes in the kernel, and bgpd's session states.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import socket
@@ -32,6 +37,7 @@ from lab.rpc import write_atomically
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 2.0  # list-sas at least this often even without events (a missed event costs at most this)
+BGP_RECHECK_SECONDS = 1.0  # bgp mode: zebra moves the routes without an event here; the status follows within this
 ROUTE_METRIC = 100
 
 
@@ -83,6 +89,37 @@ def route_commands(vlan_cidrs: list[str], want: str | None, have: str | None) ->
     return cmds
 
 
+def probe_address(cidr: str) -> str:
+    """An address inside ``cidr`` to ask the kernel about (its first host: inside the lower more-specific half too)."""
+    return str(ipaddress.ip_network(cidr).network_address + 1)
+
+
+def kernel_egress(address: str) -> str | None:
+    """The link the kernel sends ``address`` on here, None without a route."""
+    got = subprocess.run(["ip", "-4", "route", "get", address], capture_output=True, text=True, check=False)
+    words = got.stdout.split() if got.returncode == 0 else []
+    return words[words.index("dev") + 1] if "dev" in words else None
+
+
+def bgp_view(vlan_cidrs: list[str], vti_of: dict[str, str], vty_socket: str) -> dict:
+    """What bgpd and the kernel decided, in bgp mode: the tunnel the kernel sends towards the VLAN on, the BGP routes
+    installed (prefix -> VTI) and bgpd's neighbor states (address -> state; {} when bgpd does not answer)."""
+    from hostconfig.agent.frr import FrrError, Vtysh, neighbor_states
+
+    tunnel_of = {vti: name for name, vti in vti_of.items()}
+    egress = {c: kernel_egress(probe_address(c)) for c in vlan_cidrs}
+    got = subprocess.run(["ip", "-j", "-4", "route", "show", "proto", "bgp"], capture_output=True, text=True,
+                         check=False)
+    routes = {r["dst"]: r.get("dev", "") for r in json.loads(got.stdout or "[]")} if got.returncode == 0 else {}
+    try:
+        sessions = neighbor_states(Vtysh(vty_socket=vty_socket))
+    except FrrError as exc:
+        log.warning("AWS bgpd: %s", exc)
+        sessions = {}
+    sending = tunnel_of.get(egress[vlan_cidrs[0]] or "") if vlan_cidrs else None
+    return {"sending": sending, "egress": egress, "routes": routes, "bgp": sessions}
+
+
 def _session(path: str) -> vici.Session:
     sock = socket.socket(socket.AF_UNIX)
     sock.settimeout(10)
@@ -124,7 +161,7 @@ def monitor(conf_path: Path) -> None:
     changed_at: dict[str, float] = {}
     moved_at: float | None = None
     while True:
-        wake.wait(RECHECK_SECONDS)
+        wake.wait(BGP_RECHECK_SECONDS if conf.get("bgp_vty_socket") else RECHECK_SECONDS)
         wake.clear()
         try:
             session = session or _session(conf["vici"])
@@ -139,6 +176,19 @@ def monitor(conf_path: Path) -> None:
                 log.warning("%s is %s (IKE %s, CHILD %s)", name, "UP" if is_up(new_states.get(name)) else "DOWN",
                             new_states.get(name, {}).get("ike", "none"), new_states.get(name, {}).get("child", "none"))
         states = new_states
+        tunnel_status = {n: {**states.get(n, {"ike": "none", "child": "none"}), "up": is_up(states.get(n)),
+                             "since": changed_at[n]} for n in order}
+        if conf.get("bgp_vty_socket"):
+            view = bgp_view(vlan_cidrs, vti_of, conf["bgp_vty_socket"])
+            if view["sending"] != sending:
+                moved_at = time.time()
+                log.warning("AWS (bgpd's best path) now sends to %s on %s (was %s)", ",".join(vlan_cidrs),
+                            view["sending"] or "no tunnel", sending or "none")
+            sending = view["sending"]
+            write_atomically(status_file, json.dumps({**view, "mode": "bgp", "prefer_pending": None,
+                                                      "time": time.time(), "moved_at": moved_at,
+                                                      "tunnels": tunnel_status}).encode())
+            continue
         request = _read_request(prefer_file)
         choice = choose_sending_tunnel(sending, [n for n in order if is_up(states.get(n))], request)
         if request is not None and choice.request is None:
@@ -151,10 +201,9 @@ def monitor(conf_path: Path) -> None:
             log.warning("AWS now sends to %s on %s (was %s)", ",".join(vlan_cidrs), choice.sending or "no tunnel",
                         sending or "none")
         sending = choice.sending
-        status = {"sending": sending, "prefer_pending": choice.request, "time": time.time(), "moved_at": moved_at,
-                  "routes": {vti_of[sending]: ROUTE_METRIC} if sending else {},
-                  "tunnels": {n: {**states.get(n, {"ike": "none", "child": "none"}), "up": is_up(states.get(n)),
-                                  "since": changed_at[n]} for n in order}}
+        status = {"mode": "static", "sending": sending, "prefer_pending": choice.request, "time": time.time(),
+                  "moved_at": moved_at, "routes": {vti_of[sending]: ROUTE_METRIC} if sending else {},
+                  "tunnels": tunnel_status}
         write_atomically(status_file, json.dumps(status).encode())
 
 

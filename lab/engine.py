@@ -158,10 +158,14 @@ def status(out: BinaryIO, err: BinaryIO) -> int:
             w(f"  {name}: outside {t['outside_ip']}  IKE_SA {tun['ike']:11}  CHILD_SA {tun['child']:9}  "
               f"{'UP' if tun['up'] else 'DOWN'}\n".encode())
         cidrs = ", ".join(hc["linode"]["vlan_cidrs"])
+        if mon.get("mode") == "bgp":
+            _aws_bgp_status(hc, mon, out)
+            cidrs = ""
         pending = mon["prefer_pending"]
         pending = f"; `lab prefer {pending}` pending (that tunnel is not UP)" if pending else ""
-        w(f"  sends to {cidrs} on {mon['sending'] or 'no tunnel (none UP)'} (sticky, moves only when it is DOWN by "
-          f"IKE){pending}\n".encode())
+        if cidrs:
+            w(f"  sends to {cidrs} on {mon['sending'] or 'no tunnel (none UP)'} (sticky, moves only when it is DOWN "
+              f"by IKE){pending}\n".encode())
     except FileNotFoundError:
         w(b"  route monitor has not reported yet\n")
     maintenance = awspeer.in_maintenance()
@@ -172,6 +176,18 @@ def status(out: BinaryIO, err: BinaryIO) -> int:
         w(f"  broken by `lab break`: {', '.join(breaks)}\n".encode())
     out.flush()
     return 0
+
+
+def _aws_bgp_status(hc: dict, mon: dict, out: BinaryIO) -> None:
+    """The AWS side's bgpd (routing.mode bgp): each tunnel's session, and where the kernel sends the VLAN CIDRs."""
+    asn, customer = hc["routing"]["amazon_side_asn"], hc["routing"]["customer_asn"]
+    for t in hc["tunnels"]:
+        state = mon.get("bgp", {}).get(t["gateway_inside_ip"], "not configured")
+        out.write(f"  {t['name']}: BGP (AS {asn}) neighbor {t['gateway_inside_ip']} (AS {customer}) {state}\n".encode())
+    egress = ", ".join(f"{c} via {dev or 'no route'}" for c, dev in mon.get("egress", {}).items())
+    routes = ", ".join(f"{p} dev {dev}" for p, dev in sorted(mon.get("routes", {}).items())) or "none"
+    out.write(f"  sends to {egress} on {mon['sending'] or 'no tunnel'} (bgpd's best path, installed by zebra); "
+              f"BGP routes in its kernel: {routes}\n".encode())
 
 
 def exec_(host: str, argv: list[str], out: BinaryIO, err: BinaryIO) -> int:
@@ -243,6 +259,10 @@ def heal(tunnel: str, out: BinaryIO) -> int:
 def prefer(tunnel: str, out: BinaryIO) -> int:
     hc = load_host_config()
     awspeer.set_preference(tunnel, [t["name"] for t in hc["tunnels"]])
+    if "routing" in hc:
+        out.write(b"lab: routing.mode bgp: the AWS side follows BGP (the gateway's advertisements), not `lab prefer`; "
+                  b"the request is ignored\n")
+        return 0
     out.write(f"lab: the AWS side sends towards the VLAN on {tunnel} as soon as that tunnel is UP (at once if it is), "
               "then stays there (sticky) until it goes DOWN\n".encode())
     return 0
@@ -268,13 +288,15 @@ def maintenance(args: list[str], out: BinaryIO, err: BinaryIO) -> int:
 
 
 def restart(component: str, out: BinaryIO) -> int:
-    """Restart a gateway component as systemd would (`lab restart charon|agent`)."""
+    """Restart a gateway component as systemd would (`lab restart charon|agent|frr`)."""
     if component == "charon":
         topology.restart_gw_charon()
     elif component == "agent":
         gateway.restart_agent()
+    elif component == "frr" and gateway.bgp_mode():
+        gateway.restart_frr()  # `systemctl restart frr`: zebra + bgpd, then vtysh -b applies frr.conf
     else:
-        raise ValueError(f"unknown component {component!r}: expected charon or agent")
+        raise ValueError(f"unknown component {component!r}: expected charon, agent or (routing.mode bgp) frr")
     out.write(f"lab: gateway {component} restarted\n".encode())
     return 0
 
@@ -305,7 +327,7 @@ def dispatch(verb: str, args: list[str], out: BinaryIO, err: BinaryIO) -> int:
             return maintenance(args, out, err)
         if verb in ("break", "heal", "prefer", "restart", "lifetimes"):
             if len(args) != 1:
-                what = {"restart": "charon|agent", "lifetimes": "short|normal"}.get(verb, "tunnel")
+                what = {"restart": "charon|agent|frr", "lifetimes": "short|normal"}.get(verb, "tunnel")
                 err.write(f"usage: lab {verb} <{what}>\n".encode())
                 return 2
             if not is_up():

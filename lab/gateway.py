@@ -26,6 +26,7 @@ from hostconfig import gateway_paths as gp
 from hostconfig.agent import state as agent_state
 from hostconfig.deliver.gateway import activation_steps
 from lab import operator, paths, topology
+from lab.frr import FRR_USER, daemon_argv, enabled_daemons
 from lab.sh import ns_prefix, pid_of, run, run_in, spawn_in
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ def configure(operator_dir: Path, say: Callable[[str], None]) -> None:
     report = json.loads(PUSH_REPORT.read_text())
     say(f"delivery: {len(report['changed'])} file(s) changed in {report['total_seconds']:.1f} s: "
         f"{', '.join(c['path'] for c in report['changed'])}")
-    activate([c["path"] for c in report["changed"]], say)
+    hc, _ = host_config(operator_dir, lambda _line: None)
+    activate([c["path"] for c in report["changed"]], say, bgp="routing" in hc)
 
 
 # charon-systemd's unit on Debian 12 (gp.STRONGSWAN_UNIT) is the one the lab's charon plays. Not rendered by
@@ -128,15 +130,25 @@ def start_order(units: list[Unit]) -> list[str]:
     return order
 
 
-def gateway_units() -> list[Unit]:
-    """The gateway's units as pushed (read in its mount namespace), plus charon's."""
+def _system_unit(name: str) -> Unit:
+    system = next((d / name for d in SYSTEM_UNIT_DIRS if (d / name).is_file()), None)
+    return parse_unit(name, system.read_text()) if system else Unit(name)
+
+
+def gateway_units(bgp: bool) -> list[Unit]:
+    """The gateway's units as pushed (read in its mount namespace), plus charon's, plus frr's in routing.mode bgp.
+    frr after charon: bgpd's sessions run over the tunnels (it would retry, but a boot that starts it first only
+    waits longer for its first session)."""
     units = []
     for unit_file in (gp.GUARD_UNIT_FILE, gp.FAILOVER_UNIT_FILE):
         proc = run_in("gw", ["cat", unit_file.path], check=False)
         if proc.returncode == 0:
             units.append(parse_unit(Path(unit_file.path).name, proc.stdout))
-    system = next((d / gp.STRONGSWAN_UNIT for d in SYSTEM_UNIT_DIRS if (d / gp.STRONGSWAN_UNIT).is_file()), None)
-    units.append(parse_unit(gp.STRONGSWAN_UNIT, system.read_text()) if system else Unit(gp.STRONGSWAN_UNIT))
+    units.append(_system_unit(gp.STRONGSWAN_UNIT))
+    if bgp:
+        frr = _system_unit(gp.FRR_UNIT)
+        units.append(Unit(frr.name, frr.before, (*frr.after, gp.STRONGSWAN_UNIT), frr.exec_start,
+                          frr.path_conditions))
     return units
 
 
@@ -155,6 +167,54 @@ def _reload_sshd() -> None:
         os.kill(pid, signal.SIGHUP)
 
 
+# --- FRR (routing.mode bgp): what frr.service does, without systemd ------------------------------------------------
+
+FRR_RUN_DIR = "/run/frr"  # Debian's frr: vty sockets, pid files, zserv.api (the gateway's /run is its own tmpfs)
+FRR_PROCESS_PREFIX = "gw-frr-"
+
+
+def bgp_mode() -> bool:
+    """The gateway's stack is in routing.mode bgp: its agent.json carries the bgp section (hostconfig/plan.py)."""
+    proc = run_in("gw", ["cat", gp.AGENT_CONFIG.path], check=False)
+    return proc.returncode == 0 and "bgp" in json.loads(proc.stdout or "{}")
+
+
+def _frr_processes() -> list[str]:
+    pids = paths.STATE_DIR / "pids"
+    return sorted(f.name for f in pids.iterdir() if f.name.startswith(FRR_PROCESS_PREFIX)) if pids.is_dir() else []
+
+
+def start_frr() -> None:
+    """`systemctl start frr`: the daemons /etc/frr/daemons enables, then `vtysh -b` applies /etc/frr/frr.conf (the
+    integrated config, as frrinit.sh does)."""
+    daemons = enabled_daemons(run_in("gw", ["cat", gp.FRR_DAEMONS.path]).stdout)
+    run_in("gw", ["install", "-d", "-o", FRR_USER, "-g", FRR_USER, "-m", "0755", FRR_RUN_DIR])
+    for daemon in daemons:
+        spawn_in("gw", FRR_PROCESS_PREFIX + daemon, daemon_argv(daemon))
+        topology.wait_for(lambda d=daemon: run_in("gw", ["test", "-S", f"{FRR_RUN_DIR}/{d}.vty"],
+                                                  check=False).returncode == 0, 120, f"the gateway's {daemon}")
+    run_in("gw", [gp.VTYSH, "-b"], timeout=300)
+
+
+def stop_frr() -> None:
+    for name in reversed(_frr_processes()):
+        topology.stop_process(name)
+
+
+def restart_frr() -> None:
+    stop_frr()
+    start_frr()
+
+
+def reload_frr() -> None:
+    """`systemctl reload-or-restart frr`: frr-reload.py applies the difference (the sessions stay up); a stopped
+    frr is started."""
+    if pid_of(FRR_PROCESS_PREFIX + "bgpd") is None:
+        restart_frr()
+        return
+    run_in("gw", [str(Path(gp.FRR_BGPD).parent / "frr-reload.py"), "--reload", gp.FRR_CONF.path], timeout=300)
+
+
 # ACTIVATION_ORDER's steps as the lab does them: (what it does, what it says). tests/e2e/test_lab_units.py checks that
 # every step of the product's order has an entry here.
 LAB_STEPS: dict[str, tuple[Callable[[], None], str]] = {
@@ -165,14 +225,16 @@ LAB_STEPS: dict[str, tuple[Callable[[], None], str]] = {
     "restart-charon": (lambda: topology.restart_gw_charon(), "charon restarted (strongswan.d changed)"),
     "load-swanctl": (_load_swanctl, "swanctl --load-all"),
     "reload-sshd": (_reload_sshd, "sshd reloaded (new host key)"),
+    "restart-frr": (restart_frr, "frr (zebra + bgpd) restarted (daemons changed)"),
+    "reload-frr": (reload_frr, "frr reloaded (frr.conf changed)"),
 }
 
 
-def activate(changed: list[str], say: Callable[[str], None]) -> list[str]:
+def activate(changed: list[str], say: Callable[[str], None], bgp: bool = False) -> list[str]:
     """Activate the changed gateway files in delivery's order (hostconfig.deliver.gateway.activation_steps); no
     separate `vpnctl reconcile`: the daemon's start is one (links, addresses, sysctls, routes, rule, nftables)."""
     done = []
-    for step in activation_steps(changed):
+    for step in activation_steps(changed, bgp=bgp):
         action, said = LAB_STEPS[step.name]
         action()
         if said:
@@ -186,6 +248,7 @@ def reset_to_boot_state() -> None:
     nftables table, SAs), forwarding at the kernel's default (off), then the sysctl.d drop-in cloud-init wrote."""
     from hostconfig import render
 
+    stop_frr()
     topology.stop_process("gw-vpnctl-daemon")
     topology.stop_process("gw-charon")
     # Forwarding off before the state goes (and after the agent, which would turn it back on): a booting kernel starts
@@ -213,6 +276,8 @@ def start_unit(unit: Unit) -> None:
         restart_agent()
     elif unit.name == gp.STRONGSWAN_UNIT:
         topology.restart_gw_charon()
+    elif unit.name == gp.FRR_UNIT:
+        restart_frr()
     elif all(run_in("gw", ["test", "-e", p], check=False).returncode == 0 for p in unit.path_conditions):
         for line in unit.exec_start:
             run_in("gw", shlex.split(line.lstrip("-@:+!")))
@@ -220,9 +285,10 @@ def start_unit(unit: Unit) -> None:
 
 def restart_stack_like_boot(say: Callable[[str], None]) -> list[str]:
     """Reboot the gateway's stack: reset to the boot state, then start its units in the order their files give."""
+    bgp = bgp_mode()
     reset_to_boot_state()
     say("gateway: boot state (no charon, no agent, no agent state, sysctl.d applied)")
-    units = {u.name: u for u in gateway_units()}
+    units = {u.name: u for u in gateway_units(bgp)}
     order = start_order(list(units.values()))
     for name in order:
         start_unit(units[name])
@@ -263,7 +329,7 @@ def push(files_json: Path) -> int:
                        private_key=(OPS_DIR / "id_ed25519").read_text(), connect_deadline_seconds=120)
     # Activation is done by the lab controller afterwards (activate: ACTIVATION_ORDER, each step as the lab can do it):
     # the lab has no systemd to run the activation commands.
-    report = push_files(target, files, validate=validation_commands(), activate=[],
+    report = push_files(target, files, validate=validation_commands(bgp="routing" in hc), activate=[],
                         secret_values=bundle["secret_values"])
     PUSH_REPORT.write_text(json.dumps(report.as_dict()))
     return 0

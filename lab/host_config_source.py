@@ -12,6 +12,10 @@ from lab.addresses import LabAddressPlan
 log = logging.getLogger(__name__)
 
 STACK_CONFIG = paths.REPO / "stacks" / "Pulumi.lab.yaml"
+ROUTING_MODES = ("static", "bgp")
+# `lab up --routing bgp`: the lab stack plus this (hybrid-vpn:routing; the customer ASN is CreateCustomerGateway's
+# default, the Amazon side's comes from the stack's aws.amazon_side_asn).
+BGP_ROUTING = {"mode": "bgp", "customer_asn": 65000}
 
 
 @dataclass(frozen=True)
@@ -21,11 +25,23 @@ class ProgramResult:
     ssh_host_public_key: str
 
 
-def program_host_config(plan: LabAddressPlan) -> ProgramResult:
-    """Evaluate the Pulumi program with stacks/Pulumi.lab.yaml against the emulated cloud (lab/cloud.py)."""
+def stack_config(routing: str = "static") -> dict:
+    """stacks/Pulumi.lab.yaml's config, with hybrid-vpn:routing in bgp mode."""
     from lab import cloud
 
-    run = cloud.run_program(cloud.stack_config_from_file(STACK_CONFIG), stack="lab", address_plan=plan)
+    if routing not in ROUTING_MODES:
+        raise ValueError(f"routing mode {routing!r}: expected one of {', '.join(ROUTING_MODES)} (e.g. --routing bgp)")
+    config = cloud.stack_config_from_file(STACK_CONFIG)
+    if routing == "bgp":
+        config["hybrid-vpn:routing"] = dict(BGP_ROUTING)
+    return config
+
+
+def program_host_config(plan: LabAddressPlan, routing: str = "static") -> ProgramResult:
+    """Evaluate the Pulumi program with stacks/Pulumi.lab.yaml (plus ``routing``) against the emulated cloud."""
+    from lab import cloud
+
+    run = cloud.run_program(stack_config(routing), stack="lab", address_plan=plan)
     if "host_config" not in run.outputs:
         raise RuntimeError(f"the program exported no host_config (outputs: {', '.join(sorted(run.outputs))})")
     keys = [k for k in run.of_type("tls:index/privateKey:PrivateKey") if k.name == "gateway-ssh-host-key"]

@@ -5,7 +5,7 @@ Output: a directory (0700) with program-result.json (host_config + the gateway's
 receive it) and gateway-files.json (the files the delivery pushes). Both hold secrets: files are 0600 and the
 directory is removed by `lab down`. The push itself happens inside the lab, from the operator namespace.
 
-    python -m lab.operator <dir>
+    python -m lab.operator <dir> [static|bgp]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _write_secret_json(path: Path, obj: object) -> None:
     os.rename(tmp, path)
 
 
-def prepare(out_dir: Path) -> dict[str, float]:
+def prepare(out_dir: Path, routing: str = "static") -> dict[str, float]:
     from hostconfig.deliver.gateway import vpnctl_file
     from hostconfig.plan import GatewayPlan
     from hostconfig.render import render_gateway_files
@@ -44,7 +44,7 @@ def prepare(out_dir: Path) -> dict[str, float]:
     timings: dict[str, float] = {}
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     t0 = time.monotonic()
-    result = host_config_source.program_host_config(LAB_PLAN)
+    result = host_config_source.program_host_config(LAB_PLAN, routing)
     _write_secret_json(out_dir / PROGRAM_RESULT, {"host_config": result.host_config,
                                                   "ssh_host_private_key": result.ssh_host_private_key,
                                                   "ssh_host_public_key": result.ssh_host_public_key})
@@ -60,11 +60,11 @@ def prepare(out_dir: Path) -> dict[str, float]:
     return timings
 
 
-def start(out_dir: Path) -> subprocess.Popen:
+def start(out_dir: Path, routing: str = "static") -> subprocess.Popen:
     """Run `prepare` in a child process (the Pulumi runtime wants its own main thread), logging to out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(out_dir / "operator.log", "wb") as logf:
-        return subprocess.Popen([sys.executable, "-m", "lab.operator", str(out_dir)], stdin=subprocess.DEVNULL,
+        return subprocess.Popen([sys.executable, "-m", "lab.operator", str(out_dir), routing], stdin=subprocess.DEVNULL,
                                 stdout=logf, stderr=subprocess.STDOUT, cwd=paths.REPO)
 
 
@@ -77,7 +77,7 @@ def wait(proc: subprocess.Popen, out_dir: Path, timeout: float = 900) -> None:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    timings = prepare(Path(argv[0]))
+    timings = prepare(Path(argv[0]), argv[1] if len(argv) > 1 else "static")
     print(json.dumps(timings))
     return 0
 

@@ -36,6 +36,7 @@ GW_PRIVATE_DIRS = {
     os.path.dirname(gp.CHARON_CONF.path): True,  # /etc/strongswan.d
     gp.CONFIG_DIR.path: False,
     os.path.dirname(gp.SSH_HOST_KEY.path): False,  # /etc/ssh
+    os.path.dirname(gp.FRR_CONF.path): True,  # /etc/frr: Debian's frr package files; routing.mode bgp pushes its own
     gp.UNIT_DIR: False,
     os.path.dirname(gp.VPNCTL.path): False,  # /usr/local/sbin
     "/var/lib": False,  # the metrics dir and delivery's state dir

@@ -18,6 +18,7 @@ from testlib import wait_for
 
 from hostconfig import gateway_paths
 from hostconfig.agent.frr import Vtysh
+from lab.frr import FRR_USER, aws_bgpd_conf, daemon_argv
 
 FRR_DAEMONS = Path(gateway_paths.FRR_BGPD).parent
 
@@ -27,9 +28,6 @@ def frr_missing() -> str | None:
         if not path.exists():
             return f"needs Debian's frr ({path} missing; scripts/setup-machine installs it)"
     return None
-
-
-FRR_USER = "frr"  # the daemons drop to it (root is not in the frrvty group their vty sockets need)
 
 
 class FrrInstance:
@@ -49,10 +47,8 @@ class FrrInstance:
         self.vtysh = Vtysh(vty_socket=str(self.dir))
 
     def _daemon(self, name: str, *extra: str) -> None:
-        # -P 0: no TCP vty; --log to a file of our own.
-        argv = [str(FRR_DAEMONS / name), "-u", FRR_USER, "-g", FRR_USER, "-P", "0", "-z", f"{self.dir}/zserv.api",
-                "-i", f"{self.dir}/{name}.pid", "--vty_socket", str(self.dir), "-f", f"{self.dir}/{name}.conf",
-                "--log", f"file:{self.dir}/{name}.log", *extra]
+        argv = daemon_argv(name, str(self.dir), f"{self.dir}/{name}.conf",
+                           ["--log", f"file:{self.dir}/{name}.log", *extra])
         proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         self.procs.append(proc)
@@ -101,15 +97,10 @@ def sh(*args: str, input_text: str | None = None) -> str:
 
 
 def aws_frr_conf(plan: Any) -> str:
-    """The 'AWS' end: ASN 64512, AWS's timers, one neighbor per tunnel, the VPC CIDR, no ECMP (a VGW has none)."""
-    neighbors = "".join(f" neighbor {t.gateway_inside_ip} remote-as {plan.routing.customer_asn}\n"
-                        f" neighbor {t.gateway_inside_ip} timers 10 30\n" for t in plan.tunnels)
-    activate = "".join(f"  neighbor {t.gateway_inside_ip} activate\n" for t in plan.tunnels)
-    return (f"frr defaults traditional\nhostname aws\nrouter bgp {AMAZON_ASN}\n"
-            f" bgp router-id {plan.tunnels[0].aws_inside_ip}\n no bgp ebgp-requires-policy\n"
-            " no bgp default ipv4-unicast\n no bgp network import-check\n timers bgp 10 30\n"
-            f"{neighbors} address-family ipv4 unicast\n  network {AWS_CIDR}\n  maximum-paths 1\n"
-            f"{activate} exit-address-family\nexit\n")
+    """The 'AWS' end as the lab's (lab/frr.py): ASN 64512, AWS's timers and route limit, the VPC CIDR, no ECMP."""
+    return aws_bgpd_conf(amazon_asn=AMAZON_ASN, customer_asn=plan.routing.customer_asn,
+                         router_id=str(plan.tunnels[0].aws_inside_ip),
+                         neighbors=[str(t.gateway_inside_ip) for t in plan.tunnels], networks=[AWS_CIDR])
 
 
 def wire_tunnels(gw: str, aws: str, plan: Any) -> dict[str, str]:

@@ -126,3 +126,51 @@ def test_agent_steering_moves_awss_return_path(bgp_pair):
     wait_for(lambda: amazon.json("show bgp ipv4 unicast 172.16.0.0/13 json") == {}
              and best(amazon, "172.31.0.1") == ("172.16.0.0/12", gateway_ends[primary]), timeout=60,
              what="both halves withdrawn")
+
+
+def test_the_gateways_zebra_leaves_the_agents_nexthops_alone(bgp_pair, tmp_path):
+    """The agent switches tunnels by replacing its nexthop objects (docs/contracts.md §3). zebra with kernel nexthop
+    groups on re-installs, as its own, any nexthop changed or deleted under a route it has seen: in the lab it put the
+    gateway's traffic back on the dead tunnel after each switch. The rendered frr.conf, applied as frr.service does
+    (vtysh reads the integrated file), turns that off."""
+    from hostconfig.render import render_frr_conf
+
+    plan, gw, _aws, gateway, _amazon, _links = bgp_pair
+    conf = tmp_path / "frr.conf"
+    conf.write_text(render_frr_conf(plan))
+    sh("vtysh", "--vty_socket", str(gateway.dir), "-f", str(conf))
+    one, two = (t.interface for t in plan.tunnels)
+    # as the agent does it: its own protocol number (157) and nexthop ids, one route per role
+    for line in (f"nexthop add id 1519101 dev {one} proto 157", f"nexthop add id 1519102 dev {two} proto 157",
+                 "route add 10.0.0.0/16 nhid 1519101 proto 157 metric 100",
+                 "route add 10.0.0.0/16 nhid 1519102 proto 157 metric 200"):
+        sh("ip", "-n", gw, *line.split())
+    wait_for(lambda: "1519102" in gateway.vtysh(["-c", "show nexthop-group rib"]), timeout=60,
+             what="zebra seeing the agent's nexthops")
+    sh("ip", "-n", gw, "nexthop", "replace", "id", "1519101", "dev", two, "proto", "157")  # the switch
+    sh("ip", "-n", gw, "nexthop", "del", "id", "1519102")
+    wait_for(lambda: "Kernel deleted a nexthop group with ID (1519102" in gateway.log("zebra"), timeout=60,
+             what="zebra handling the agent's delete")
+    gateway.vtysh(["-c", "show nexthop-group rib"])  # one more round trip through zebra after its handling
+    nexthops = sh("ip", "-n", gw, "nexthop", "show")
+    assert f"id 1519101 dev {two} scope host proto 157" in nexthops, nexthops
+    assert "1519102" not in nexthops, nexthops
+
+
+def test_aws_drops_a_session_that_advertises_more_than_its_route_limit(bgp_pair):
+    """AWS accepts at most 100 routes from the customer gateway (aws-vpn-facts.md, "Limits"); the lab's AWS side
+    (lab/frr.py, shared with this pair) takes the session down beyond that."""
+    from lab.frr import AWS_MAX_ROUTES_FROM_CUSTOMER
+
+    plan, _gw, _aws, gateway, amazon, _links = bgp_pair
+    wait_for(lambda: list(amazon.neighbor_states().values()) == ["Established"] * 2, timeout=120,
+             what="both sessions Established on the AWS side")
+    extra = [f"10.99.{i}.0/24" for i in range(AWS_MAX_ROUTES_FROM_CUSTOMER + 1)]
+    args = ["-c", "configure terminal", "-c", "ip prefix-list hybrid-vpn-vlan seq 1000 permit 10.99.0.0/16 le 24",
+            "-c", f"router bgp {plan.routing.customer_asn}", "-c", "address-family ipv4 unicast"]
+    gateway.vtysh([*args, *(a for prefix in extra for a in ("-c", f"network {prefix}"))])
+    wait_for(lambda: "Established" not in amazon.neighbor_states().values(), timeout=120,
+             what="the AWS side dropping both sessions over the route limit")
+    reasons = {address: info.get("lastNotificationReason", info.get("lastResetDueTo", ""))
+               for address, info in amazon.json("show bgp neighbors json").items() if isinstance(info, dict)}
+    assert all("Maximum Number of Prefixes" in r for r in reasons.values()), reasons

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hostconfig.deliver.gateway import ACTIVATION_ORDER, activation_commands, activation_steps
-from lab import awspeer, awsrouting, flows, gateway, host_config_source, lifetimes
+from hostconfig import gateway_paths as gp
+from hostconfig.deliver.gateway import ACTIVATION_ORDER, activation_commands, activation_order, activation_steps
+from hostconfig.frr_check import frr_config_problems
+from lab import __main__ as lab_cli
+from lab import awspeer, awsrouting, flows, frr, gateway, host_config_source, lifetimes
 from lab.rpc import RpcClient, RpcServer, RpcTimeout, make_dirs
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "host_config.default.json"
@@ -55,7 +58,7 @@ def test_the_lab_plays_every_step_of_deliverys_activation_order(monkeypatch):
     # One order for both: delivery's commands are ACTIVATION_ORDER, and the lab runs the same steps for the same files.
     assert [(c.argv, c.when_changed) for c in activation_commands()] == [(s.argv, s.when_changed)
                                                                         for s in ACTIVATION_ORDER]
-    assert set(gateway.LAB_STEPS) == {s.name for s in ACTIVATION_ORDER}
+    assert set(gateway.LAB_STEPS) == {s.name for s in activation_order(bgp=True)}
     done = []
     monkeypatch.setattr(gateway, "LAB_STEPS", {name: (lambda n=name: done.append(n), "") for name in gateway.LAB_STEPS})
     everything = [path for s in ACTIVATION_ORDER for path in s.when_changed]
@@ -66,6 +69,65 @@ def test_the_lab_plays_every_step_of_deliverys_activation_order(monkeypatch):
     swanctl = [path for path in everything if path.startswith("/etc/swanctl/")][:1]
     assert gateway.activate(swanctl, lambda _line: None) == [s.name for s in activation_steps(swanctl)] == done
     assert done == ["restart-agent", "load-swanctl"]
+    done.clear()
+    # routing.mode bgp: FRR's steps too, after the tunnels are loaded (bgpd's sessions run over them)
+    everything = [path for s in activation_order(bgp=True) for path in s.when_changed]
+    assert gateway.activate(everything, lambda _line: None, bgp=True) == [s.name for s in activation_order(bgp=True)]
+    assert done.index("load-swanctl") < done.index("restart-frr") < done.index("reload-frr")
+    done.clear()
+    assert gateway.activate([gp.FRR_CONF.path], lambda _line: None) == []  # a static stack has no frr to reload
+
+
+def test_a_gateway_boot_in_bgp_mode_starts_frr_after_charon():
+    charon = gateway.Unit(gp.STRONGSWAN_UNIT)
+    frr_unit = gateway.Unit(gp.FRR_UNIT, after=(gp.STRONGSWAN_UNIT,))
+    agent = gateway.Unit(gp.FAILOVER_UNIT, before=(gp.STRONGSWAN_UNIT,))
+    assert gateway.start_order([frr_unit, charon, agent]) == [gp.FAILOVER_UNIT, gp.STRONGSWAN_UNIT, gp.FRR_UNIT]
+
+
+def test_frr_starts_zebra_and_the_daemons_the_daemons_file_enables():
+    assert frr.enabled_daemons("bgpd=yes\nospfd=no\nvtysh_enable=yes\nbgpd_options=\"-A 127.0.0.1\"\n") == [
+        "zebra", "bgpd"]
+    assert frr.daemon_argv("bgpd")[-2:] == ["-P", "0"]  # FRR's default sockets (/run/frr), as frr.service has them
+
+
+def test_lab_up_takes_a_routing_mode_and_refuses_others():
+    assert lab_cli.parse_up_args([]) == "static"
+    assert lab_cli.parse_up_args(["--routing", "bgp"]) == lab_cli.parse_up_args(["--routing=bgp"]) == "bgp"
+    with pytest.raises(ValueError, match="--routing bgp"):
+        lab_cli.parse_up_args(["--routing", "ospf"])
+    bgp = host_config_source.stack_config("bgp")["hybrid-vpn:routing"]
+    assert bgp == {"mode": "bgp", "customer_asn": 65000}
+    assert "hybrid-vpn:routing" not in host_config_source.stack_config("static")
+
+
+def bgp_host_config() -> dict:
+    hc = host_config()
+    hc["routing"] = {"mode": "bgp", "customer_asn": 65000, "amazon_side_asn": 64512}
+    return hc
+
+
+def test_the_aws_sides_bgpd_is_awss_asn_timers_route_limit_and_no_ecmp(tmp_path):
+    conf = awspeer.render_bgpd_conf(bgp_host_config())
+    hc = host_config()
+    assert "router bgp 64512\n" in conf
+    for t in hc["tunnels"]:
+        gw = t["gateway_inside_ip"]
+        assert f" neighbor {gw} remote-as 65000\n" in conf
+        assert f" neighbor {gw} timers 10 30\n" in conf
+        assert f"  neighbor {gw} maximum-prefix 100\n" in conf
+    assert "  maximum-paths 1\n" in conf
+    assert all(f"  network {c}\n" in conf for c in hc["aws"]["cidrs"])
+    missing = frr.FRR_DAEMONS_DIR / "bgpd"
+    if not missing.exists():
+        pytest.skip(f"FRR's own check needs Debian's frr ({missing} missing)")
+    path = tmp_path / "bgpd.conf"
+    path.write_text(conf)
+    assert frr_config_problems(path) == []
+
+
+def test_aws_reports_the_vlan_route_from_inside_the_lower_more_specific_half():
+    assert awsrouting.probe_address("172.16.0.0/12") == "172.16.0.1"  # in 172.16.0.0/13, the lower half
 
 
 def test_aws_sends_on_one_tunnel_sticky_and_moves_only_when_it_is_down():
