@@ -208,13 +208,14 @@ def ensure_image(packages: tuple[str, ...]) -> DebianImage:
 
 
 def product_packages() -> tuple[str, ...]:
-    """The packages of the user data the program renders (any host key will do: the list does not depend on it)."""
+    """The packages of the user data the program renders (any host key will do: the list does not depend on it), in
+    routing.mode bgp as the first-boot test boots it: a static stack's list plus FRR's."""
     from hostconfig.cloudinit import render_user_data
     from lab.keys import ed25519_keypair
 
     private, public = ed25519_keypair("throwaway")
     return packages_of_user_data(render_user_data(hostname="hybrid-vpn-lab-gw", ssh_host_ed25519_private=private,
-                                                  ssh_host_ed25519_public=public))
+                                                  ssh_host_ed25519_public=public, bgp=True))
 
 
 def main(argv: list[str]) -> int:

@@ -21,7 +21,6 @@ No QEMU user networking, no route out of the namespaces: the guest reaches only 
 from __future__ import annotations
 
 import base64
-import copy
 import ipaddress
 import json
 import logging
@@ -77,27 +76,20 @@ def _write_secret(path: Path, text: str) -> None:
 
 # --- the operator side: `python -m lab.first_boot prepare DIR` ------------------------------------------------------
 
-# routing.mode bgp for the first boot (issue 16): the same gateway plus FRR, which cloud-init installs and starts and
-# the delivery activates through systemd (`systemctl restart frr`, `reload-or-restart frr`).
-BGP_ROUTING = {"mode": "bgp", "customer_asn": 65010}
-
-
 def prepare(out_dir: Path, routing_mode: str = "static") -> None:
     """Evaluate the program (stacks/Pulumi.lab.yaml, plus an operator key as `linode.authorized_keys` and
-    `delivery.ssh_private_key`, and ``routing_mode`` bgp: BGP_ROUTING) and keep what a real `pulumi up` hands on: the
-    instance's user data and authorized keys, and the GatewayConfig resource's inputs (what its provider's create
-    receives)."""
+    `delivery.ssh_private_key`, in ``routing_mode``: bgp adds FRR, which cloud-init installs and starts and the
+    delivery activates through systemd) and keep what a real `pulumi up` hands on: the instance's user data and
+    authorized keys, and the GatewayConfig resource's inputs (what its provider's create receives)."""
     from lab import cloud, host_config_source
     from lab.addresses import LAB_PLAN
 
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     ops_private, ops_public = ed25519_keypair("hybrid-vpn-first-boot-operator")
     _write_secret(out_dir / "id_ed25519", ops_private)
-    config = copy.deepcopy(cloud.stack_config_from_file(host_config_source.STACK_CONFIG))
+    config = host_config_source.stack_config(routing_mode)  # a fresh copy of the file's
     config["hybrid-vpn:linode"]["authorized_keys"] = [ops_public]
     config["hybrid-vpn:delivery"] = {"ssh_private_key": ops_private, "timeout_seconds": 300}
-    if routing_mode == "bgp":
-        config["hybrid-vpn:routing"] = dict(BGP_ROUTING)
     run = cloud.run_program(config, stack="lab", address_plan=LAB_PLAN, secret_keys=("delivery",))
     instance = run.one(INSTANCE_TYPE)
     delivery = run.one(GATEWAY_CONFIG_TYPE)

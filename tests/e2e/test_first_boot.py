@@ -27,6 +27,7 @@ import pytest
 
 from hostconfig import gateway_paths as gp
 from lab import debian_image, first_boot
+from lab.host_config_source import BGP_ROUTING
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
 
@@ -156,7 +157,7 @@ def test_frr_runs_the_delivered_bgp_config_through_systemd(gateway, delivered):
     assert set(neighbors) == aws_inside, neighbors.keys()
     for address, facts in neighbors.items():
         assert facts["remoteAs"] == hc["routing"]["amazon_side_asn"], (address, facts["remoteAs"])
-        assert facts["localAs"] == hc["routing"]["customer_asn"] == first_boot.BGP_ROUTING["customer_asn"], facts
+        assert facts["localAs"] == hc["routing"]["customer_asn"] == BGP_ROUTING["customer_asn"], facts
         assert (facts["bgpTimerConfiguredHoldTimeMsecs"], facts["bgpTimerConfiguredKeepAliveIntervalMsecs"]) == (
             30000, 10000), facts
     # no AWS side here: the sessions cannot come up, but the agent reads them from bgpd (not "missing")
