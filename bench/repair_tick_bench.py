@@ -10,6 +10,7 @@ last ~3 s, and the loop sent and read no probe meanwhile.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import tempfile
@@ -33,6 +34,7 @@ HOLD_SECONDS = 3.0
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     tmp = Path(tempfile.mkdtemp())
     config = load_config(write_config(tmp, config_dict(tmp)))
     vici = FakeVici()
