@@ -54,7 +54,7 @@ def local(verb: str, args: list[str]) -> int:
 
 def parse_up_args(args: list[str]) -> str:
     """`lab up [--routing static|bgp]` -> the routing mode."""
-    from lab.host_config_source import ROUTING_MODES
+    from lab.host_config_source import check_routing_mode
 
     routing = "static"
     rest = list(args)
@@ -66,9 +66,7 @@ def parse_up_args(args: list[str]) -> str:
             routing = rest.pop(0)
         else:
             raise ValueError(f"lab up: unknown argument {arg!r} (expected --routing static|bgp)")
-    if routing not in ROUTING_MODES:
-        raise ValueError(f"lab up --routing: {routing!r} is not one of {', '.join(ROUTING_MODES)} (e.g. --routing bgp)")
-    return routing
+    return check_routing_mode(routing)
 
 
 def up(routing: str = "static") -> int:

@@ -12,7 +12,6 @@ from lab.addresses import LabAddressPlan
 log = logging.getLogger(__name__)
 
 STACK_CONFIG = paths.REPO / "stacks" / "Pulumi.lab.yaml"
-ROUTING_MODES = ("static", "bgp")
 # `lab up --routing bgp`: the lab stack plus this (hybrid-vpn:routing; the customer ASN is CreateCustomerGateway's
 # default, the Amazon side's comes from the stack's aws.amazon_side_asn).
 BGP_ROUTING = {"mode": "bgp", "customer_asn": 65000}
@@ -25,12 +24,20 @@ class ProgramResult:
     ssh_host_public_key: str
 
 
+def check_routing_mode(routing: str) -> str:
+    """``routing`` if the program knows it (the contract's rules.ROUTING_MODES), else ValueError."""
+    from hostconfig.contract.rules import ROUTING_MODES
+
+    if routing not in ROUTING_MODES:
+        raise ValueError(f"lab up --routing: {routing!r} is not one of {', '.join(ROUTING_MODES)} (e.g. --routing bgp)")
+    return routing
+
+
 def stack_config(routing: str = "static") -> dict:
     """stacks/Pulumi.lab.yaml's config, with hybrid-vpn:routing in bgp mode."""
     from lab import cloud
 
-    if routing not in ROUTING_MODES:
-        raise ValueError(f"routing mode {routing!r}: expected one of {', '.join(ROUTING_MODES)} (e.g. --routing bgp)")
+    check_routing_mode(routing)
     config = cloud.stack_config_from_file(STACK_CONFIG)
     if routing == "bgp":
         config["hybrid-vpn:routing"] = dict(BGP_ROUTING)
