@@ -7,7 +7,7 @@ Two orders are timed until both sessions are Established on both sides:
 - ``answering``: each daemon waited for until it answers vtysh (lab.frr.answers_argv, what the lab does now);
 - ``zebra-only``: `vtysh -b` runs while zebra answers and bgpd has not started listening yet, which is what the old
   wait (for the vty socket file, which FRR leaves behind when it stops) allowed on a slow (TCG) machine.
-FRR's own timers are printed too (advertisement interval, connect-retry). Usage:
+FRR's own timers are printed too (advertisement interval, connect-retry), and what one vtysh call costs. Usage:
     .venv/bin/python bench/bgp_restart_bench.py [--give-up 200]
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -52,6 +53,14 @@ def one(order: str, give_up: float) -> str:
             wait_for(both, timeout=120, what="both sessions up")
             timers = {a: (i.get("minBtwnAdvertisementRunsTimerMsecs"), i.get("connectRetryTimer"))
                       for a, i in gateway.json("show bgp neighbors json").items()}
+            if order == "answering":  # what one vtysh call costs here (the steerer's read; a change is the same)
+                took = []
+                for _ in range(10):
+                    t0 = time.monotonic()
+                    gateway.vtysh(["-c", "show bgp neighbors json"])
+                    took.append(time.monotonic() - t0)
+                print(f"  one vtysh call (show bgp neighbors json): median {statistics.median(took) * 1000:.0f} ms, "
+                      f"max {max(took) * 1000:.0f} ms over 10")
             t0 = time.monotonic()
             if order == "answering":
                 gateway.restart_as_the_lab_does(render_frr_conf(plan))
