@@ -99,8 +99,11 @@ class BgpSteerer:
     connects to every FRR daemon: ~30 ms on the host, several times that under the lab's TCG, and up to its timeout
     when bgpd is busy or restarting; on the loop that stopped the probes for as long. One call per steering change:
     the route-maps bgpd has are remembered from the last read or change, and read again (a second call) only when
-    unknown (start, after a failure) or forced (the periodic full reconcile). At most one call is under way; a view
-    that arrives meanwhile is applied when it returned (the newest view wins)."""
+    unknown (start, after a failure) or forced (the periodic full reconcile). bgpd changed behind the agent's back (an
+    FRR restart) is thus seen at the next forced read, within FULL_RECONCILE_SECONDS, as it was for an unchanged view.
+    Sending every neighbor's route-map each time instead is not free: FRR re-sends a neighbor's updates even for its
+    unchanged route-map (measured in netns: 3 more UPDATEs per neighbor). At most one call is under way; a view that
+    arrives meanwhile is applied when it returned (the newest view wins)."""
 
     def __init__(self, tunnels: Sequence[str], primary: str, neighbors: Mapping[str, str], asn: int, run: Runner,
                  retry_seconds: float = 1.0):
