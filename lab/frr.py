@@ -36,6 +36,16 @@ def daemon_argv(name: str, run_dir: str | None = None, conf: str | None = None, 
     return [*argv, *extra]
 
 
+def answers_argv(daemon: str, vty_socket: str | None = None) -> list[str]:
+    """vtysh asking one daemon for its version: exits 0 only once that daemon listens on its vty socket.
+
+    Not the socket file's existence: FRR 8.4 leaves it behind when a daemon exits (SIGTERM), so after a stop `test -S`
+    passes at once, and a `vtysh -b` run then configures only the daemons that answer and still exits 0. Measured on
+    the host (netns, bench/bgp_restart_bench.py): the restarted bgpd got no config and both sessions stayed down for
+    200 s; waiting for the answer, both were Established again ~5 s after the restart."""
+    return [gp.VTYSH, *(["--vty_socket", vty_socket] if vty_socket else []), "-d", daemon, "-c", "show version"]
+
+
 def enabled_daemons(daemons_file: str) -> list[str]:
     """zebra, then every daemon ``/etc/frr/daemons`` sets to yes (frrinit.sh's reading of that file)."""
     wanted = ["zebra"]

@@ -26,7 +26,7 @@ from hostconfig import gateway_paths as gp
 from hostconfig.agent import state as agent_state
 from hostconfig.deliver.gateway import activation_steps
 from lab import operator, paths, topology
-from lab.frr import FRR_USER, daemon_argv, enabled_daemons
+from lab.frr import FRR_USER, answers_argv, daemon_argv, enabled_daemons
 from lab.sh import ns_prefix, pid_of, run, run_in, spawn_in
 
 log = logging.getLogger(__name__)
@@ -191,8 +191,8 @@ def start_frr() -> None:
     run_in("gw", ["install", "-d", "-o", FRR_USER, "-g", FRR_USER, "-m", "0755", FRR_RUN_DIR])
     for daemon in daemons:
         spawn_in("gw", FRR_PROCESS_PREFIX + daemon, daemon_argv(daemon))
-        topology.wait_for(lambda d=daemon: run_in("gw", ["test", "-S", f"{FRR_RUN_DIR}/{d}.vty"],
-                                                  check=False).returncode == 0, 120, f"the gateway's {daemon}")
+        topology.wait_for(lambda d=daemon: run_in("gw", answers_argv(d), check=False).returncode == 0, 120,
+                          f"the gateway's {daemon} answering")
     run_in("gw", [gp.VTYSH, "-b"], timeout=300)
 
 

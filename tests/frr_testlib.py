@@ -18,7 +18,7 @@ from testlib import wait_for
 
 from hostconfig import gateway_paths
 from hostconfig.agent.frr import Vtysh
-from lab.frr import FRR_USER, aws_bgpd_conf, daemon_argv
+from lab.frr import FRR_USER, answers_argv, aws_bgpd_conf, daemon_argv
 
 FRR_DAEMONS = Path(gateway_paths.FRR_BGPD).parent
 
@@ -63,6 +63,11 @@ class FrrInstance:
         return self
 
     def stop(self) -> None:
+        self.stop_daemons()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stop_daemons(self) -> None:
+        """SIGTERM, as a `systemctl stop frr`; the directory stays, with the vty socket files FRR leaves behind."""
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -72,7 +77,19 @@ class FrrInstance:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=20)
         self.procs.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def restart_as_the_lab_does(self, frr_conf: str) -> None:
+        """`lab restart frr` (lab/gateway.py restart_frr): stop, start zebra and bgpd without config, wait for each
+        to answer (lab.frr.answers_argv), then `vtysh -b` applies the integrated ``frr_conf``."""
+        (self.dir / "frr.conf").write_text(frr_conf)
+        (self.dir / "vtysh.conf").write_text("service integrated-vtysh-config\n")
+        (self.dir / "bgpd.conf").write_text("!\n")
+        self.stop_daemons()
+        for name in ("zebra", "bgpd"):
+            self._daemon(name)
+            wait_for(lambda n=name: subprocess.run(["ip", "netns", "exec", self.ns, *answers_argv(n, str(self.dir))],
+                                                   capture_output=True).returncode == 0, what=f"{name} answering")
+        self.vtysh(["--config_dir", str(self.dir), "-b"])
 
     def log(self, name: str) -> str:
         path = self.dir / f"{name}.log"

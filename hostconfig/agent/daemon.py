@@ -338,8 +338,9 @@ class FailoverDaemon:
 
     def steer_bgp(self, now: float, force: bool = False) -> None:
         """routing.mode bgp: tell AWS, through the gateway's bgpd, the tunnel the kernel now sends on (after the kernel
-        switch: the gateway -> AWS direction never waits for vtysh). ``force``: re-read FRR even for an unchanged view
-        (the periodic full reconcile: an FRR restart went back to frr.conf's steady state)."""
+        switch: the gateway -> AWS direction never waits for vtysh). Never waits: vtysh runs on the steerer's worker
+        thread, its outcome is taken in on a later round. ``force``: re-read FRR even for an unchanged view (the
+        periodic full reconcile: an FRR restart went back to frr.conf's steady state)."""
         if self.bgp is not None and self.view is not None:
             self.bgp.on_view(self.view, now, force=force)
 
@@ -662,6 +663,8 @@ class FailoverDaemon:
                     self.write_outputs()
         finally:
             self.repairer.close(self.clock())
+            if self.bgp is not None:
+                self.bgp.close(LOCK_TIMEOUT)
             self.write_outputs()
             for prober in [*self.probers.values(), *self.target_probers.values()]:
                 prober.close()

@@ -2,6 +2,7 @@
 
 Only the route-maps of the neighbors the agent was given are touched (the ones frr.conf.j2 renders, one per tunnel);
 a neighbor already on its route-map gets no command at all, so applying the same steering twice changes nothing.
+The daemon's loop never runs vtysh itself (BgpSteerer: a worker thread does, one call per steering change).
 FRR re-sends a neighbor's advertisements itself when its outbound route-map changes (soft reconfiguration out).
 """
 
@@ -17,6 +18,7 @@ from hostconfig import gateway_paths as gp
 
 from .bgp import RouteMapChange, Steering, changes, steer
 from .desired import TunnelView
+from .vici_worker import ViciWorker
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +71,12 @@ def neighbor_states(run: Runner) -> dict[str, str]:
     return {address: str(info["bgpState"]) for address, info in _neighbors(run).items()}
 
 
-def apply_steering(steering: Steering, *, asn: int, neighbors: Mapping[str, str], run: Runner) -> list[RouteMapChange]:
+def apply_steering(steering: Steering, *, asn: int, neighbors: Mapping[str, str], run: Runner,
+                   current: Mapping[str, str | None] | None = None) -> list[RouteMapChange]:
     """Bring bgpd to ``steering`` (``neighbors``: tunnel -> AWS's inside address); return the changes made, [] when
-    FRR already matched. One vtysh call, in make-before-break order."""
-    todo = changes(steering, neighbors, outbound_route_maps(run))
+    FRR already matched. ``current``: bgpd's outbound route-maps if known (None: read them first, one vtysh call).
+    The changes are one vtysh call, in make-before-break order."""
+    todo = changes(steering, neighbors, outbound_route_maps(run) if current is None else current)
     if not todo:
         return []
     args = ["-c", "configure terminal", "-c", f"router bgp {asn}", "-c", "address-family ipv4 unicast"]
@@ -88,7 +92,18 @@ def apply_steering(steering: Steering, *, asn: int, neighbors: Mapping[str, str]
 class BgpSteerer:
     """The daemon's BGP steering: on every new health view (and at every periodic full reconcile, which puts back what
     an FRR restart reset to frr.conf's steady state) it applies ``steer`` through vtysh. A failure is logged, counted
-    and retried after ``retry_seconds`` without blocking the kernel switch, which already happened."""
+    and retried after ``retry_seconds``.
+
+    The loop never waits for vtysh: the decision (``steer``) is made on the loop's thread, the vtysh calls run on a
+    worker thread (vici_worker's, in order), and their outcome is taken in on a later round. vtysh is a process that
+    connects to every FRR daemon: ~30 ms on the host, several times that under the lab's TCG, and up to its timeout
+    when bgpd is busy or restarting; on the loop that stopped the probes for as long. One call per steering change:
+    the route-maps bgpd has are remembered from the last read or change, and read again (a second call) only when
+    unknown (start, after a failure) or forced (the periodic full reconcile). bgpd changed behind the agent's back (an
+    FRR restart) is thus seen at the next forced read, within FULL_RECONCILE_SECONDS, as it was for an unchanged view.
+    Sending every neighbor's route-map each time instead is not free: FRR re-sends a neighbor's updates even for its
+    unchanged route-map (measured in netns: 3 more UPDATEs per neighbor). At most one call is under way; a view that
+    arrives meanwhile is applied when it returned (the newest view wins)."""
 
     def __init__(self, tunnels: Sequence[str], primary: str, neighbors: Mapping[str, str], asn: int, run: Runner,
                  retry_seconds: float = 1.0):
@@ -104,21 +119,61 @@ class BgpSteerer:
         self.failures_total = 0
         self.last_error: str | None = None
         self.retry_at = 0.0
+        self.worker = ViciWorker("frr-worker")
+        self.known: dict[str, str | None] | None = None  # bgpd's outbound route-maps as last read or set
+        self.under_way = False
+        self.force_pending = False
 
     def on_view(self, view: TunnelView, now: float, force: bool = False) -> list[RouteMapChange]:
+        """Take in the vtysh call that returned, if any, and start the one this view needs, if any; never waits.
+        Returns the changes whose call returned since the last round."""
+        made = self.take_in(now)
+        self.force_pending = self.force_pending or force
+        if self.under_way:
+            return made
+        force, self.force_pending = self.force_pending, False
         if not force and view == self.applied and self.last_error is None:
-            return []
+            return made
         if self.last_error is not None and now < self.retry_at and not force:
-            return []
+            return made
         steering = steer(self.tunnels, self.primary, view)
-        try:
-            made = apply_steering(steering, asn=self.asn, neighbors=self.neighbors, run=self.run)
-        except FrrError as exc:
-            self.failures_total += 1
-            self.last_error = str(exc)
-            self.retry_at = now + self.retry_seconds
-            log.error("bgp steering not applied (retry in %.0f s): %s", self.retry_seconds, exc)
-            return []
-        self.applied, self.last, self.last_error = view, steering, None
-        self.changes_total += len(made)
+        known = None if force else self.known
+        self.under_way = True
+        self.worker.submit(lambda: self._apply(steering, known),
+                           lambda made_, at, result, error: self._applied(view, steering, made_, at, result, error))
         return made
+
+    def take_in(self, now: float) -> list[RouteMapChange]:
+        made: list[RouteMapChange] = []
+        self.worker.finish(made, now)
+        return made
+
+    def close(self, timeout: float) -> None:
+        """Stopping: let the call under way, if any, return (at most ``timeout``) and take it in."""
+        self.worker.close(timeout)
+        self.take_in(0.0)
+
+    def _apply(self, steering: Steering, known: Mapping[str, str | None] | None,
+               ) -> tuple[list[RouteMapChange], dict[str, str | None]]:
+        """On the worker: the vtysh calls; the changes made and bgpd's route-maps after them."""
+        current = dict(outbound_route_maps(self.run) if known is None else known)
+        made = apply_steering(steering, asn=self.asn, neighbors=self.neighbors, run=self.run, current=current)
+        return made, {**current, **{change.neighbor: change.new.route_map for change in made}}
+
+    def _applied(self, view: TunnelView, steering: Steering, made: list[RouteMapChange], now: float,
+                 result: tuple[list[RouteMapChange], dict[str, str | None]] | None, error: Exception | None) -> None:
+        self.under_way = False
+        if error is not None:
+            if not isinstance(error, FrrError):
+                raise error
+            self.known = None  # a half-applied call leaves bgpd unknown: read it again
+            self.failures_total += 1
+            self.last_error = str(error)
+            self.retry_at = now + self.retry_seconds
+            log.error("bgp steering not applied (retry in %.0f s): %s", self.retry_seconds, error)
+            return
+        assert result is not None
+        todo, self.known = result
+        self.applied, self.last, self.last_error = view, steering, None
+        self.changes_total += len(todo)
+        made.extend(todo)

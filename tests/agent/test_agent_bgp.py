@@ -4,6 +4,8 @@ driving it on a fake clock, and the vtysh effect layer against a recording runne
 from __future__ import annotations
 
 import json
+import sys
+import time
 
 import pytest
 
@@ -173,6 +175,13 @@ def test_agent_json_carries_bgp_only_in_bgp_mode():
     assert parse_config(rendered).bgp.customer_asn == 65010  # the agent reads what the renderer writes
 
 
+def steered(steerer, view_: TunnelView, now: float, force: bool = False) -> list:
+    """One loop round's on_view, then (as later rounds do) the outcome of the vtysh calls it started."""
+    made = steerer.on_view(view_, now, force=force)
+    assert steerer.worker.wait(20), "the steering's vtysh calls did not return"
+    return made + steerer.take_in(now)
+
+
 def test_steerer_applies_each_view_once_retries_failures_and_reapplies_when_forced():
     from hostconfig.agent.frr import BgpSteerer
 
@@ -186,18 +195,71 @@ def test_steerer_applies_each_view_once_retries_failures_and_reapplies_when_forc
 
     steerer = BgpSteerer(TUNNELS, "tunnel1", NEIGHBORS, 65000, run, retry_seconds=1.0)
     steady, failed_over = view(set(TUNNELS), "tunnel1"), view({"tunnel2"}, "tunnel2")
-    assert steerer.on_view(steady, 0.0) == []  # FRR already steady: nothing to change
-    assert len(steerer.on_view(failed_over, 0.1)) == 2 and steerer.changes_total == 2
+    assert steered(steerer, steady, 0.0) == []  # FRR already steady: nothing to change
     calls = len(bgpd.calls)
-    assert steerer.on_view(failed_over, 0.2) == [] and len(bgpd.calls) == calls  # same view: not even a read
+    assert len(steered(steerer, failed_over, 0.1)) == 2 and steerer.changes_total == 2
+    assert len(bgpd.calls) == calls + 1  # bgpd's route-maps known from the first read: one call for the change
+    calls = len(bgpd.calls)
+    assert steered(steerer, failed_over, 0.2) == [] and len(bgpd.calls) == calls  # same view: not even a read
     broken["on"] = True
-    assert steerer.on_view(steady, 0.3) == [] and steerer.failures_total == 1 and "not running" in steerer.last_error
+    assert steered(steerer, steady, 0.3) == [] and steerer.failures_total == 1 and "not running" in steerer.last_error
     broken["on"] = False
-    assert steerer.on_view(steady, 0.5) == []  # before the retry time
+    assert steered(steerer, steady, 0.5) == []  # before the retry time
     assert bgpd.maps["169.254.10.1"] == rules.ROUTE_MAP_STANDBY
-    assert len(steerer.on_view(steady, 1.4)) == 2 and steerer.last_error is None
+    assert len(steered(steerer, steady, 1.4)) == 2 and steerer.last_error is None
     bgpd.maps = {"169.254.10.1": rules.ROUTE_MAP_PRIMARY, "169.254.11.1": rules.ROUTE_MAP_PRIMARY}  # by hand / restart
-    assert [c.tunnel for c in steerer.on_view(steady, 2.0, force=True)] == ["tunnel2"]
+    assert [c.tunnel for c in steered(steerer, steady, 2.0, force=True)] == ["tunnel2"]
+
+
+def test_a_slow_vtysh_never_holds_up_the_loop_and_a_steering_change_is_one_vtysh_call(tmp_path):
+    """Issue 16: under the lab's TCG every vtysh (a process connecting to every FRR daemon) costs seconds, and the
+    daemon ran them on its loop (a read, then the change): probes and switching stopped for as long. Here vtysh
+    (a real process) takes 3 s per call: each loop round's on_view stays far under 0.5 s, and a steering change once
+    bgpd's route-maps are known is one call."""
+    from hostconfig.agent.frr import BgpSteerer
+
+    maps = tmp_path / "maps.json"
+    maps.write_text(json.dumps({"169.254.10.1": rules.ROUTE_MAP_PRIMARY, "169.254.11.1": rules.ROUTE_MAP_STANDBY}))
+    calls = tmp_path / "calls"
+    fake = tmp_path / "vtysh"
+    fake.write_text(f"""#!{sys.executable}
+import json, sys, time
+open({str(calls)!r}, "a").write(" ".join(sys.argv[1:]) + "\\n")
+time.sleep(3)
+maps = json.load(open({str(maps)!r}))
+if sys.argv[-1] == "show bgp neighbors json":
+    print(json.dumps({{a: {{"bgpState": "Established", "addressFamilyInfo": {{"ipv4Unicast": (
+        {{"routeMapForOutgoingAdvertisements": m}})}}}} for a, m in maps.items()}}))
+for arg in sys.argv[1:]:
+    if arg.startswith("neighbor "):
+        maps[arg.split()[1]] = arg.split()[3]
+json.dump(maps, open({str(maps)!r}, "w"))
+""")
+    fake.chmod(0o755)
+    steerer = BgpSteerer(TUNNELS, "tunnel1", NEIGHBORS, 65000, Vtysh(binary=str(fake)), retry_seconds=1.0)
+    steady, failed_over = view(set(TUNNELS), "tunnel1"), view({"tunnel2"}, "tunnel2")
+
+    def one_round(view_: TunnelView, now: float) -> float:
+        t0 = time.monotonic()
+        steerer.on_view(view_, now)
+        return time.monotonic() - t0
+
+    def rounds_until_applied(view_: TunnelView, now: float) -> list[float]:
+        rounds, deadline = [], time.monotonic() + 60
+        while steerer.applied != view_ and time.monotonic() < deadline:
+            rounds.append(one_round(view_, now))
+            time.sleep(0.05)
+        return rounds
+
+    rounds = rounds_until_applied(failed_over, 0.0)  # the primary died: read (bgpd unknown at start), the change
+    assert max(rounds) < 0.5, f"a loop round waited for vtysh: {max(rounds):.2f} s"
+    assert steerer.applied == failed_over and steerer.changes_total == 2, steerer.last_error
+    assert json.loads(maps.read_text())["169.254.11.1"] == rules.ROUTE_MAP_PRIMARY_MORE_SPECIFIC
+    assert len(calls.read_text().splitlines()) == 2
+    rounds = rounds_until_applied(steady, 10.0)  # failback: bgpd's route-maps known, one call
+    assert max(rounds) < 0.5, f"a loop round waited for vtysh: {max(rounds):.2f} s"
+    assert steerer.applied == steady and len(calls.read_text().splitlines()) == 3
+    assert "show bgp neighbors json" not in calls.read_text().splitlines()[2]
 
 
 def test_daemon_state_carries_bgp_only_when_set_and_metrics_show_it():
