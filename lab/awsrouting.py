@@ -13,7 +13,8 @@ namespace: `python -m lab.awsrouting <monitor.json>`.
 
 In routing.mode bgp nothing here chooses a route: the AWS side's real bgpd picks (longest prefix, then AS path length,
 then MED) and zebra installs its pick towards a VTI. The monitor then only reports: which VTI the kernel sends each
-VLAN CIDR on (`ip route get`), the BGP routes in the kernel, and bgpd's session states.
+VLAN CIDR on (`ip route get`), the BGP routes in the kernel, and bgpd's session states; and it does the one thing AWS
+does with BGP when IKE declares a tunnel DOWN: that tunnel's BGP routes are withdrawn at once (``vti_link_commands``).
 """
 
 from __future__ import annotations
@@ -89,6 +90,17 @@ def route_commands(vlan_cidrs: list[str], want: str | None, have: str | None) ->
     return cmds
 
 
+def vti_link_commands(vti_of: dict[str, str], up: dict[str, bool], link_up: dict[str, bool]) -> list[str]:
+    """bgp mode: `ip -b` lines that keep each tunnel's VTI up exactly while the tunnel is UP by IKE (``link_up``: the
+    state last set, {} at start). AWS withdraws a tunnel's BGP routes the moment its DPD or an IKE DELETE declares the
+    tunnel DOWN (aws-vpn-facts.md); a VTI going down makes the AWS side's bgpd drop that session at once (its
+    fast-external-failover, FRR's default, for a directly connected eBGP peer) and zebra remove the routes through it,
+    instead of their lasting until the BGP hold timer (30 s). Up again once IKE is: bgpd reconnects when the peer's
+    address is reachable again, without waiting for its connect-retry timer."""
+    return [f"link set {vti_of[name]} {'up' if want else 'down'}"
+            for name, want in up.items() if link_up.get(name) != want]
+
+
 def probe_address(cidr: str) -> str:
     """An address inside ``cidr`` to ask the kernel about (its first host: inside the lower more-specific half too)."""
     return str(ipaddress.ip_network(cidr).network_address + 1)
@@ -104,7 +116,7 @@ def kernel_egress(address: str) -> str | None:
 def bgp_view(vlan_cidrs: list[str], vti_of: dict[str, str], vty_socket: str) -> dict:
     """What bgpd and the kernel decided, in bgp mode: the tunnel the kernel sends towards the VLAN on, the BGP routes
     installed (prefix -> VTI) and bgpd's neighbor states (address -> state; {} when bgpd does not answer)."""
-    from hostconfig.agent.frr import FrrError, Vtysh, neighbor_states
+    from hostconfig.agent.frr import BgpdVty, FrrError, neighbor_states
 
     tunnel_of = {vti: name for name, vti in vti_of.items()}
     egress = {c: kernel_egress(probe_address(c)) for c in vlan_cidrs}
@@ -112,7 +124,8 @@ def bgp_view(vlan_cidrs: list[str], vti_of: dict[str, str], vty_socket: str) -> 
                          check=False)
     routes = {r["dst"]: r.get("dev", "") for r in json.loads(got.stdout or "[]")} if got.returncode == 0 else {}
     try:
-        sessions = neighbor_states(Vtysh(vty_socket=vty_socket))
+        # bgpd's socket, not a vtysh process: one of those costs ~2 s of CPU in the lab's TCG VM, every second here
+        sessions = neighbor_states(BgpdVty(vty_socket=vty_socket))
     except FrrError as exc:
         log.warning("AWS bgpd: %s", exc)
         sessions = {}
@@ -160,6 +173,7 @@ def monitor(conf_path: Path) -> None:
     states: dict[str, dict[str, str]] = {}
     changed_at: dict[str, float] = {}
     moved_at: float | None = None
+    link_up: dict[str, bool] = {}  # bgp mode: each VTI's link state as last set (vti_link_commands)
     while True:
         wake.wait(BGP_RECHECK_SECONDS if conf.get("bgp_vty_socket") else RECHECK_SECONDS)
         wake.clear()
@@ -179,6 +193,13 @@ def monitor(conf_path: Path) -> None:
         tunnel_status = {n: {**states.get(n, {"ike": "none", "child": "none"}), "up": is_up(states.get(n)),
                              "since": changed_at[n]} for n in order}
         if conf.get("bgp_vty_socket"):
+            up = {n: is_up(states.get(n)) for n in order}
+            links = vti_link_commands(vti_of, up, link_up)
+            if links:
+                subprocess.run(["ip", "-b", "-"], input="\n".join(links) + "\n", text=True, check=False)
+                log.warning("BGP on the tunnels follows IKE (AWS withdraws a DOWN tunnel's routes): %s (lab clock "
+                            "%.3f)", "; ".join(links), time.time())
+                link_up = up
             view = bgp_view(vlan_cidrs, vti_of, conf["bgp_vty_socket"])
             if view["sending"] != sending:
                 moved_at = time.time()

@@ -18,12 +18,13 @@ import pytest
 
 from hostconfig.agent.bgp import steer
 from hostconfig.agent.desired import TunnelView
-from hostconfig.agent.frr import apply_steering
+from hostconfig.agent.frr import BgpdVty, FrrError, apply_steering
 from hostconfig.plan import GatewayPlan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from frr_testlib import (  # noqa: E402
     AMAZON_ASN,
+    aws_bgp_routes,
     aws_egress,
     best,
     drop_link,
@@ -39,6 +40,7 @@ pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "host_config.default.json"
+LINK_DOWN_RESETS = ("Interface down", "Waiting for NHT")  # bgpd's lastResetDueTo when a peer's link went down
 VLAN_HOST = "172.16.1.10"  # in the fixture's VLAN CIDR 172.16.0.0/12, low half 172.16.0.0/13
 
 
@@ -200,3 +202,75 @@ def test_a_restart_of_the_gateways_frr_as_the_lab_does_it_brings_both_sessions_b
              what="both sessions Established on both sides after the restart")
     print(f"\nrestart of the gateway's frr (the lab's way): both sessions Established after "
           f"{time.monotonic() - t0:.1f} s")
+
+
+def test_the_aws_side_withdraws_a_down_tunnels_routes_at_once_and_takes_it_back_when_it_is_up(bgp_pair):
+    """AWS withdraws a tunnel's BGP routes the moment IKE declares the tunnel DOWN (aws-vpn-facts.md); the lab's AWS
+    side does it by setting that tunnel's VTI down (lab.awsrouting.vti_link_commands, run here as the route monitor
+    runs it). bgpd then drops the session at once (fast-external-failover) instead of at the hold timer's 30 s, and
+    reconnects when the link is up again without waiting for its 120 s connect-retry. (Here the gateway's veth end
+    loses its carrier too; in the lab the gateway's VTI stays up and its session goes with the hold timer.)"""
+    from lab.awsrouting import vti_link_commands
+
+    plan, _gw, aws, gateway, amazon, links = bgp_pair
+    gateway_ends = {t.name: str(t.gateway_inside_ip) for t in plan.tunnels}
+    primary = plan.failover.primary
+    other = next(t.name for t in plan.tunnels if t.name != primary)
+    established = ["Established"] * 2
+    wait_for(lambda: list(amazon.neighbor_states().values()) == established
+             and aws_egress(aws, VLAN_HOST) == links[primary], timeout=120,
+             what="both sessions up, AWS sending on the primary")
+    both_up = {primary: True, other: True}
+    ip_batch = ["ip", "-n", aws, "-b", "-"]
+    down = vti_link_commands(links, {primary: False, other: True}, both_up)
+    assert down == [f"link set {links[primary]} down"]
+    t0 = time.monotonic()
+    sh(*ip_batch, input_text="\n".join(down) + "\n")
+    wait_for(lambda: amazon.neighbor_states()[gateway_ends[primary]] != "Established"
+             and links[primary] not in aws_bgp_routes(aws).values(), timeout=60,
+             what="the AWS side's session on the DOWN tunnel dropped and its routes gone")
+    dropped = time.monotonic() - t0
+    reset = amazon.json(f"show bgp neighbors {gateway_ends[primary]} json")[gateway_ends[primary]]
+    # bgpd's reason: the link (FRR 8.4 reports "Waiting for NHT" once the peer's address is unreachable), not the hold
+    # timer; tests/e2e/test_lab_bgp.py checks the same in the lab
+    assert reset.get("lastResetDueTo") in LINK_DOWN_RESETS, reset
+    wait_for(lambda: aws_egress(aws, VLAN_HOST) == links[other], timeout=60,
+             what="AWS on the other tunnel (the standby's prepended route is all it has left)")
+    print(f"\nAWS side: DOWN tunnel's session dropped and routes withdrawn {dropped:.2f} s after its VTI went down")
+    assert dropped < 10, f"{dropped:.1f} s: that is the hold timer's doing (30 s), not the tunnel's DOWN"
+    up = vti_link_commands(links, both_up, {primary: False, other: True})
+    assert up == [f"link set {links[primary]} up"]
+    t0 = time.monotonic()
+    sh(*ip_batch, input_text="\n".join(up) + "\n")
+    wait_for(lambda: list(amazon.neighbor_states().values()) == established
+             and aws_egress(aws, VLAN_HOST) == links[primary], timeout=100,
+             what="the session back (before bgpd's 120 s connect-retry) and AWS on the primary again")
+    print(f"AWS side: session back and AWS on the primary {time.monotonic() - t0:.2f} s after the VTI came up")
+
+
+def test_the_agents_bgpd_socket_client_steers_as_vtysh_does_and_refusals_are_errors(bgp_pair):
+    """BgpdVty (the daemon's, status's and doctor's way to bgpd: its vty socket, no vtysh process) against real bgpd:
+    it reads the route-maps, makes the steering change (AWS moves), and bgpd's refusals and a missing bgpd are
+    FrrErrors, as vtysh's are."""
+    from hostconfig.agent.frr import outbound_route_maps
+
+    plan, _gw, aws, gateway, amazon, links = bgp_pair
+    bgpd = BgpdVty(vty_socket=str(gateway.dir))
+    tunnels = tuple(t.name for t in plan.tunnels)
+    neighbors = {t.name: str(t.aws_inside_ip) for t in plan.tunnels}
+    primary, other = plan.failover.primary, next(n for n in tunnels if n != plan.failover.primary)
+    wait_for(lambda: list(amazon.neighbor_states().values()) == ["Established"] * 2
+             and aws_egress(aws, VLAN_HOST) == links[primary], timeout=120, what="AWS sending on the primary")
+    assert outbound_route_maps(bgpd) == outbound_route_maps(gateway.vtysh)
+    failover = steer(tunnels, primary, TunnelView(frozenset({other}), other))
+    made = apply_steering(failover, asn=plan.routing.customer_asn, neighbors=neighbors, run=bgpd)
+    assert [c.tunnel for c in made] == [other, primary]
+    wait_for(lambda: aws_egress(aws, VLAN_HOST) == links[other], timeout=60, what="AWS on the other tunnel")
+    assert outbound_route_maps(gateway.vtysh) == {neighbors[other]: made[0].new.route_map,
+                                                   neighbors[primary]: made[1].new.route_map}
+    # the config session was left: vtysh can configure at once (no lock held by the socket client)
+    gateway.vtysh(["-c", "configure terminal", "-c", "route-map hvtest-probe permit 10", "-c", "end"])
+    with pytest.raises(FrrError, match="bogus"):
+        bgpd(["-c", "show bogus"])
+    with pytest.raises(FrrError):
+        BgpdVty(vty_socket=str(gateway.dir / "missing"))(["-c", "show version"])

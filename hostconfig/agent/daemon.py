@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from .config import AgentConfig
 from .desired import LinkMode, TunnelView
-from .frr import BgpSteerer, Vtysh
+from .frr import BgpdVty, BgpSteerer
 from .health import (
     Decision,
     RepairAction,
@@ -338,9 +338,9 @@ class FailoverDaemon:
 
     def steer_bgp(self, now: float, force: bool = False) -> None:
         """routing.mode bgp: tell AWS, through the gateway's bgpd, the tunnel the kernel now sends on (after the kernel
-        switch: the gateway -> AWS direction never waits for vtysh). Never waits: vtysh runs on the steerer's worker
-        thread, its outcome is taken in on a later round. ``force``: re-read FRR even for an unchanged view (the
-        periodic full reconcile: an FRR restart went back to frr.conf's steady state)."""
+        switch: the gateway -> AWS direction never waits for bgpd). Never waits: the bgpd calls run on the steerer's
+        worker thread, their outcome is taken in on a later round. ``force``: re-read FRR even for an unchanged view
+        (the periodic full reconcile: an FRR restart went back to frr.conf's steady state)."""
         if self.bgp is not None and self.view is not None:
             self.bgp.on_view(self.view, now, force=force)
 
@@ -680,6 +680,6 @@ def bgp_steerer(config: AgentConfig) -> BgpSteerer | None:
     """The daemon's BGP steering when agent.json has a bgp section (routing.mode bgp), else None."""
     if config.bgp is None:
         return None
-    vtysh = Vtysh(vty_socket=str(config.bgp.vty_socket) if config.bgp.vty_socket else None)
+    bgpd = BgpdVty(vty_socket=str(config.bgp.vty_socket) if config.bgp.vty_socket else None)
     neighbors = {t.name: str(t.aws_inside_ip) for t in config.tunnels}
-    return BgpSteerer(config.tunnel_names, config.primary_tunnel, neighbors, config.bgp.customer_asn, vtysh)
+    return BgpSteerer(config.tunnel_names, config.primary_tunnel, neighbors, config.bgp.customer_asn, bgpd)

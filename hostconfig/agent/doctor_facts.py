@@ -133,11 +133,11 @@ class BgpFacts:
 
 
 def read_bgp_facts(config: AgentConfig) -> BgpFacts:
-    from .frr import Vtysh, neighbor_states, outbound_route_maps
+    from .frr import BgpdVty, neighbor_states, outbound_route_maps
 
     assert config.bgp is not None
-    vtysh = Vtysh(vty_socket=str(config.bgp.vty_socket) if config.bgp.vty_socket else None)
-    return BgpFacts(neighbor_states(vtysh), outbound_route_maps(vtysh))
+    bgpd = BgpdVty(vty_socket=str(config.bgp.vty_socket) if config.bgp.vty_socket else None)
+    return BgpFacts(neighbor_states(bgpd), outbound_route_maps(bgpd))
 
 
 @dataclass

@@ -2,14 +2,16 @@
 
 Only the route-maps of the neighbors the agent was given are touched (the ones frr.conf.j2 renders, one per tunnel);
 a neighbor already on its route-map gets no command at all, so applying the same steering twice changes nothing.
-The daemon's loop never runs vtysh itself (BgpSteerer: a worker thread does, one call per steering change).
-FRR re-sends a neighbor's advertisements itself when its outbound route-map changes (soft reconfiguration out).
+The daemon's loop never talks to bgpd itself (BgpSteerer: a worker thread does, one call per steering change), and
+it talks to bgpd's own vty socket (BgpdVty), not through a vtysh process. FRR re-sends a neighbor's advertisements
+itself when its outbound route-map changes (soft reconfiguration out).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +50,62 @@ class Vtysh:
             raise FrrError(f"vtysh {' '.join(args)[:200]!r} exit {done.returncode}: "
                            f"{(done.stdout + done.stderr).strip()[:400]}")
         return done.stdout
+
+
+VTY_END = b"\0\0\0"  # FRR's vty protocol: a daemon ends each reply with three NULs and the command's status byte
+CMD_SUCCESS = 0
+
+
+@dataclass(frozen=True)
+class BgpdVty:
+    """bgpd's vty socket spoken to directly, with the protocol vtysh itself uses (each command NUL-terminated; each
+    reply ends with three NULs and a status byte). Same arguments as Vtysh (``-c`` command pairs, one session).
+
+    Why not vtysh: a vtysh process builds FRR's whole command tree and connects to every daemon before it runs one
+    command. Measured: 2.2 s per call in the lab's TCG VM (0.6 s user + 0.5 s sys), 40 ms on the host; the socket
+    0.3 ms on the host (bench/bgp_restart_bench.py). In the lab the steering call was most of the AWS -> VLAN
+    blackout of a cut (3.16 s: the gateway's detection ~0.6 s, AWS's UPDATE and zebra install within the same
+    second in its logs). The commands steering sends are bgpd's alone (route-maps per neighbor, `show bgp
+    neighbors`), so bgpd's socket is the only one needed.
+    ``vty_socket``: the socket directory (None: frr.service's, /run/frr)."""
+
+    vty_socket: str | None = None
+    timeout: float = 20.0
+
+    @property
+    def path(self) -> str:
+        return f"{self.vty_socket or gp.FRR_VTY_DIR}/bgpd.vty"
+
+    def __call__(self, args: Sequence[str]) -> str:
+        commands = [args[i + 1] for i in range(0, len(args) - 1, 2) if args[i] == "-c"]
+        if len(commands) * 2 != len(args):
+            raise FrrError(f"bgpd vty: only -c COMMAND pairs are sent, got {list(args)[:6]!r}")
+        out: list[str] = []
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.connect(self.path)
+                # A new vty starts in view mode; "end" leaves configure mode (its lock) before the socket closes.
+                configures = any(c.startswith("conf") for c in commands)
+                for command in ["enable", *commands, *(["end"] if configures else [])]:
+                    status, text = self._one(sock, command)
+                    out.append(text)
+                    if status != CMD_SUCCESS or any(line.startswith("%") for line in text.splitlines()):
+                        raise FrrError(f"bgpd {command[:200]!r} status {status}: {text.strip()[:400]}")
+        except OSError as err:
+            raise FrrError(f"bgpd vty {self.path}: {err}") from err
+        return "".join(out)
+
+    @staticmethod
+    def _one(sock: socket.socket, command: str) -> tuple[int, str]:
+        sock.sendall(command.encode() + b"\0")
+        reply = b""
+        while not (len(reply) >= 4 and reply[-4:-1] == VTY_END):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise FrrError(f"bgpd closed its vty during {command[:200]!r}")
+            reply += chunk
+        return reply[-1], reply[:-4].decode(errors="replace")
 
 
 def _neighbors(run: Runner) -> dict[str, dict]:

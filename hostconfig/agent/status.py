@@ -8,7 +8,7 @@ import logging
 
 from .config import AgentConfig
 from .desired import ACTIVE_METRIC, STANDBY_METRIC, UNREACHABLE_METRIC
-from .frr import FrrError, Vtysh, neighbor_states
+from .frr import BgpdVty, FrrError, neighbor_states
 from .kernel import Kernel, KernelError
 from .state import EVENT_PREFIX, daemon_summary, read_json
 from .status_contract import (
@@ -103,9 +103,9 @@ def gather_status(config: AgentConfig) -> StatusReport:
 def bgp_status(config: AgentConfig, steering: BgpSteeringState | None) -> BgpStatus | None:
     if config.bgp is None:
         return None
-    vtysh = Vtysh(vty_socket=str(config.bgp.vty_socket) if config.bgp.vty_socket else None)
+    bgpd = BgpdVty(vty_socket=str(config.bgp.vty_socket) if config.bgp.vty_socket else None)
     try:
-        states = neighbor_states(vtysh)
+        states = neighbor_states(bgpd)
     except FrrError as exc:
         return BgpStatus(sessions={}, error=str(exc), steering=steering)
     return BgpStatus(sessions={t.name: states.get(str(t.aws_inside_ip), "missing") for t in config.tunnels},

@@ -11,7 +11,7 @@ import pytest
 
 from hostconfig.agent.bgp import Advertisement, changes, steer
 from hostconfig.agent.desired import TunnelView
-from hostconfig.agent.frr import FrrError, Vtysh, apply_steering, outbound_route_maps
+from hostconfig.agent.frr import BgpdVty, FrrError, Vtysh, apply_steering, outbound_route_maps
 from hostconfig.agent.health import TunnelHealth, choose_active
 from hostconfig.contract import rules
 
@@ -153,6 +153,10 @@ def test_agent_json_bgp_section_is_optional_and_checked(tmp_path):
     assert (cfg.bgp.customer_asn, str(cfg.bgp.vty_socket)) == (65010, "/run/frr-test")
     steerer = bgp_steerer(cfg)
     assert steerer.neighbors == NEIGHBORS and steerer.asn == 65010 and steerer.run.vty_socket == "/run/frr-test"
+    # bgpd's own socket, never a vtysh process (2.2 s per call in the lab's TCG VM: most of a cut's blackout)
+    assert isinstance(steerer.run, BgpdVty) and steerer.run.path == "/run/frr-test/bgpd.vty"
+    assert bgp_steerer(parse_config(config_dict(tmp_path, bgp={"customer_asn": 65010}))).run.path \
+        == "/run/frr/bgpd.vty"  # frr.service's
     for bad, key in (({"customer_asn": 0}, "bgp.customer_asn"), ({}, "bgp.customer_asn"),
                      ({"customer_asn": 65000, "vty_socket": "run/frr"}, "bgp.vty_socket"),
                      ({"customer_asn": 65000, "asn": 1}, "bgp.asn")):

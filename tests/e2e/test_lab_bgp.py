@@ -16,6 +16,7 @@ import time
 import pytest
 
 from lab import awspeer, driver, flows
+from lab.frr import AWS_HOLD_SECONDS
 from tests.e2e import conftest
 from tests.e2e.conftest import (
     GATEWAY_TO_AWS_BOUND_SECONDS,
@@ -23,6 +24,7 @@ from tests.e2e.conftest import (
     Flows,
     aws_status,
     lab_clock,
+    lab_now,
     remove_fault,
     wait_settled,
 )
@@ -201,6 +203,36 @@ def test_a_bgp_session_flap_on_the_aws_side_keeps_traffic_and_steering_comes_bac
     assert to_gw < BGP_AWS_TO_GATEWAY_MAX, f"AWS -> gateway out {to_gw:.2f} s"
     driver.wait_until(all_established, RECOVERY_SECONDS, "both sessions Established again", interval=2)
     driver.wait_until(lambda: aws_egress() == "vti1", RECOVERY_SECONDS, "AWS back on vti1", interval=2)
+
+
+def aws_session(address: str) -> dict:
+    return aws_bgp(f"show bgp neighbors {address} json").get(address, {})
+
+
+def test_aws_withdraws_a_tunnels_bgp_routes_the_moment_ike_declares_it_down(bgp):
+    """aws-vpn-facts.md: DOWN by IKE (here an endpoint replacement with an IKE DELETE) removes that tunnel's routes at
+    once; they do not wait for the BGP hold timer (30 s). The lab's AWS side sets that tunnel's VTI down
+    (lab.awsrouting.vti_link_commands), so its bgpd resets the session for the interface going down."""
+    window = 15  # the endpoint stays unreachable this long: the gateway cannot bring tunnel1 back meanwhile
+    proc = driver.lab_popen("maintenance", "tunnel1", str(window))
+    try:
+        down = driver.wait_until(lambda: not aws_status().get("tunnels", {}).get("tunnel1", {}).get("up", True)
+                                 and aws_status(), 120, "AWS's IKE declaring tunnel1 DOWN", interval=0.5)
+        session = driver.wait_until(lambda: (s := aws_session("169.254.10.2")).get("bgpState") not in
+                                    (None, "Established") and s, 60, "AWS's tunnel1 session down", interval=0.5)
+        gone_at = lab_now()
+        routes = aws_status().get("routes", {})
+    finally:
+        out, err = proc.communicate(timeout=window + 600)
+    assert proc.returncode == 0, f"lab maintenance failed:\n{out}\n{err}"
+    print(f"\nBGP: AWS's tunnel1 session {session.get('bgpState')} ({session.get('lastResetDueTo')}) "
+          f"{gone_at - down['tunnels']['tunnel1']['since']:.1f} s after IKE declared it DOWN (at most the polling "
+          f"here; the hold timer would take up to {AWS_HOLD_SECONDS} s)",
+          flush=True)
+    # bgpd's reason is the link going down, not the hold timer's expiry (tests/test_bgp_netns.py shows both strings)
+    assert session.get("lastResetDueTo") in ("Interface down", "Waiting for NHT"), session
+    assert "vti1" not in routes.values(), f"AWS still has BGP routes through the DOWN tunnel: {routes}"
+    driver.wait_until(all_established, RECOVERY_SECONDS, "both sessions Established after the maintenance", interval=2)
 
 
 def test_a_restart_of_frr_on_the_gateway_restores_sessions_and_steering(bgp):

@@ -141,6 +141,17 @@ def test_aws_sends_on_one_tunnel_sticky_and_moves_only_when_it_is_down():
     assert choose("tunnel2", [], None) == awsrouting.Choice(None, None)
 
 
+def test_aws_sides_vtis_follow_ike_so_a_down_tunnels_bgp_routes_go_at_once():
+    vti_of = {"tunnel1": "vti1", "tunnel2": "vti2"}
+    links = awsrouting.vti_link_commands
+    assert links(vti_of, {"tunnel1": False, "tunnel2": False}, {}) == ["link set vti1 down", "link set vti2 down"]
+    assert links(vti_of, {"tunnel1": True, "tunnel2": False}, {"tunnel1": False, "tunnel2": False}) \
+        == ["link set vti1 up"]
+    assert links(vti_of, {"tunnel1": True, "tunnel2": True}, {"tunnel1": True, "tunnel2": True}) == []  # no change
+    assert links(vti_of, {"tunnel1": False, "tunnel2": True}, {"tunnel1": True, "tunnel2": True}) \
+        == ["link set vti1 down"]
+
+
 def test_aws_counts_a_tunnel_up_only_with_established_ike_and_installed_child():
     def sa(name, ike, child):
         return {name: {"state": ike, "child-sas": {f"{name}-1": {"name": name, "state": child}}}}
