@@ -51,8 +51,9 @@ def aws_bgp(command: str) -> dict:
 
 
 def aws_sessions() -> dict[str, str]:
-    return {addr: info.get("bgpState", "?") for addr, info in aws_bgp("show bgp neighbors json").items()
-            if isinstance(info, dict)}
+    """bgpd's session states on the AWS side, as its route monitor last read them (within a second; lab/awsrouting.py):
+    a file read, where a vtysh in the VM costs seconds of CPU."""
+    return dict(aws_status().get("bgp", {}))
 
 
 def gateway_sessions() -> dict[str, str]:
@@ -131,9 +132,11 @@ def bgp(bgp_lab):
         driver.lab("heal", tunnel, check=True)
 
 
-def outages(result: dict[str, flows.Direction], at: float, what: str, bound_to_gw: str) -> tuple[float, float]:
-    to_aws = flows.outage_around(result["gateway_to_aws"], at) or 0.0
-    to_gw = flows.outage_around(result["aws_to_gateway"], at) or 0.0
+def outages(result: dict[str, flows.Direction], at: float, what: str, bound_to_gw: str,
+            slack: float = 1.0) -> tuple[float, float]:
+    """Each direction's blackout that began within ``slack`` s of the event at lab-clock ``at`` (0 if none)."""
+    to_aws = flows.outage_around(result["gateway_to_aws"], at, slack) or 0.0
+    to_gw = flows.outage_around(result["aws_to_gateway"], at, slack) or 0.0
     up, down = result["gateway_to_aws"], result["aws_to_gateway"]
     print(f"\nBGP {what}: gateway -> AWS out {to_aws:.2f} s (bound: the gateway's detection + switch, "
           f"{GATEWAY_TO_AWS_BOUND_SECONDS:.1f} s; {up.received}/{up.sent}), AWS -> gateway out {to_gw:.2f} s "
@@ -172,8 +175,11 @@ def test_steady_state_is_symmetric_aws_sends_on_the_gateways_active_tunnel(bgp):
     assert sent["vti2"] == 0, f"AWS sent towards the VLAN on the standby tunnel too: {sent}"
 
 
+FAULT_FLOW_SECONDS = 15  # 2 s of steady traffic, the fault, then 13 s: several times the 3 s target, on TCG
+
+
 def test_cut_of_the_tunnel_aws_sends_on_moves_aws_within_seconds(bgp):
-    flow = Flows(30)
+    flow = Flows(FAULT_FLOW_SECONDS)
     time.sleep(2)  # a little steady traffic before the fault (pacing, never an assertion)
     cut = lab_clock(driver.lab("break", "tunnel1", check=True))
     result = flow.result()
@@ -193,7 +199,7 @@ def test_cut_of_the_tunnel_aws_sends_on_moves_aws_within_seconds(bgp):
 
 
 def test_a_bgp_session_flap_on_the_aws_side_keeps_traffic_and_steering_comes_back(bgp):
-    flow = Flows(30)
+    flow = Flows(FAULT_FLOW_SECONDS)
     time.sleep(2)
     at = float(driver.lab("exec", "root", "date", "+%s.%N", check=True).out)
     driver.lab("exec", "root", "vtysh", "--vty_socket", str(AWS_FRR), "-c", "clear bgp 169.254.10.2", check=True)
@@ -218,9 +224,10 @@ def test_aws_withdraws_a_tunnels_bgp_routes_the_moment_ike_declares_it_down(bgp)
     try:
         down = driver.wait_until(lambda: not aws_status().get("tunnels", {}).get("tunnel1", {}).get("up", True)
                                  and aws_status(), 120, "AWS's IKE declaring tunnel1 DOWN", interval=0.5)
-        session = driver.wait_until(lambda: (s := aws_session("169.254.10.2")).get("bgpState") not in
-                                    (None, "Established") and s, 60, "AWS's tunnel1 session down", interval=0.5)
+        driver.wait_until(lambda: aws_sessions().get("169.254.10.2") not in (None, "Established"), 60,
+                          "AWS's tunnel1 session down", interval=0.5)
         gone_at = lab_now()
+        session = aws_session("169.254.10.2")
         routes = aws_status().get("routes", {})
     finally:
         out, err = proc.communicate(timeout=window + 600)
@@ -241,15 +248,19 @@ def test_a_restart_of_frr_on_the_gateway_restores_sessions_and_steering(bgp):
     at = float(driver.lab("exec", "root", "date", "+%s.%N", check=True).out)
     t0 = time.monotonic()
     driver.lab("restart", "frr", check=True, timeout=600)
+    restarted = time.monotonic() - t0
     driver.wait_until(all_established, RECOVERY_SECONDS, "both sessions Established after the restart", interval=1)
     established = time.monotonic() - t0
     driver.wait_until(lambda: aws_egress() == "vti1", RECOVERY_SECONDS, "AWS back on vti1", interval=1)
     steered = time.monotonic() - t0
     result = flow.result()
+    # the sessions drop somewhere within the restart (AWS then has no route towards the VLAN until they are back):
+    # the blackout that began while it ran
     _, to_gw = outages(result, at, "restart of frr on the gateway",
-                       "the restart + BGP OPEN (no graceful restart: AWS withdraws the sessions' routes)")
-    print(f"BGP restart of frr: sessions Established {established:.1f} s, AWS on vti1 {steered:.1f} s after "
-          "`lab restart frr`", flush=True)
+                       "the restart + BGP OPEN (no graceful restart: AWS withdraws the sessions' routes)",
+                       slack=restarted)
+    print(f"BGP restart of frr: `lab restart frr` took {restarted:.1f} s; sessions Established {established:.1f} s, "
+          f"AWS on vti1 {steered:.1f} s after its start", flush=True)
     status = driver.gateway_status()
     assert status is not None and status.bgp is not None and status.bgp.steering is not None
     assert status.bgp.steering.advertise.get("tunnel1") != status.bgp.steering.advertise.get("tunnel2")
