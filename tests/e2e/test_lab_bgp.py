@@ -29,8 +29,8 @@ from tests.e2e.conftest import (
     wait_settled,
 )
 
-# bgp_lab: run by `make test-bgp-lab`, left out of `make test` while issue 16 is open (two of these tests fail today,
-# lab/README.md "routing.mode bgp" has the figures), so CI stays a statement of what works.
+# bgp_lab: part of `make test` (last, tests/e2e/conftest.py); `make test-bgp-lab` runs this module alone
+# (lab/README.md "routing.mode bgp" has the figures).
 pytestmark = [pytest.mark.vm, pytest.mark.root, pytest.mark.bgp_lab]
 
 TUNNELS = ("tunnel1", "tunnel2")
