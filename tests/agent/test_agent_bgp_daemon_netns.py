@@ -73,7 +73,7 @@ def test_daemon_moves_awss_return_path_when_the_active_tunnel_dies(gateway):
                  what="AWS's return path on tunnel2")
         moved = time.monotonic() - t0
         print(f"\ndata path of tunnel1 dead -> AWS side sends on tunnel2 after {moved * 1000:.0f} ms (probes "
-              "3 x 100 ms + kernel switch + vtysh + BGP UPDATE + AWS-side zebra)")
+              "3 x 100 ms + kernel switch + bgpd vty call + BGP UPDATE + AWS-side zebra)")
         assert best(frr_aws, VLAN_HOST) == ("172.16.0.0/13", ends["tunnel2"])
         assert "bgp: tunnel2 (neighbor 169.254.11.1) now hybrid-vpn-primary-more-specific" in log.read_text()
 
