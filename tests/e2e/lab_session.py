@@ -15,6 +15,11 @@ def brought_up() -> None:
     _up.append(True)
 
 
+def owned() -> bool:
+    """The running lab is this session's own (it goes down at the session's end), not one a user started."""
+    return bool(_up)
+
+
 def take_down() -> bool:
     """Take the session's static lab down now (at the session's end, or for a module that needs a lab of its own);
     False when the session did not bring up the running lab (someone else's: left alone)."""
