@@ -35,15 +35,21 @@ def test_traffic_both_ways(lab):
     assert lab.ping("vpc", VLAN_HOST, count=3)
 
 
-def capture_on_gateway_public_nic(seconds: int, during) -> list[str]:
-    """tcpdump on the gateway's VPC NIC (eth0) while `during()` runs; returns the decoded packet lines."""
+def capture_on_gateway_public_nic(seconds: int, during, tail_seconds: float = 5.0) -> list[str]:
+    """tcpdump on the gateway's VPC NIC (eth0) while `during()` runs and for ``tail_seconds`` after it (traffic still
+    flowing then is captured too); returns the decoded packet lines. ``seconds`` is the capture's limit: tcpdump is
+    stopped when `during()` is done, not made to run out its limit (that cost the boot guard test 3 idle minutes)."""
     pcap = "/run/lab-test-capture.pcap"
     cap = driver.lab_popen("exec", "gw", "timeout", str(seconds), "tcpdump", "-Z", "root", "-i", "eth0", "-n", "-U",
-                                 "-w", pcap)
+                           "-w", pcap)
     try:
         driver.wait_until(lambda: driver.lab("exec", "gw", "test", "-s", pcap).rc == 0, 120, "tcpdump started")
         during()
+        time.sleep(tail_seconds)  # a capture window, not a wait for a condition
     finally:
+        # SIGINT: tcpdump flushes and exits. By name (-x), not by command line: the lab's exec wrappers carry any
+        # pattern in theirs. The test's capture is the only tcpdump in the lab VM.
+        driver.lab("exec", "gw", "pkill", "-INT", "-x", "tcpdump")
         cap.wait(timeout=seconds + 300)
     lines = driver.lab("exec", "gw", "tcpdump", "-r", pcap, "-n", check=True).out.splitlines()
     driver.lab("exec", "gw", "rm", "-f", pcap)

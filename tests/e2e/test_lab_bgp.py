@@ -17,7 +17,7 @@ import pytest
 
 from lab import awspeer, driver, flows
 from lab.frr import AWS_HOLD_SECONDS
-from tests.e2e import conftest
+from tests.e2e import conftest, lab_session
 from tests.e2e.conftest import (
     GATEWAY_TO_AWS_BOUND_SECONDS,
     VPC_HOST,
@@ -93,7 +93,7 @@ def counted_towards_vlan() -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def bgp_lab(session_lab_stopper):
+def bgp_lab():
     reason = driver.why_lab_cannot_run()
     if reason:
         pytest.skip(reason)
@@ -103,7 +103,7 @@ def bgp_lab(session_lab_stopper):
                 pytest.skip("the running lab is in static mode (`lab up --routing bgp` for these tests)")
             yield driver.Result(0, "reused a running bgp lab", "")
             return
-        if not session_lab_stopper():
+        if not lab_session.take_down():
             pytest.skip("a lab is already running (`make lab down` first, or HYBRID_VPN_LAB_REUSE=1 to test it)")
     up = driver.lab("up", "--routing", "bgp", timeout=1800)
     try:

@@ -51,7 +51,7 @@ def nft_counter(chain: str, comment: str) -> int:
 
 
 def test_stack_restart_in_unit_order_under_traffic_leaks_no_clear_text(lab):
-    seconds = 240  # the reboot in the loaded TCG VM takes 60-150 s; the capture must outlast it (checked below)
+    seconds = 240  # the capture's limit: the reboot in the loaded TCG VM takes 60-150 s (checked below)
     # 20 packets/s from the VLAN to the VPC for the whole capture: the stream the restart must not leak.
     stream = driver.lab_popen("exec", "vlan", "ping", "-n", "-q", "-i", "0.05", "-w", str(seconds), VPC_HOST)
     order: list[str] = []
@@ -65,7 +65,7 @@ def test_stack_restart_in_unit_order_under_traffic_leaks_no_clear_text(lab):
         took.append(time.monotonic() - started)
 
     try:
-        lines = capture_on_gateway_public_nic(seconds, reboot)
+        lines = capture_on_gateway_public_nic(seconds, reboot, tail_seconds=10)  # the stream goes on after it
     finally:
         stream.kill()
         stream.wait(timeout=60)
