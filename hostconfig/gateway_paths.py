@@ -80,4 +80,4 @@ FRR_DAEMONS = GatewayFile("/etc/frr/daemons", 0o640)
 FRR_UNIT = "frr.service"
 VTYSH = "/usr/bin/vtysh"
 FRR_BGPD = "/usr/lib/frr/bgpd"  # Debian's frr puts its daemons in /usr/lib/frr
-FRR_VTY_DIR = "/run/frr"  # frr.service's daemons' vty sockets (<daemon>.vty), which vtysh connects to
+FRR_RUN_DIR = "/run/frr"  # frr.service's: each daemon's vty socket (<daemon>.vty: vtysh connects there), pid files

@@ -169,7 +169,6 @@ def _reload_sshd() -> None:
 
 # --- FRR (routing.mode bgp): what frr.service does, without systemd ------------------------------------------------
 
-FRR_RUN_DIR = "/run/frr"  # Debian's frr: vty sockets, pid files, zserv.api (the gateway's /run is its own tmpfs)
 FRR_PROCESS_PREFIX = "gw-frr-"
 
 
@@ -188,7 +187,7 @@ def start_frr() -> None:
     """`systemctl start frr`: the daemons /etc/frr/daemons enables, then `vtysh -b` applies /etc/frr/frr.conf (the
     integrated config, as frrinit.sh does)."""
     daemons = enabled_daemons(run_in("gw", ["cat", gp.FRR_DAEMONS.path]).stdout)
-    run_in("gw", ["install", "-d", "-o", FRR_USER, "-g", FRR_USER, "-m", "0755", FRR_RUN_DIR])
+    run_in("gw", ["install", "-d", "-o", FRR_USER, "-g", FRR_USER, "-m", "0755", gp.FRR_RUN_DIR])
     for daemon in daemons:
         spawn_in("gw", FRR_PROCESS_PREFIX + daemon, daemon_argv(daemon))
         topology.wait_for(lambda d=daemon: run_in("gw", answers_argv(d), check=False).returncode == 0, 120,

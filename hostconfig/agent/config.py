@@ -297,7 +297,7 @@ def _bgp(r: Reader) -> BgpConfig | None:
     asn = b.integer("customer_asn", rules.CUSTOMER_ASN)
     vty = b.get("vty_socket")
     vty_socket = None if vty is None or vty is MISSING else b.check("vty_socket", _absolute_path, "an absolute path",
-                                                                  "/run/frr")
+                                                                  gp.FRR_RUN_DIR)
     if asn is None or not b.ok:
         return None
     return BgpConfig(asn, vty_socket)

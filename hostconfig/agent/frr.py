@@ -74,7 +74,7 @@ class BgpdVty:
 
     @property
     def path(self) -> str:
-        return f"{self.vty_socket or gp.FRR_VTY_DIR}/bgpd.vty"
+        return f"{self.vty_socket or gp.FRR_RUN_DIR}/bgpd.vty"
 
     def __call__(self, args: Sequence[str]) -> str:
         commands = [args[i + 1] for i in range(0, len(args) - 1, 2) if args[i] == "-c"]
