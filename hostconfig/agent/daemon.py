@@ -680,6 +680,6 @@ def bgp_steerer(config: AgentConfig) -> BgpSteerer | None:
     """The daemon's BGP steering when agent.json has a bgp section (routing.mode bgp), else None."""
     if config.bgp is None:
         return None
-    bgpd = BgpdVty(vty_socket=str(config.bgp.vty_socket) if config.bgp.vty_socket else None)
+    bgpd = BgpdVty.of(config.bgp)
     neighbors = {t.name: str(t.aws_inside_ip) for t in config.tunnels}
     return BgpSteerer(config.tunnel_names, config.primary_tunnel, neighbors, config.bgp.customer_asn, bgpd)

@@ -136,7 +136,7 @@ def read_bgp_facts(config: AgentConfig) -> BgpFacts:
     from .frr import BgpdVty, neighbor_states, outbound_route_maps
 
     assert config.bgp is not None
-    bgpd = BgpdVty(vty_socket=str(config.bgp.vty_socket) if config.bgp.vty_socket else None)
+    bgpd = BgpdVty.of(config.bgp)
     return BgpFacts(neighbor_states(bgpd), outbound_route_maps(bgpd))
 
 

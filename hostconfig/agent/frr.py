@@ -15,12 +15,16 @@ import socket
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hostconfig import gateway_paths as gp
 
 from .bgp import RouteMapChange, Steering, changes, steer
 from .desired import TunnelView
 from .vici_worker import ViciWorker
+
+if TYPE_CHECKING:
+    from .config import BgpConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,11 @@ class BgpdVty:
 
     vty_socket: str | None = None
     timeout: float = 20.0
+
+    @classmethod
+    def of(cls, bgp: BgpConfig) -> BgpdVty:
+        """The gateway's bgpd as agent.json's bgp section names it (the daemon's, status's and doctor's)."""
+        return cls(vty_socket=str(bgp.vty_socket) if bgp.vty_socket else None)
 
     @property
     def path(self) -> str:

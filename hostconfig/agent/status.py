@@ -103,7 +103,7 @@ def gather_status(config: AgentConfig) -> StatusReport:
 def bgp_status(config: AgentConfig, steering: BgpSteeringState | None) -> BgpStatus | None:
     if config.bgp is None:
         return None
-    bgpd = BgpdVty(vty_socket=str(config.bgp.vty_socket) if config.bgp.vty_socket else None)
+    bgpd = BgpdVty.of(config.bgp)
     try:
         states = neighbor_states(bgpd)
     except FrrError as exc:
